@@ -1,0 +1,1 @@
+"""The authorization server: terminal endpoint, pipeline, CLI. Calls into ledger and hsm."""

@@ -1,0 +1,199 @@
+"""`hdfpay`: the one command line for the authorizer, its database and its tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import asyncpg
+import uvloop
+
+from authorizer.config import ConfigError, Settings
+from authorizer.database import SchemaNotReady, check_schema, connection, database_dsn
+from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
+from ledger.migrate import MigrationError, migrate
+from ledger.reload import UnknownBeneficiary, reload_wallet
+from terminal_protocol.amounts import AmountError, format_euros, parse_euros
+
+DEFAULT_SEED_BENEFICIARIES = 1000
+CURRENT_SCHOOL_YEAR_SQL = "SELECT school_year_of(business_now() AT TIME ZONE 'Europe/Paris')"
+
+
+class UsageError(RuntimeError):
+    pass
+
+
+def _run(coro) -> int:
+    return uvloop.run(coro) or 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from authorizer.demo import run_demo
+    return _run(run_demo(settings))
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    from authorizer.server import serve_forever
+    settings = _override(settings, host=args.host, port=args.port)
+
+    async def main() -> None:
+        async with connection(dsn) as conn:
+            await check_schema(conn)
+        await serve_forever(settings, dsn)
+
+    with database_dsn(settings.database_url) as dsn:
+        return _run(main())
+
+
+def cmd_db(args, settings: Settings) -> int:
+    if args.action == "migrate":
+        async def main() -> None:
+            async with connection(dsn) as conn:
+                applied = await migrate(conn)
+            print(f"applied {', '.join(applied)}" if applied else "database already up to date")
+        with database_dsn(settings.database_url) as dsn:
+            return _run(main())
+    if settings.database_url:
+        raise UsageError("DATABASE_URL is set: that server is not managed by hdfpay "
+                         f"('hdfpay db {args.action}' manages only the embedded cluster)")
+    cluster = EmbeddedPostgres(default_data_dir())
+    if args.action == "start":
+        dsn = cluster.start()
+        print(f"embedded PostgreSQL running in {cluster.data_dir}\nDATABASE_URL={dsn}")
+    elif args.action == "stop":
+        print("stopped" if cluster.stop() else f"not running ({cluster.data_dir})")
+    else:
+        state = "running" if cluster.is_running() else "stopped"
+        print(f"embedded PostgreSQL in {cluster.data_dir}: {state}")
+    return 0
+
+
+def cmd_seed(args, settings: Settings) -> int:
+    from ledger.demo_region import seed_demo_region
+
+    async def main() -> None:
+        async with connection(dsn) as conn:
+            await check_schema(conn)
+            year = args.school_year or await conn.fetchval(CURRENT_SCHOOL_YEAR_SQL)
+            summary = await seed_demo_region(conn, beneficiaries=args.beneficiaries, school_year=year)
+        if summary.already_seeded:
+            print("the database already holds a region; nothing changed")
+        print(f"{summary.beneficiaries} beneficiaries, {summary.cards} cards, {summary.partners} "
+              f"partners, {summary.terminals} terminals, {format_euros(summary.funded_cents)} funded")
+
+    with database_dsn(settings.database_url) as dsn:
+        return _run(main())
+
+
+def cmd_reload(args, settings: Settings) -> int:
+    amount_cents = parse_euros(args.amount)
+    if amount_cents <= 0:
+        raise AmountError("a reload amount must be positive")
+
+    async def main() -> None:
+        async with connection(dsn) as conn:
+            await check_schema(conn)
+            year = args.school_year or await conn.fetchval(CURRENT_SCHOOL_YEAR_SQL)
+            result = await reload_wallet(conn, args.dossier, year, amount_cents, args.reference)
+        if result.already_done:
+            print(f"already reloaded (same reference): nothing credited; balance "
+                  f"{format_euros(result.balance_cents)}")
+        else:
+            print(f"credited {format_euros(result.credited_cents)} for {year}-{year + 1}, "
+                  f"fees recovered {format_euros(result.fee_recovered_cents)}, balance "
+                  f"{format_euros(result.balance_cents)}")
+
+    with database_dsn(settings.database_url) as dsn:
+        return _run(main())
+
+
+def cmd_check(args, settings: Settings) -> int:
+    from ledger.invariants import ledger_violations
+
+    async def main() -> int:
+        async with connection(dsn) as conn:
+            violations = await ledger_violations(conn)
+        for rule, detail in violations:
+            print(f"VIOLATION {rule}: {detail}")
+        print("ledger balanced" if not violations else f"{len(violations)} violation(s)")
+        return 1 if violations else 0
+
+    with database_dsn(settings.database_url) as dsn:
+        return _run(main())
+
+
+def cmd_bench(args, settings: Settings) -> int:
+    from authorizer.bench import BenchOptions, run_bench
+    options = BenchOptions(cards=args.cards, seconds=args.seconds,
+                           concurrency=args.concurrency, output=args.output)
+    return run_bench(options, settings)
+
+
+def _override(settings: Settings, **changes) -> Settings:
+    import dataclasses
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hdfpay",
+        description="Carte Génération #HDF transaction processor. With no DATABASE_URL, uses a "
+                    "private PostgreSQL cluster (HDFPAY_DATA_DIR).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the authorizer on a throwaway database with a scripted till session")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="run the authorization server")
+    p.add_argument("--host", help="listen address (default HDFPAY_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default HDFPAY_PORT or 8080)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="the database: migrate, or start/stop/status of the embedded cluster")
+    p.add_argument("action", choices=["migrate", "start", "stop", "status"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("seed", help="create the demo region (establishments, students, shops, terminals)")
+    p.add_argument("--beneficiaries", type=int, default=DEFAULT_SEED_BENEFICIARIES)
+    p.add_argument("--school-year", type=int, help="first year of the school year (default: current)")
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("reload", help="credit a beneficiary's wallet (pending fees recovered first)")
+    p.add_argument("dossier", help="dossier number, e.g. HDF0000005")
+    p.add_argument("amount", help="amount in euros, e.g. 100 or 12,50")
+    p.add_argument("--school-year", type=int, help="first year of the school year (default: current)")
+    p.add_argument("--reference", help="idempotency reference (default: one reload per student and year)")
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("check", help="verify the ledger's invariants (debits = credits, no negative wallet)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bench", help="end-to-end authorization benchmark beside pgbench")
+    p.add_argument("--cards", type=int, default=100_000, help="cards to seed (default 100000)")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each measured run")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[1, 16, 64], help="comma-separated client concurrencies (default 1,16,64)")
+    p.add_argument("--output", default="bench-results.json", help="JSON results file")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except (ConfigError, EmbeddedDatabaseError, SchemaNotReady, MigrationError, UnknownBeneficiary,
+            AmountError, UsageError) as exc:
+        print(f"hdfpay: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"hdfpay: error: database: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

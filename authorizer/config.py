@@ -1,0 +1,52 @@
+"""Settings from the environment, each limit a named value with its unit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting is present but unusable; the message names it."""
+
+
+def _int_env(name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    host: str
+    port: int
+    # Business limit per purchase (response 61 above it): the region's per-transaction ceiling.
+    max_purchase_amount_cents: int
+    db_pool_size: int
+    pool_acquire_timeout_ms: int
+    db_statement_timeout_ms: int
+    # Beyond this many requests in progress the server answers 91 at once instead of queueing.
+    max_in_flight_requests: int
+    request_timeout_ms: int
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            database_url=os.environ.get("DATABASE_URL") or None,
+            host=os.environ.get("HDFPAY_HOST", "127.0.0.1"),
+            port=_int_env("HDFPAY_PORT", 8080, 0, 65535),
+            max_purchase_amount_cents=_int_env("HDFPAY_MAX_PURCHASE_AMOUNT_CENTS", 300_00, 1, 10_000_000),
+            db_pool_size=_int_env("HDFPAY_DB_POOL_SIZE", 8, 1, 100),
+            pool_acquire_timeout_ms=_int_env("HDFPAY_POOL_ACQUIRE_TIMEOUT_MS", 1000, 1, 60_000),
+            db_statement_timeout_ms=_int_env("HDFPAY_DB_STATEMENT_TIMEOUT_MS", 2000, 1, 60_000),
+            max_in_flight_requests=_int_env("HDFPAY_MAX_IN_FLIGHT_REQUESTS", 512, 1, 100_000),
+            request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 3000, 1, 60_000),
+        )

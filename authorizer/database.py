@@ -1,0 +1,62 @@
+"""Which PostgreSQL to use: DATABASE_URL when set, otherwise the private embedded cluster."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator, Iterator
+
+import asyncpg
+
+from ledger.embedded import EmbeddedPostgres, default_data_dir
+from ledger.migrate import shipped_migrations
+
+APPLICATION_NAME = "hdfpay"
+
+
+class SchemaNotReady(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def database_dsn(database_url: str | None) -> Iterator[str]:
+    """Yield a DSN. The embedded cluster is started if needed and stopped again on exit only if
+    this call started it (a cluster started by `hdfpay db start` keeps running)."""
+    if database_url:
+        yield database_url
+        return
+    cluster = EmbeddedPostgres(default_data_dir())
+    was_running = cluster.is_running()
+    dsn = cluster.start()
+    try:
+        yield dsn
+    finally:
+        if not was_running:
+            cluster.stop()
+
+
+@contextlib.asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME})
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=size, max_size=size,
+        # Short, fast statements: JIT compilation would only add latency.
+        server_settings={"application_name": APPLICATION_NAME, "jit": "off"},
+    )
+
+
+async def check_schema(conn: asyncpg.Connection) -> None:
+    """Refuse to serve on a database whose migrations are missing."""
+    has_table = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    applied = set()
+    if has_table:
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    missing = [m.version for m in shipped_migrations() if m.version not in applied]
+    if missing:
+        raise SchemaNotReady(f"the database lacks migrations {missing}: run 'hdfpay db migrate'")

@@ -1,0 +1,185 @@
+"""`hdfpay demo`: a whole region on a throwaway database, and a till session read as a cashier would.
+
+Starts a private PostgreSQL cluster in a temporary directory (or a fresh `hdfpay_demo` database on
+DATABASE_URL's server), migrates, seeds the demo region, starts the authorizer on a free loopback
+port and plays a scripted session through the real HTTP protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from authorizer.config import Settings
+from authorizer.database import connection
+from authorizer.server import running_server
+from ledger.clock import pin_clock
+from ledger.demo_region import PARTNERS, card_uid, seed_demo_region, terminal_id
+from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.invariants import ledger_violations
+from ledger.migrate import migrate
+from terminal_protocol.amounts import format_euros
+from terminal_protocol.cashier_display import cashier_lines
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.messages import Response
+
+PARIS = ZoneInfo("Europe/Paris")
+DEMO_BENEFICIARIES = 1000
+DEMO_DATABASE = "hdfpay_demo"
+
+
+def demo_business_time(now: dt.datetime) -> dt.datetime:
+    """Today if the wallet window is open, else 1 September (May and June are outside it)."""
+    if now.month in (5, 6):
+        return now.replace(month=9, day=1, hour=10, minute=0, second=0, microsecond=0)
+    return now.replace(microsecond=0)
+
+
+def mask_uid(uid: bytes) -> str:
+    text = uid.hex().upper()
+    return text[:2] + "•" * (len(text) - 6) + text[-4:]
+
+
+@contextlib.contextmanager
+def demo_database(database_url: str | None) -> Iterator[str]:
+    if database_url:
+        yield database_url
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-demo-"))
+    workdir.chmod(0o755)  # the server may run as the 'postgres' user (we may be root)
+    cluster = EmbeddedPostgres(workdir / "pgdata")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        remove_cluster(workdir)
+
+
+async def _fresh_database(dsn: str, own_cluster: bool) -> str:
+    """On someone else's server, work in a database of our own, recreated each run."""
+    if own_cluster:
+        return dsn
+    async with connection(dsn) as conn:
+        await conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + DEMO_DATABASE))
+
+
+class Till:
+    """Prints each step as the cashier sees it."""
+
+    def __init__(self, client: TerminalClient, shop: str, out=print) -> None:
+        self.client = client
+        self.shop = shop
+        self.out = out
+
+    def header(self, text: str) -> None:
+        self.out(f"\n— {text}")
+
+    def show(self, action: str, response: Response) -> Response:
+        self.out(f"  [{self.shop} · {self.client.terminal_id}] {action}")
+        for line in cashier_lines(response):
+            self.out(f"      {line}")
+        return response
+
+    async def sale(self, uid: bytes, amount_cents: int, partial_ok: bool = True, **kw) -> Response:
+        response = await self.client.purchase(uid, amount_cents, partial_ok=partial_ok, **kw)
+        return self.show(f"Vente {format_euros(amount_cents)} · carte {mask_uid(uid)}", response)
+
+
+async def _balance(conn: asyncpg.Connection, uid: bytes, school_year: int) -> int:
+    return await conn.fetchval(
+        "SELECT a.credits_posted - a.debits_posted FROM cards c JOIN wallets w"
+        " ON w.beneficiary_id = c.beneficiary_id AND w.school_year = $2"
+        " JOIN accounts a ON a.id = w.account_id WHERE c.uid = $1", uid, school_year)
+
+
+async def run_demo(settings: Settings, out=print) -> int:
+    business_time = demo_business_time(dt.datetime.now(PARIS))
+    school_year = business_time.year if business_time.month >= 7 else business_time.year - 1
+    out("Carte Génération #HDF — démonstration du serveur d'autorisation")
+    with demo_database(settings.database_url) as base_dsn:
+        dsn = await _fresh_database(base_dsn, own_cluster=settings.database_url is None)
+        async with connection(dsn) as conn:
+            await migrate(conn)
+            summary = await seed_demo_region(conn, beneficiaries=DEMO_BENEFICIARIES,
+                                             school_year=school_year)
+            await pin_clock(conn, business_time)
+            out(f"Région de démonstration : {summary.beneficiaries} bénéficiaires, "
+                f"{summary.partners} partenaires, {summary.terminals} terminaux, "
+                f"{format_euros(summary.funded_cents)} chargés pour l'année scolaire "
+                f"{school_year}-{school_year + 1}.")
+            out(f"Horloge de démonstration : {business_time:%d/%m/%Y %H:%M} (Europe/Paris)")
+            server_settings = dataclasses.replace(settings, host="127.0.0.1", port=0)
+            async with running_server(server_settings, dsn) as server:
+                out(f"Serveur d'autorisation : {server.url}")
+                await _session(server.url, conn, school_year, business_time, out)
+            violations = await ledger_violations(conn)
+    if violations:
+        out(f"\nGRAND LIVRE DÉSÉQUILIBRÉ : {violations}")
+        return 1
+    out("\nGrand livre vérifié : débits = crédits, aucun solde négatif, chaque acceptation a son"
+        " écriture.")
+    return 0
+
+
+async def _session(url: str, conn: asyncpg.Connection, school_year: int,
+                   business_time: dt.datetime, out) -> None:
+    shop = PARTNERS[0][0]
+    async with TerminalClient(url, terminal_id(1, 1)) as client:
+        till = Till(client, shop, out)
+
+        till.header("Achats acceptés, et une nouvelle tentative réseau qui ne débite pas deux fois")
+        student = card_uid(5)
+        await till.sale(student, 23_90)
+        request = client.purchase_request(student, 12_40)
+        till.show(f"Vente {format_euros(12_40)} · carte {mask_uid(student)}",
+                           await client.send(request))
+        replay = await client.send(request)
+        out(f"  (même message renvoyé après une coupure : réponse identique, code {replay.rc}, "
+            f"solde {format_euros(replay.balance_cents or 0)} — aucun second débit)")
+
+        till.header("Paiement partiel : le solde ne couvre pas tout")
+        partial_card = card_uid(7)
+        balance = await _balance(conn, partial_card, school_year)
+        await till.sale(partial_card, balance + 20_00)
+
+        till.header("Chaque motif de refus")
+        await till.sale(card_uid(8), 350_00, partial_ok=False)             # 61 over the limit
+        low = card_uid(7)                                                   # now at 0 €
+        await till.sale(low, 5_00, partial_ok=False)                        # 51
+        await till.sale(card_uid(1), 10_00)                                 # 41 lost
+        await till.sale(card_uid(2), 10_00)                                 # 43 stolen
+        await till.sale(card_uid(3), 10_00)                                 # 62 damaged
+        await till.sale(card_uid(50), 10_00)                                # 57 no rights
+        await till.sale(bytes.fromhex("04FFFFFFFFFF01"), 10_00)              # 14 unknown
+        async with TerminalClient(url, terminal_id(1, 2)) as revoked:
+            await Till(revoked, shop, out).sale(card_uid(9), 10_00)          # 58 revoked terminal
+        async with TerminalClient(url, terminal_id(len(PARTNERS), 1)) as suspended:
+            await Till(suspended, PARTNERS[-1][0], out).sale(card_uid(9), 10_00)  # 58 partner
+        may_day = dt.datetime(school_year + 1, 5, 1, 9, 0, tzinfo=PARIS)
+        await pin_clock(conn, may_day)
+        out(f"  (horloge avancée au {may_day:%d/%m/%Y %H:%M} : le porte-monnaie est fermé)")
+        await till.sale(card_uid(9), 10_00)                                 # 54
+        await pin_clock(conn, business_time)
+
+        till.header("Annulation de la dernière vente (le client renonce)")
+        voided = await till.sale(card_uid(11), 31_50)
+        till.show("Annulation de la vente", await client.reversal(voided.request_id))
+
+        till.header("Remboursement d'un article rendu, sur présentation du ticket")
+        sale = await till.sale(card_uid(12), 42_00)
+        till.show(f"Remboursement {format_euros(15_00)} · ticket {sale.rrn}",
+                  await client.refund(sale.rrn, 15_00))
+        till.show(f"Remboursement {format_euros(30_00)} · ticket {sale.rrn} (dépasse le reste)",
+                  await client.refund(sale.rrn, 30_00))

@@ -1,0 +1,84 @@
+"""Assembles the aiohttp application and runs it until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from authorizer.config import Settings
+from authorizer.database import create_pool
+from authorizer.pipeline import AuthorizationPipeline
+from authorizer.terminal_endpoint import TerminalEndpoint
+from authorizer.terminal_identity import DeclaredTerminalIdentifier
+from ledger.authorization_store import AuthorizationStore
+from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
+from terminal_protocol.transport import TERMINAL_PATH
+
+# How long a stopping server lets in-flight requests finish.
+SHUTDOWN_GRACE_S = 10.0
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
+    store = AuthorizationStore(
+        pool,
+        max_purchase_amount_cents=settings.max_purchase_amount_cents,
+        pool_acquire_timeout_s=settings.pool_acquire_timeout_ms / 1000,
+        statement_timeout_s=settings.db_statement_timeout_ms / 1000,
+    )
+    endpoint = TerminalEndpoint(
+        AuthorizationPipeline(store), DeclaredTerminalIdentifier(),
+        max_in_flight_requests=settings.max_in_flight_requests,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    # Slack above the largest valid message so that aiohttp itself never buffers more.
+    app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1)
+    app["terminal_endpoint"] = endpoint
+    app.router.add_post(TERMINAL_PATH, endpoint.handle)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: web.Application
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings, dsn: str) -> AsyncIterator[RunningServer]:
+    """Pool, app and listening socket; all closed on exit. Port 0 picks a free port."""
+    pool = await create_pool(dsn, settings.db_pool_size)
+    try:
+        app = build_app(settings, pool)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            yield RunningServer(url=f"http://{host}:{port}", app=app)
+        finally:
+            await runner.cleanup()
+    finally:
+        await pool.close()
+
+
+async def serve_forever(settings: Settings, dsn: str, announce=print) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_server(settings, dsn) as server:
+        announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
+        await stop.wait()
+        announce("stopping: finishing requests in flight")

@@ -1,0 +1,70 @@
+"""The authorization path's database side: one function call (one round trip) per message.
+
+Takes plain values, returns the response body the database built and stored, byte for byte the
+same on a replay. Knows nothing of HTTP or of the message codec.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+# A concurrent duplicate of an in-flight message fails with unique_violation and is rolled back;
+# the next call finds the stored response. One extra attempt is enough; two leave room for an RRN
+# sequence wrap.
+IDEMPOTENCY_ATTEMPTS = 3
+
+
+class LedgerUnavailable(RuntimeError):
+    """No connection or no answer in time (response code 91): the terminal reverses and retries."""
+
+
+class LedgerFailure(RuntimeError):
+    """The database refused the operation for a reason the caller cannot fix (response code 96)."""
+
+
+_PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5)"
+_REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6)"
+
+
+class AuthorizationStore:
+    def __init__(self, pool: asyncpg.Pool, *, max_purchase_amount_cents: int,
+                 pool_acquire_timeout_s: float, statement_timeout_s: float) -> None:
+        self._pool = pool
+        self._max_purchase_amount_cents = max_purchase_amount_cents
+        self._acquire_timeout_s = pool_acquire_timeout_s
+        self._statement_timeout_s = statement_timeout_s
+
+    async def purchase(self, terminal_id: str, request_id: str, fingerprint: bytes, stan: int,
+                       card_uid: bytes, amount_cents: int, terminal_local_time: dt.datetime,
+                       partial_ok: bool) -> bytes:
+        return await self._call(_PURCHASE, terminal_id, request_id, fingerprint, stan, card_uid,
+                                amount_cents, terminal_local_time, partial_ok,
+                                self._max_purchase_amount_cents)
+
+    async def reversal(self, terminal_id: str, request_id: str, fingerprint: bytes, stan: int,
+                       original_request_id: str) -> bytes:
+        return await self._call(_REVERSAL, terminal_id, request_id, fingerprint, stan,
+                                original_request_id)
+
+    async def refund(self, terminal_id: str, request_id: str, fingerprint: bytes, stan: int,
+                     original_rrn: str, amount_cents: int) -> bytes:
+        return await self._call(_REFUND, terminal_id, request_id, fingerprint, stan, original_rrn,
+                                amount_cents)
+
+    async def _call(self, sql: str, *args) -> bytes:
+        for _ in range(IDEMPOTENCY_ATTEMPTS):
+            try:
+                async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
+                    body = await conn.fetchval(sql, *args, timeout=self._statement_timeout_s)
+                return body.encode()
+            except asyncpg.UniqueViolationError:
+                continue
+            except (TimeoutError, OSError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
+                raise LedgerUnavailable(type(exc).__name__) from exc
+            except asyncpg.PostgresError as exc:
+                raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
+        raise LedgerFailure("idempotency key still contended after retries")

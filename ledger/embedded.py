@@ -1,0 +1,212 @@
+"""A private PostgreSQL cluster for the zero-configuration default.
+
+With no DATABASE_URL, hdfpay runs its own cluster from Debian's PostgreSQL server binaries in a
+data directory it owns: initdb once, a unix socket inside the data directory and no TCP listener,
+started and stopped with pg_ctl. PostgreSQL refuses to run as root, so when we are root the server
+runs as the ``postgres`` system user that Debian's package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+DATABASE_NAME = "hdfpay"
+DATABASE_USER = "hdfpay"
+SERVER_START_TIMEOUT_S = 60
+SERVER_STOP_TIMEOUT_S = 60
+SERVICE_USER_WHEN_ROOT = "postgres"
+
+# Durability stays on (fsync, synchronous_commit): an approval the terminal saw must survive a
+# crash. The rest sizes a small cluster for a 2-core machine.
+SERVER_SETTINGS = {
+    "listen_addresses": "''",
+    "unix_socket_permissions": "0700",
+    "max_connections": "200",
+    "shared_buffers": "'256MB'",
+    "wal_buffers": "'16MB'",
+    "max_wal_size": "'2GB'",
+    "checkpoint_timeout": "'15min'",
+    "timezone": "'UTC'",
+    "log_timezone": "'UTC'",
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+    "lc_messages": "'C'",
+}
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    """The private cluster cannot be created, started or stopped; the message says why."""
+
+
+def default_data_dir() -> Path:
+    """Where the private cluster lives unless HDFPAY_DATA_DIR says otherwise."""
+    if explicit := os.environ.get("HDFPAY_DATA_DIR"):
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/var/lib/hdfpay/pgdata")
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(xdg) / "hdfpay" / "pgdata"
+
+
+def find_server_binaries() -> Path:
+    """The newest Debian PostgreSQL server bin directory, or HDFPAY_PG_BINDIR."""
+    if explicit := os.environ.get("HDFPAY_PG_BINDIR"):
+        candidates = [explicit]
+    else:
+        candidates = sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"),
+            key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+            reverse=True,
+        )
+    for candidate in candidates:
+        if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise EmbeddedDatabaseError(
+        "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin). "
+        "Install them with 'apt-get install postgresql', set HDFPAY_PG_BINDIR, "
+        "or point DATABASE_URL at an existing server."
+    )
+
+
+@dataclass
+class EmbeddedPostgres:
+    """One private cluster: ``start()`` creates it on first use, ``stop()`` shuts it down."""
+
+    data_dir: Path
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
+        self.bin_dir = find_server_binaries()
+        self._run_as = self._service_user()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{DATABASE_USER}@/{DATABASE_NAME}?host={self.data_dir}"
+
+    def dsn_for(self, database: str) -> str:
+        return f"postgresql://{DATABASE_USER}@/{database}?host={self.data_dir}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def is_initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        if not self.is_initialised():
+            return False
+        result = self._pg(["pg_ctl", "-D", str(self.data_dir), "status"], check=False)
+        return result.returncode == 0
+
+    def start(self) -> str:
+        """Create the cluster if needed, start it if stopped; return its DSN."""
+        if not self.is_initialised():
+            self._initdb()
+        if not self.is_running():
+            self._pg(
+                ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
+                 "-w", "-t", str(SERVER_START_TIMEOUT_S), "start"],
+                what="start the database server",
+            )
+            self._ensure_database()
+        return self.dsn
+
+    def stop(self) -> bool:
+        """Stop the server (fast shutdown: sessions are ended, committed work is kept)."""
+        if not self.is_running():
+            return False
+        self._pg(
+            ["pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w",
+             "-t", str(SERVER_STOP_TIMEOUT_S), "stop"],
+            what="stop the database server",
+        )
+        return True
+
+    def tool(self, name: str) -> Path:
+        """Path of a PostgreSQL client tool of the same version (psql, pgbench)."""
+        return self.bin_dir / name
+
+    def _service_user(self) -> pwd.struct_passwd | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam(SERVICE_USER_WHEN_ROOT)
+        except KeyError:
+            raise EmbeddedDatabaseError(
+                "PostgreSQL refuses to run as root and there is no 'postgres' system user to run "
+                "it as. Install Debian's 'postgresql' package (it creates that user), run hdfpay "
+                "as a normal user, or point DATABASE_URL at an existing server."
+            ) from None
+
+    def _initdb(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._run_as is not None:
+            self._check_reachable_by_service_user()
+            os.chown(self.data_dir, self._run_as.pw_uid, self._run_as.pw_gid)
+        self.data_dir.chmod(0o700)
+        self._pg(
+            ["initdb", "-D", str(self.data_dir), "-U", DATABASE_USER, "--auth=trust",
+             "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+            what="create the database cluster",
+        )
+        settings = "".join(f"{key} = {value}\n" for key, value in SERVER_SETTINGS.items())
+        settings += f"unix_socket_directories = '{self.data_dir}'\n"
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a") as handle:
+            handle.write("\n# hdfpay embedded cluster\n" + settings)
+
+    def _check_reachable_by_service_user(self) -> None:
+        for parent in self.data_dir.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                raise EmbeddedDatabaseError(
+                    f"The database runs as the '{SERVICE_USER_WHEN_ROOT}' user (PostgreSQL refuses "
+                    f"root), which cannot enter {parent}. Choose another HDFPAY_DATA_DIR, for "
+                    "example under /var/lib or /tmp."
+                )
+
+    def _ensure_database(self) -> None:
+        psql = [str(self.tool("psql")), "-X", "-q", "-h", str(self.data_dir), "-U", DATABASE_USER,
+                "-d", "postgres", "-tA", "-v", "ON_ERROR_STOP=1"]
+        exists = subprocess.run(
+            psql + ["-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'"],
+            capture_output=True, text=True, check=False,
+        )
+        if exists.stdout.strip() != "1":
+            subprocess.run(psql + ["-c", f"CREATE DATABASE {DATABASE_NAME}"],
+                           capture_output=True, text=True, check=True)
+
+    def _pg(self, argv: list[str], what: str = "", check: bool = True) -> subprocess.CompletedProcess:
+        argv = [str(self.bin_dir / argv[0])] + argv[1:]
+        kwargs: dict = {}
+        if self._run_as is not None:
+            kwargs = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
+        # Output goes through files, not pipes: the postmaster that pg_ctl forks could inherit a
+        # pipe and keep it open, and run() would then wait for it forever.
+        with tempfile.TemporaryFile("w+") as out:
+            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                    check=False, cwd="/", stdin=subprocess.DEVNULL, **kwargs)
+            out.seek(0)
+            result.stderr = out.read()
+        if check and result.returncode != 0:
+            log_tail = ""
+            if self.log_file.exists():
+                log_tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+            raise EmbeddedDatabaseError(
+                f"Could not {what or argv[0]} in {self.data_dir}:\n{result.stderr.strip()}"
+                + (f"\nServer log ({self.log_file}):\n{log_tail}" if log_tail else "")
+            )
+        return result
+
+
+def remove_cluster(data_dir: Path) -> None:
+    """Delete a stopped cluster's files (tests and the demo's throwaway clusters)."""
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,194 @@
+-- The region's reference data, the cards and the double-entry ledger.
+-- Money is integer euro cents (bigint). Timestamps are timestamptz; business dates are computed in
+-- Europe/Paris. A school year is named by the calendar year it starts in (2026 = 2026-2027).
+
+CREATE TABLE establishments (
+    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    uai         text NOT NULL UNIQUE CHECK (uai ~ '^[0-9]{7}[A-Z]$'),
+    name        text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    kind        text NOT NULL CHECK (kind IN ('LYCEE', 'LP', 'CFA'))
+);
+
+CREATE TABLE beneficiaries (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dossier_number   text NOT NULL UNIQUE CHECK (dossier_number ~ '^[0-9A-Z]{6,20}$'),
+    last_name        text NOT NULL CHECK (length(last_name) BETWEEN 1 AND 100),
+    first_name       text NOT NULL CHECK (length(first_name) BETWEEN 1 AND 100),
+    birth_date       date NOT NULL,
+    email            text NOT NULL CHECK (email ~ '^[^@\s]+@[^@\s]+$'),
+    establishment_id integer NOT NULL REFERENCES establishments
+);
+
+-- Rights are renewed each school year by the student's establishment.
+CREATE TABLE rights (
+    beneficiary_id  bigint  NOT NULL REFERENCES beneficiaries,
+    school_year     integer NOT NULL CHECK (school_year BETWEEN 2000 AND 2100),
+    renewed_by      text    NOT NULL,
+    renewed_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (beneficiary_id, school_year)
+);
+
+-- Card status: ACTIVE, or one of the oppositions. An opposition is irreversible (trigger below).
+CREATE TABLE cards (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    card_number     text   NOT NULL UNIQUE CHECK (card_number ~ '^[0-9]{16}$'),
+    uid             bytea  NOT NULL UNIQUE CHECK (length(uid) IN (4, 7, 10)),
+    beneficiary_id  bigint NOT NULL REFERENCES beneficiaries,
+    status          text   NOT NULL DEFAULT 'ACTIVE'
+                    CHECK (status IN ('ACTIVE', 'LOST', 'STOLEN', 'DAMAGED', 'DEFECTIVE')),
+    opposed_at      timestamptz,
+    issued_at       timestamptz NOT NULL DEFAULT now(),
+    CHECK ((status = 'ACTIVE') = (opposed_at IS NULL))
+);
+CREATE INDEX cards_beneficiary ON cards (beneficiary_id);
+
+CREATE FUNCTION cards_opposition_is_irreversible() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'cards are never deleted (card %)', OLD.id USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF OLD.status <> 'ACTIVE' AND (NEW.status IS DISTINCT FROM OLD.status
+                                   OR NEW.opposed_at IS DISTINCT FROM OLD.opposed_at) THEN
+        RAISE EXCEPTION 'card % is opposed (%): an opposition cannot be lifted or changed', OLD.id, OLD.status
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.uid <> OLD.uid OR NEW.beneficiary_id <> OLD.beneficiary_id OR NEW.card_number <> OLD.card_number THEN
+        RAISE EXCEPTION 'card % identity is immutable', OLD.id USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER cards_opposition_is_irreversible BEFORE UPDATE OR DELETE ON cards
+    FOR EACH ROW EXECUTE FUNCTION cards_opposition_is_irreversible();
+
+-- Ledger accounts. Wallet accounts carry posted totals because the no-overdraft rule is a CHECK on
+-- them; every other account's balance is the sum of its transfers, so that merchant accounts are
+-- never written (never row-locked) on the authorization path.
+CREATE TABLE accounts (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            text   NOT NULL CHECK (kind IN ('WALLET', 'MERCHANT_PAYABLE', 'REGION_FUNDING',
+                                                    'FEE_INCOME', 'EXPIRED_FUNDS')),
+    debits_posted   bigint NOT NULL DEFAULT 0 CHECK (debits_posted >= 0),
+    credits_posted  bigint NOT NULL DEFAULT 0 CHECK (credits_posted >= 0),
+    CONSTRAINT wallet_never_overdrawn CHECK (kind <> 'WALLET' OR debits_posted <= credits_posted),
+    CONSTRAINT only_wallets_keep_totals CHECK (kind = 'WALLET' OR (debits_posted = 0 AND credits_posted = 0))
+);
+
+-- The single region-wide accounts, found by kind.
+CREATE UNIQUE INDEX accounts_one_per_region_kind ON accounts (kind)
+    WHERE kind IN ('REGION_FUNDING', 'FEE_INCOME', 'EXPIRED_FUNDS');
+INSERT INTO accounts (kind) VALUES ('REGION_FUNDING'), ('FEE_INCOME'), ('EXPIRED_FUNDS');
+
+CREATE FUNCTION accounts_are_never_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger accounts are never deleted (account %)', OLD.id
+        USING ERRCODE = 'integrity_constraint_violation';
+END $$;
+CREATE TRIGGER accounts_are_never_deleted BEFORE DELETE ON accounts
+    FOR EACH ROW EXECUTE FUNCTION accounts_are_never_deleted();
+
+-- One wallet per beneficiary per school year.
+CREATE TABLE wallets (
+    beneficiary_id  bigint  NOT NULL REFERENCES beneficiaries,
+    school_year     integer NOT NULL CHECK (school_year BETWEEN 2000 AND 2100),
+    account_id      bigint  NOT NULL UNIQUE REFERENCES accounts,
+    PRIMARY KEY (beneficiary_id, school_year)
+);
+
+CREATE TABLE partners (
+    id              integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text    NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    category        text    NOT NULL CHECK (category IN ('BOOKSHOP', 'EQUIPMENT')),
+    address         text    NOT NULL,
+    latitude        double precision NOT NULL CHECK (latitude BETWEEN -90 AND 90),
+    longitude       double precision NOT NULL CHECK (longitude BETWEEN -180 AND 180),
+    status          text    NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'SUSPENDED', 'CLOSED')),
+    merchant_account_id bigint NOT NULL UNIQUE REFERENCES accounts
+);
+
+CREATE TABLE terminals (
+    id              text    PRIMARY KEY CHECK (id ~ '^[A-Z0-9-]{4,32}$'),
+    partner_id      integer NOT NULL REFERENCES partners,
+    status          text    NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'SUSPENDED', 'REVOKED'))
+);
+CREATE INDEX terminals_partner ON terminals (partner_id);
+
+-- Every terminal message that reached the ledger, keyed by (terminal, request id): the stored
+-- response is replayed for a retry. A row with request_hash NULL is a tombstone left by a reversal
+-- that arrived before its original: the late original is then declined.
+CREATE TABLE authorizations (
+    id                      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    terminal_id             text    NOT NULL REFERENCES terminals,
+    request_id              text    NOT NULL,
+    message_type            text    NOT NULL CHECK (message_type IN ('PURCHASE', 'REVERSAL', 'REFUND')),
+    request_hash            bytea,
+    stan                    integer CHECK (stan BETWEEN 0 AND 999999),
+    card_id                 bigint  REFERENCES cards,
+    wallet_account_id       bigint,
+    school_year             integer,
+    original_id             bigint  REFERENCES authorizations,
+    amount_requested_cents  bigint  CHECK (amount_requested_cents >= 0),
+    amount_approved_cents   bigint  NOT NULL DEFAULT 0 CHECK (amount_approved_cents >= 0),
+    amount_reversed_cents   bigint  NOT NULL DEFAULT 0 CHECK (amount_reversed_cents >= 0),
+    amount_refunded_cents   bigint  NOT NULL DEFAULT 0 CHECK (amount_refunded_cents >= 0),
+    response_code           char(2) NOT NULL,
+    auth_code               text,
+    rrn                     text    UNIQUE,
+    terminal_local_time     timestamp,
+    created_at              timestamptz NOT NULL,
+    response                text    NOT NULL,
+    UNIQUE (terminal_id, request_id),
+    CHECK (amount_reversed_cents + amount_refunded_cents <= amount_approved_cents)
+);
+
+CREATE SEQUENCE rrn_sequence MAXVALUE 999999 CYCLE;
+
+-- Replacement fees that could not be taken from the balance, recovered from the next reload.
+CREATE TABLE pending_fees (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    beneficiary_id  bigint NOT NULL REFERENCES beneficiaries,
+    amount_cents    bigint NOT NULL CHECK (amount_cents > 0),
+    recovered_cents bigint NOT NULL DEFAULT 0 CHECK (recovered_cents >= 0),
+    reason          text   NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (recovered_cents <= amount_cents)
+);
+CREATE INDEX pending_fees_open ON pending_fees (beneficiary_id) WHERE recovered_cents < amount_cents;
+
+-- Immutable double-entry transfers: one amount, one debited and one credited account.
+-- debit/credit accounts carry no foreign key on purpose: a foreign-key check takes a KEY SHARE
+-- lock on the referenced row, and merchant accounts are hot rows; accounts are never deleted.
+CREATE TABLE transfers (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    code                text   NOT NULL CHECK (code IN ('PURCHASE', 'REVERSAL', 'REFUND', 'RELOAD',
+                                                        'REPLACEMENT_FEE', 'EXPIRY', 'SETTLEMENT')),
+    debit_account_id    bigint NOT NULL,
+    credit_account_id   bigint NOT NULL CHECK (credit_account_id <> debit_account_id),
+    amount_cents        bigint NOT NULL CHECK (amount_cents > 0),
+    authorization_id    bigint,
+    reference           text,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX transfers_debit_account ON transfers (debit_account_id);
+CREATE INDEX transfers_credit_account ON transfers (credit_account_id);
+CREATE UNIQUE INDEX transfers_reload_once ON transfers (reference) WHERE code = 'RELOAD';
+
+CREATE FUNCTION transfers_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'transfers are immutable: % refused on transfer %', TG_OP, OLD.id
+        USING ERRCODE = 'integrity_constraint_violation';
+END $$;
+CREATE TRIGGER transfers_are_immutable BEFORE UPDATE OR DELETE ON transfers
+    FOR EACH ROW EXECUTE FUNCTION transfers_are_immutable();
+
+CREATE FUNCTION transfers_are_never_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'transfers are immutable: TRUNCATE refused' USING ERRCODE = 'integrity_constraint_violation';
+END $$;
+CREATE TRIGGER transfers_are_never_truncated BEFORE TRUNCATE ON transfers
+    FOR EACH STATEMENT EXECUTE FUNCTION transfers_are_never_truncated();
+
+-- Tests and the demo pin the business clock here; with no row, business time is now().
+CREATE TABLE clock_override (
+    only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    pinned_at   timestamptz NOT NULL
+);

@@ -1,0 +1,32 @@
+"""Crediting a wallet for a school year (pending replacement fees are recovered first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+class UnknownBeneficiary(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    credited_cents: int
+    fee_recovered_cents: int
+    balance_cents: int
+    already_done: bool
+
+
+async def reload_wallet(conn: asyncpg.Connection, dossier_number: str, school_year: int,
+                        amount_cents: int, reference: str | None = None) -> ReloadResult:
+    """Credit once per reference; by default one reload per beneficiary and school year."""
+    beneficiary_id = await conn.fetchval(
+        "SELECT id FROM beneficiaries WHERE dossier_number = $1", dossier_number)
+    if beneficiary_id is None:
+        raise UnknownBeneficiary(f"no beneficiary with dossier number {dossier_number}")
+    reference = reference or f"reload:{school_year}:{dossier_number}"
+    row = await conn.fetchrow("SELECT * FROM reload_wallet($1, $2, $3, $4)",
+                              beneficiary_id, school_year, amount_cents, reference)
+    return ReloadResult(**dict(row))

@@ -1,0 +1,32 @@
+"""What the cashier reads for an answer, in French."""
+
+from __future__ import annotations
+
+from terminal_protocol.amounts import format_euros
+from terminal_protocol.messages import Response
+from terminal_protocol.response_codes import describe
+
+
+def cashier_lines(response: Response) -> list[str]:
+    """Two or three short lines: the verdict, then what to do or the new balance."""
+    code = describe(response.rc)
+    lines: list[str] = []
+    if response.type == "purchase" and response.rc == "00":
+        lines.append(f"ACCEPTÉ  {format_euros(response.approved_cents)}")
+    elif response.type == "purchase" and response.rc == "10":
+        rest = (response.requested_cents or 0) - response.approved_cents
+        lines.append(f"ACCEPTÉ PARTIELLEMENT  {format_euros(response.approved_cents)}"
+                     f" sur {format_euros(response.requested_cents or 0)}")
+        lines.append(f"Reste à encaisser par un autre moyen : {format_euros(rest)}")
+    elif response.type == "reversal" and response.rc == "00":
+        lines.append(f"ANNULATION ACCEPTÉE  {format_euros(response.approved_cents)} recrédités")
+    elif response.type == "refund" and response.rc == "00":
+        lines.append(f"REMBOURSEMENT ACCEPTÉ  {format_euros(response.approved_cents)}")
+    else:
+        lines.append(f"REFUSÉ : {code.cashier_text} (code {response.rc})")
+    if response.balance_cents is not None:
+        lines.append(f"Nouveau solde de la carte : {format_euros(response.balance_cents)}")
+    if response.rrn and code.approved:
+        lines.append(f"Référence : {response.rrn}" + (f"  autorisation {response.auth_code}"
+                                                       if response.auth_code else ""))
+    return lines

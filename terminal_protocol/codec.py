@@ -1,0 +1,51 @@
+"""Bytes ⇄ messages, with the errors a terminal can act on."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from terminal_protocol.messages import PROTOCOL_VERSION, Request, Response
+
+MAX_REQUEST_BODY_BYTES = 2048
+
+_request_decoder = msgspec.json.Decoder(Request)
+_response_decoder = msgspec.json.Decoder(Response)
+_encoder = msgspec.json.Encoder()
+_hash_encoder = msgspec.msgpack.Encoder()
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be understood: answered with response code 30 and this detail."""
+
+
+def decode_request(body: bytes) -> Request:
+    if len(body) > MAX_REQUEST_BODY_BYTES:
+        raise ProtocolError(f"body of {len(body)} bytes exceeds {MAX_REQUEST_BODY_BYTES}")
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+
+
+def encode_request(request: Request) -> bytes:
+    return _encoder.encode(request)
+
+
+def request_fingerprint(request: Request) -> bytes:
+    """SHA-256 of the decoded content: a retry must carry the same content, not the same spacing."""
+    return hashlib.sha256(_hash_encoder.encode(request)).digest()
+
+
+def decode_response(body: bytes) -> Response:
+    try:
+        return _response_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolError(f"unreadable response: {exc}") from None
+
+
+def error_body(rc: str, detail: str) -> bytes:
+    return _encoder.encode({"v": PROTOCOL_VERSION, "type": "error", "rc": rc, "detail": detail})

@@ -1,0 +1,72 @@
+"""Terminal messages as data (the spec lives in PROTOCOL.md).
+
+Requests are a tagged union on "type"; unknown fields are refused, every field is bounded.
+Responses are built by the ledger (so that a retry replays the stored bytes) and decoded here by
+terminals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+# A format bound, far above any business limit (those answer 61): 1,000,000.00 €.
+AMOUNT_CENTS_MAX_ACCEPTED = 100_000_000
+REQUEST_ID_MAX_CHARS = 64
+STAN_MAX = 999_999
+
+RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+Stan = Annotated[int, msgspec.Meta(ge=0, le=STAN_MAX)]
+AmountCents = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_CENTS_MAX_ACCEPTED)]
+# ISO 14443 UIDs are 4, 7 or 10 bytes; upper-case hex.
+CardUid = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$")]
+Rrn = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{12}$")]
+LocalTime = Annotated[dt.datetime, msgspec.Meta(tz=False)]
+
+
+class _Request(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    v: Literal[1]
+    request_id: RequestId
+    stan: Stan
+
+
+class Purchase(_Request, tag="purchase"):
+    card_uid: CardUid
+    amount_cents: AmountCents
+    local_time: LocalTime
+    partial_ok: bool
+
+
+class Reversal(_Request, tag="reversal"):
+    original_request_id: RequestId
+
+
+class Refund(_Request, tag="refund"):
+    original_rrn: Rrn
+    amount_cents: AmountCents
+
+
+Request = Union[Purchase, Reversal, Refund]
+
+
+class Response(msgspec.Struct, frozen=True):
+    """The server's answer to a request (any type). Absent fields are None."""
+
+    v: int
+    type: str
+    rc: str
+    request_id: str | None = None
+    stan: int | None = None
+    requested_cents: int | None = None
+    approved_cents: int = 0
+    balance_cents: int | None = None
+    auth_code: str | None = None
+    rrn: str | None = None
+    detail: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.rc in ("00", "10")
