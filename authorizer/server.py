@@ -22,6 +22,7 @@ from terminal_protocol.transport import TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
 SHUTDOWN_GRACE_S = 10.0
+TERMINAL_ENDPOINT = web.AppKey("terminal_endpoint", TerminalEndpoint)
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -42,7 +43,7 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
     )
     # Slack above the largest valid message so that aiohttp itself never buffers more.
     app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1)
-    app["terminal_endpoint"] = endpoint
+    app[TERMINAL_ENDPOINT] = endpoint
     app.router.add_post(TERMINAL_PATH, endpoint.handle)
     app.router.add_get("/healthz", _healthz)
     return app

@@ -60,16 +60,22 @@ class TerminalClient:
         return await self.send(self.purchase_request(card_uid, amount_cents, partial_ok=partial_ok,
                                                      request_id=request_id))
 
+    def reversal_request(self, original_request_id: str, *,
+                         request_id: str | None = None) -> Reversal:
+        return Reversal(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
+                        stan=self.next_stan(), original_request_id=original_request_id)
+
     async def reversal(self, original_request_id: str, *, request_id: str | None = None) -> Response:
-        return await self.send(Reversal(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
-                                        stan=self.next_stan(),
-                                        original_request_id=original_request_id))
+        return await self.send(self.reversal_request(original_request_id, request_id=request_id))
+
+    def refund_request(self, original_rrn: str, amount_cents: int, *,
+                       request_id: str | None = None) -> Refund:
+        return Refund(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
+                      stan=self.next_stan(), original_rrn=original_rrn, amount_cents=amount_cents)
 
     async def refund(self, original_rrn: str, amount_cents: int, *,
                      request_id: str | None = None) -> Response:
-        return await self.send(Refund(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
-                                      stan=self.next_stan(), original_rrn=original_rrn,
-                                      amount_cents=amount_cents))
+        return await self.send(self.refund_request(original_rrn, amount_cents, request_id=request_id))
 
     async def send(self, request: Request) -> Response:
         return decode_response(await self.send_raw(encode_request(request)))

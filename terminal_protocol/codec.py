@@ -27,7 +27,7 @@ def decode_request(body: bytes) -> Request:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
 
 
@@ -43,7 +43,7 @@ def request_fingerprint(request: Request) -> bytes:
 def decode_response(body: bytes) -> Response:
     try:
         return _response_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"unreadable response: {exc}") from None
 
 

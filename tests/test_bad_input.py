@@ -1,0 +1,173 @@
+"""Hostile and broken requests: a clear JSON error with a response code, never a 500, never a
+debit; and the server's own limits (in-flight requests, request timeout) answer 91."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import aiohttp
+import pytest
+
+from authorizer.server import TERMINAL_ENDPOINT, running_server
+from ledger.demo_region import card_uid
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
+from terminal_protocol.transport import TERMINAL_ID_HEADER, TERMINAL_PATH
+
+from conftest import ACTIVE_TERMINAL
+
+GOOD = {"v": 1, "type": "purchase", "request_id": "bad-input-0001", "stan": 1,
+        "card_uid": card_uid(5).hex().upper(), "amount_cents": 1_00,
+        "local_time": "2026-11-26T10:00:00", "partial_ok": True}
+
+
+def _with(**changes) -> bytes:
+    body = dict(GOOD)
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key)
+        else:
+            body[key] = value
+    return json.dumps(body).encode()
+
+
+CASES = {
+    "malformed json": b'{"v": 1, "type": "purchase",',
+    "not an object": b"[1, 2, 3]",
+    "empty body": b"",
+    "missing field": _with(amount_cents=None),
+    "extra field": _with(pin="1234"),
+    "negative amount": _with(amount_cents=-5),
+    "zero amount": _with(amount_cents=0),
+    "absurd amount": _with(amount_cents=10**15),
+    "amount as float": _with(amount_cents=12.5),
+    "amount as string": _with(amount_cents="100"),
+    "unknown message type": _with(type="withdrawal"),
+    "wrong version": _with(v=2),
+    "bad card uid": _with(card_uid="04-00-00"),
+    "lowercase card uid": _with(card_uid=card_uid(0xAB).hex()),
+    "request id too long": _with(request_id="x" * 65),
+    "stan out of range": _with(stan=1_000_000),
+    "time with zone": _with(local_time="2026-11-26T10:00:00+01:00"),
+    "nul bytes": b'{"v": 1, "type": "purchase\x00"}',
+    "invalid utf-8": b'{"v": 1, "type": "\xff\xfe"}',
+}
+
+
+async def _post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url + TERMINAL_PATH, data=body, headers=headers) as reply:
+            return reply.status, json.loads(await reply.read())
+
+
+async def _assert_nothing_recorded(conn) -> None:
+    assert await conn.fetchval("SELECT count(*) FROM authorizations") == 0
+    assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'PURCHASE'") == 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_bad_body_gets_a_format_error(server, conn, case):
+    status, answer = await _post(server.url, CASES[case],
+                                 {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, "Content-Type": "application/json"})
+    assert status == 400
+    assert (answer["type"], answer["rc"]) == ("error", "30") and answer["detail"]
+    await _assert_nothing_recorded(conn)
+
+
+async def test_oversized_body(server, conn):
+    body = _with(request_id="x" * 60)[:-1] + b"," + b'"pad": "' + b"y" * MAX_REQUEST_BODY_BYTES + b'"}'
+    status, answer = await _post(server.url, body,
+                                 {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, "Content-Type": "application/json"})
+    assert (status, answer["rc"]) == (413, "30")
+    await _assert_nothing_recorded(conn)
+
+
+async def test_oversized_chunked_body(server, conn):
+    async def chunks():
+        for _ in range(64):
+            yield b" " * 1024
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + TERMINAL_PATH, data=chunks(),
+                                headers={TERMINAL_ID_HEADER: ACTIVE_TERMINAL,
+                                         "Content-Type": "application/json"}) as reply:
+            assert reply.status == 413
+            assert json.loads(await reply.read())["rc"] == "30"
+    await _assert_nothing_recorded(conn)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_bad_content_type(server, conn, content_type):
+    status, answer = await _post(server.url, _with(),
+                                 {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, "Content-Type": content_type})
+    assert (status, answer["rc"]) == (415, "30")
+    await _assert_nothing_recorded(conn)
+
+
+@pytest.mark.parametrize("headers", [{}, {TERMINAL_ID_HEADER: "bad id!"}, {TERMINAL_ID_HEADER: "x" * 40}])
+async def test_missing_or_malformed_terminal_id(server, conn, headers):
+    status, answer = await _post(server.url, _with(), {**headers, "Content-Type": "application/json"})
+    assert (status, answer["rc"]) == (400, "30")
+    await _assert_nothing_recorded(conn)
+
+
+async def _wait_until(predicate, timeout_s: float = 10.0) -> None:
+    """Wait for a condition the test does not control the timing of, bounded in time."""
+    async with asyncio.timeout(timeout_s):
+        while not await predicate():
+            await asyncio.sleep(0.01)
+
+
+async def _lock_wallet(conn, uid: bytes):
+    """Hold the card's wallet row locked in an open transaction: purchases on it wait."""
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
+                       " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
+                       " FOR UPDATE OF a", uid)
+    return transaction
+
+
+async def _waiting_on_a_lock(conn) -> bool:
+    return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                               " AND datname = current_database()") > 0
+
+
+async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings, dsn, conn, pg_cluster):
+    limited = dataclasses.replace(settings, max_in_flight_requests=1)
+    watcher = await __import__("asyncpg").connect(dsn)
+    try:
+        async with running_server(limited, dsn) as server, \
+                   TerminalClient(server.url, ACTIVE_TERMINAL) as client:
+            lock = await _lock_wallet(conn, card_uid(5))
+            blocked = asyncio.ensure_future(client.purchase(card_uid(5), 1_00))
+            await _wait_until(lambda: _waiting_on_a_lock(watcher))
+            shed = await client.purchase(card_uid(6), 1_00)
+            assert shed.rc == "91"
+            assert server.app[TERMINAL_ENDPOINT].shed_total == 1
+            await lock.rollback()
+            assert (await blocked).rc == "00"
+    finally:
+        await watcher.close()
+
+
+async def test_a_request_over_its_time_limit_answers_91_and_debits_nothing(settings, dsn, conn):
+    hurried = dataclasses.replace(settings, request_timeout_ms=300)
+    watcher = await __import__("asyncpg").connect(dsn)
+    try:
+        async with running_server(hurried, dsn) as server, \
+                   TerminalClient(server.url, ACTIVE_TERMINAL) as client:
+            lock = await _lock_wallet(conn, card_uid(5))
+            answer = await client.purchase(card_uid(5), 1_00)
+            assert answer.rc == "91"
+            await lock.rollback()
+            await _wait_until(lambda: _no_query_running(watcher))
+    finally:
+        await watcher.close()
+    await _assert_nothing_recorded(conn)
+
+
+async def _no_query_running(conn) -> bool:
+    return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                               " AND datname = current_database() AND pid <> pg_backend_pid()") == 0

@@ -1,0 +1,125 @@
+"""The `hdfpay` command as a user runs it: help, plain errors with a non-zero exit, the embedded
+cluster's lifecycle, serve, reload, check and the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from authorizer.cli import build_parser
+from terminal_protocol.client import TerminalClient
+
+from conftest import ACTIVE_TERMINAL
+
+COMMAND_TIMEOUT_S = 120
+SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench"]
+
+
+def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):
+    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          stdin=subprocess.DEVNULL)
+
+
+def test_every_subcommand_has_help():
+    assert sorted(build_parser()._subparsers._group_actions[0].choices) == sorted(SUBCOMMANDS)
+    for name in [None, *SUBCOMMANDS]:
+        result = hdfpay(*([name] if name else []), "--help")
+        assert result.returncode == 0 and "usage: hdfpay" in result.stdout
+
+
+def test_errors_are_plain_words_and_non_zero():
+    result = hdfpay("reload", "HDF0000005", "douze euros", env={"DATABASE_URL": "postgresql://x@/nowhere"})
+    assert result.returncode == 2
+    assert "montant invalide" in result.stderr and "Traceback" not in result.stderr
+    result = hdfpay("serve", env={"HDFPAY_PORT": "eighty"})
+    assert result.returncode == 2 and "HDFPAY_PORT must be an integer" in result.stderr
+    result = hdfpay("db", "start", env={"DATABASE_URL": "postgresql://x@/y"})
+    assert result.returncode == 2 and "not managed by hdfpay" in result.stderr
+
+
+def test_missing_server_binaries_say_how_to_install_them():
+    result = hdfpay("db", "status", env={"HDFPAY_PG_BINDIR": "/nonexistent", "DATABASE_URL": ""})
+    assert result.returncode == 2
+    assert "apt-get install postgresql" in result.stderr
+
+
+def test_unreachable_database_is_a_clear_error():
+    with tempfile.TemporaryDirectory() as empty:
+        result = hdfpay("check", env={"DATABASE_URL": f"postgresql://hdfpay@/hdfpay?host={empty}"})
+    assert result.returncode == 1
+    assert "database" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embedded_cluster_start_status_stop():
+    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-cli-"))
+    workdir.chmod(0o755)
+    env = {"HDFPAY_DATA_DIR": str(workdir / "pgdata"), "DATABASE_URL": ""}
+    try:
+        started = hdfpay("db", "start", env=env)
+        assert started.returncode == 0, started.stderr
+        assert "DATABASE_URL=postgresql://" in started.stdout
+        assert "running" in hdfpay("db", "status", env=env).stdout
+        migrated = hdfpay("db", "migrate", env=env)
+        assert "applied 0001_schema" in migrated.stdout
+        assert "already up to date" in hdfpay("db", "migrate", env=env).stdout
+        seeded = hdfpay("seed", "--beneficiaries", "20", env=env)
+        assert seeded.returncode == 0 and "20 beneficiaries" in seeded.stdout
+        reloaded = hdfpay("reload", "HDF0000005", "12,50", "--reference", "cli-test", env=env)
+        assert reloaded.returncode == 0 and "credited 12,50" in reloaded.stdout
+        again = hdfpay("reload", "HDF0000005", "12,50", "--reference", "cli-test", env=env)
+        assert "already reloaded" in again.stdout
+        assert "ledger balanced" in hdfpay("check", env=env).stdout
+        assert "stopped" in hdfpay("db", "stop", env=env).stdout
+        assert "stopped" in hdfpay("db", "status", env=env).stdout
+    finally:
+        hdfpay("db", "stop", env=env)
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+async def test_serve_refuses_an_unmigrated_database(pg_cluster):
+    admin = await asyncpg.connect(pg_cluster.dsn_for("postgres"))
+    await admin.execute("CREATE DATABASE unmigrated")
+    try:
+        result = hdfpay("serve", "--port", "0", env={"DATABASE_URL": pg_cluster.dsn_for("unmigrated")})
+        assert result.returncode == 2 and "hdfpay db migrate" in result.stderr
+    finally:
+        await admin.execute("DROP DATABASE unmigrated WITH (FORCE)")
+        await admin.close()
+
+
+async def test_serve_answers_terminals_and_stops_on_sigterm(dsn):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authorizer.cli", "serve", "--port", "0"],
+        env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        banner = process.stdout.readline()
+        assert "listening on http://127.0.0.1:" in banner, process.stderr.read()
+        url = banner.split("listening on ")[1].split("/v1/")[0]
+        async with TerminalClient(url, ACTIVE_TERMINAL) as client:
+            assert (await client.purchase(bytes.fromhex("04000000000005"), 1_00)).rc == "00"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=COMMAND_TIMEOUT_S) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_demo_runs_a_till_session_in_french():
+    result = hdfpay("demo", env={"DATABASE_URL": ""})
+    assert result.returncode == 0, result.stderr
+    for expected in ["ACCEPTÉ", "ACCEPTÉ PARTIELLEMENT", "ANNULATION ACCEPTÉE", "REMBOURSEMENT ACCEPTÉ",
+                     "Grand livre vérifié"]:
+        assert expected in result.stdout
+    for code in ["14", "41", "43", "51", "54", "57", "58", "61", "62"]:
+        assert f"(code {code})" in result.stdout
+    assert "040000000005" not in result.stdout          # card UIDs are masked

@@ -1,0 +1,102 @@
+"""Reversals (void the last sale) and refunds (a returned item, by the ticket's reference)."""
+
+from __future__ import annotations
+
+from ledger.clock import pin_clock
+from ledger.demo_region import card_uid, terminal_id
+from terminal_protocol.client import TerminalClient
+
+from conftest import balance_of, paris, set_balance
+
+CARD = card_uid(5)
+
+
+async def test_reversal_restores_the_wallet_once(client, conn):
+    before = await balance_of(conn, CARD)
+    sale = client.purchase_request(CARD, 20_00)
+    assert (await client.send(sale)).rc == "00"
+    reversal = await client.reversal(sale.request_id)
+    assert (reversal.rc, reversal.approved_cents, reversal.balance_cents) == ("00", 20_00, before)
+    again = await client.reversal(sale.request_id)            # another reversal id: nothing left
+    assert (again.rc, again.approved_cents) == ("00", 0)
+    assert await balance_of(conn, CARD) == before
+
+
+async def test_a_reversal_retry_replays_its_answer(client, conn):
+    sale = client.purchase_request(CARD, 4_00)
+    await client.send(sale)
+    reversal = client.reversal_request(sale.request_id)
+    first = await client.send(reversal)
+    second = await client.send(reversal)
+    assert first == second and first.approved_cents == 4_00
+    changed = client.reversal_request(sale.request_id, request_id=reversal.request_id)
+    assert (await client.send(changed)).rc == "94"          # same id, other STAN
+
+
+async def test_reversal_of_an_unknown_original_declines_the_late_original(client, conn):
+    before = await balance_of(conn, CARD)
+    late = client.purchase_request(CARD, 8_00)
+    reversal = await client.reversal(late.request_id)
+    assert reversal.rc == "25"
+    original = await client.send(late)
+    assert (original.rc, original.approved_cents) == ("94", 0)
+    assert await balance_of(conn, CARD) == before
+
+
+async def test_reversal_of_a_partial_approval_restores_the_partial_amount(client, conn):
+    await set_balance(conn, CARD, 6_00)
+    sale = client.purchase_request(CARD, 10_00, partial_ok=True)
+    assert (await client.send(sale)).approved_cents == 6_00
+    assert (await client.reversal(sale.request_id)).approved_cents == 6_00
+    assert await balance_of(conn, CARD) == 6_00
+
+
+async def test_reversal_of_a_declined_purchase_moves_nothing(client, conn):
+    sale = client.purchase_request(card_uid(1), 5_00)             # lost card: 41
+    assert (await client.send(sale)).rc == "41"
+    reversal = await client.reversal(sale.request_id)
+    assert (reversal.rc, reversal.approved_cents) == ("00", 0)
+
+
+async def test_another_terminal_cannot_reverse_a_sale(server, client, conn):
+    sale = client.purchase_request(CARD, 5_00)
+    await client.send(sale)
+    async with TerminalClient(server.url, terminal_id(2, 1)) as other:
+        assert (await other.reversal(sale.request_id)).rc == "25"
+    assert await conn.fetchval("SELECT amount_reversed_cents FROM authorizations WHERE request_id = $1",
+                               sale.request_id) == 0
+
+
+async def test_refunds_are_capped_by_the_purchase(client, conn):
+    before = await balance_of(conn, CARD)
+    sale = await client.purchase(CARD, 30_00)
+    first = await client.refund(sale.rrn, 12_00)
+    assert (first.rc, first.approved_cents, first.balance_cents) == ("00", 12_00, before - 18_00)
+    too_much = await client.refund(sale.rrn, 18_01)
+    assert (too_much.rc, too_much.approved_cents) == ("61", 0)
+    rest = await client.refund(sale.rrn, 18_00)
+    assert rest.rc == "00"
+    assert (await client.refund(sale.rrn, 1)).rc == "61"
+    assert await balance_of(conn, CARD) == before
+
+
+async def test_refund_after_a_reversal_is_refused(client, conn):
+    sale = client.purchase_request(CARD, 10_00)
+    response = await client.send(sale)
+    await client.reversal(sale.request_id)
+    assert (await client.refund(response.rrn, 1_00)).rc == "61"
+
+
+async def test_refund_at_another_shop_of_the_same_partner(server, client, conn):
+    sale = await client.purchase(CARD, 10_00)
+    async with TerminalClient(server.url, terminal_id(2, 1)) as other_partner:
+        assert (await other_partner.refund(sale.rrn, 1_00)).rc == "25"
+    assert (await client.refund("999999999999", 1_00)).rc == "25"
+
+
+async def test_refund_once_the_wallet_window_is_over(client, conn):
+    sale = await client.purchase(CARD, 10_00)
+    await pin_clock(conn, paris(2027, 5, 1, 0, 0, 0))
+    assert (await client.refund(sale.rrn, 5_00)).rc == "54"
+    await pin_clock(conn, paris(2027, 4, 30, 23, 59, 59))
+    assert (await client.refund(sale.rrn, 5_00)).rc == "00"
