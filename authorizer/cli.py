@@ -34,7 +34,9 @@ def cmd_demo(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
+    import logging
     from authorizer.server import serve_forever
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _override(settings, host=args.host, port=args.port)
 
     async def main() -> None:

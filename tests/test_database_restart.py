@@ -1,0 +1,63 @@
+"""A restarted database loses nothing that was approved, and the server recovers by itself: the
+requests caught by the restart get 91 (the terminal reverses them), later ones are served."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from authorizer.server import running_server
+from ledger.clock import pin_clock
+from ledger.demo_region import card_uid, seed_demo_region
+from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.invariants import ledger_violations
+from ledger.migrate import migrate
+from terminal_protocol.client import TerminalClient
+
+from conftest import ACTIVE_TERMINAL, SCHOOL_DAY, TEST_SCHOOL_YEAR
+
+RECOVERY_ATTEMPTS = 20
+
+
+async def test_approvals_survive_a_database_restart(settings):
+    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-restart-"))
+    workdir.chmod(0o755)
+    cluster = EmbeddedPostgres(workdir / "pgdata")
+    try:
+        dsn = cluster.start()
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        await seed_demo_region(conn, beneficiaries=20, school_year=TEST_SCHOOL_YEAR)
+        await pin_clock(conn, SCHOOL_DAY)
+        await conn.close()
+
+        async with running_server(settings, dsn) as server, \
+                   TerminalClient(server.url, ACTIVE_TERMINAL) as client:
+            before = [await client.purchase(card_uid(5), 1_00) for _ in range(3)]
+            assert [r.rc for r in before] == ["00"] * 3
+            await asyncio.to_thread(cluster.stop)
+            during = await client.purchase(card_uid(5), 1_00)
+            assert during.rc == "91"
+            await asyncio.to_thread(cluster.start)
+            codes = []
+            for _ in range(RECOVERY_ATTEMPTS):
+                codes.append((await client.purchase(card_uid(5), 1_00)).rc)
+                if codes[-1] == "00":
+                    break
+            assert codes[-1] == "00" and set(codes) <= {"91", "00"}
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            recorded = {r["request_id"] for r in await conn.fetch(
+                "SELECT request_id FROM authorizations WHERE response_code = '00'")}
+            assert {r.request_id for r in before} <= recorded
+            assert len(recorded) == 4
+            assert await ledger_violations(conn) == []
+        finally:
+            await conn.close()
+    finally:
+        cluster.stop()
+        remove_cluster(workdir)
