@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="end-to-end authorization benchmark beside pgbench")
     p.add_argument("--cards", type=int, default=100_000, help="cards to seed (default 100000)")
-    p.add_argument("--seconds", type=float, default=10.0, help="duration of each measured run")
+    p.add_argument("--seconds", type=int, default=10, help="duration of each measured run (whole seconds)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 16, 64], help="comma-separated client concurrencies (default 1,16,64)")
     p.add_argument("--output", default="bench-results.json", help="JSON results file")

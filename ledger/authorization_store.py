@@ -10,10 +10,10 @@ import datetime as dt
 
 import asyncpg
 
-# A concurrent duplicate of an in-flight message fails with unique_violation and is rolled back;
-# the next call finds the stored response. One extra attempt is enough; two leave room for an RRN
-# sequence wrap.
-IDEMPOTENCY_ATTEMPTS = 3
+# A concurrent duplicate of an in-flight message fails with unique_violation on the idempotency
+# key and is rolled back; the next call finds the stored response.
+IDEMPOTENCY_ATTEMPTS = 2
+IDEMPOTENCY_CONSTRAINT = "authorizations_terminal_id_request_id_key"
 
 
 class LedgerUnavailable(RuntimeError):
@@ -60,7 +60,9 @@ class AuthorizationStore:
                 async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
                     body = await conn.fetchval(sql, *args, timeout=self._statement_timeout_s)
                 return body.encode()
-            except asyncpg.UniqueViolationError:
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != IDEMPOTENCY_CONSTRAINT:
+                    raise LedgerFailure(f"UniqueViolationError: {exc}") from exc
                 continue
             except (TimeoutError, OSError, asyncpg.InterfaceError,
                     asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:

@@ -140,7 +140,7 @@ CREATE TABLE authorizations (
     CHECK (amount_reversed_cents + amount_refunded_cents <= amount_approved_cents)
 );
 
-CREATE SEQUENCE rrn_sequence MAXVALUE 999999 CYCLE;
+CREATE SEQUENCE rrn_sequence MAXVALUE 99999999 CYCLE;
 
 -- Replacement fees that could not be taken from the balance, recovered from the next reload.
 CREATE TABLE pending_fees (

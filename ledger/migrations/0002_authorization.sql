@@ -24,10 +24,11 @@ CREATE FUNCTION in_wallet_window(local_time timestamp) RETURNS boolean LANGUAGE 
     SELECT extract(month FROM local_time) NOT IN (5, 6)
 $$;
 
--- Retrieval reference number: YDDDHH (local) then a 6-digit sequence, 12 characters.
+-- Retrieval reference number, 12 digits: YDDD (local Julian date) then an 8-digit sequence.
+-- Unique as long as fewer than 100 million messages share a sequence cycle and a YDDD (ten years).
 CREATE FUNCTION next_rrn(local_time timestamp) RETURNS text LANGUAGE sql VOLATILE AS $$
-    SELECT right(to_char(local_time, 'YYYY'), 1) || to_char(local_time, 'DDDHH24')
-           || lpad(nextval('rrn_sequence')::text, 6, '0')
+    SELECT right(to_char(local_time, 'YYYY'), 1) || to_char(local_time, 'DDD')
+           || lpad(nextval('rrn_sequence')::text, 8, '0')
 $$;
 
 -- The response body the terminal receives, built once and stored for replays. Keys absent when

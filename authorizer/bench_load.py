@@ -1,0 +1,295 @@
+"""The load generator of `hdfpay bench`: terminals buying through the real HTTP protocol.
+
+A process of its own so that its CPU is not the server's: `concurrency` workers share one aiohttp
+session (one keep-alive connection each) and loop on purchases until the deadline, each as a
+terminal of its own (round robin over the terminals given). Prints one JSON line: requests, seconds,
+tps, latency percentiles and the count of each response code.
+
+    python -m authorizer.bench_load --url http://127.0.0.1:8080 --seconds 10 --concurrency 16
+        --cards 100000 --terminals TERM-0001-1,TERM-0002-1 --request-prefix e2e1
+
+Beside it, what else the benchmark sends and measures: the baseline's load (a pgbench script making
+the server's SQL call on the same mix, both drawn from the one definition of the mix below), how to
+read pgbench's figures, and where the CPU went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import uvloop
+
+from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
+from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
+from terminal_protocol.codec import ProtocolError
+
+# Beneficiary numbers whose card is opposed (lost, stolen, damaged): i % OPPOSITION_EVERY.
+OPPOSED_REMAINDERS = (1, 2, 3)
+# Small purchases: a 10 s run on 100,000 cards never empties a 100 € wallet (no partial approval).
+BENCH_AMOUNT_CENTS_MIN = 1
+BENCH_AMOUNT_CENTS_MAX = 500
+# Beyond deadline + one request timeout, a run that has not finished is abandoned.
+RUN_OVERRUN_GRACE_S = 5.0
+# Response codes that debit the wallet (full and partial approval).
+APPROVED_CODES = ("00", "10")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# pgbench has no loop: a declined card number is re-drawn this many times, then replaced by the
+# first approvable card (a 0.05^7 chance, so the draw stays uniform for all practical purposes).
+PGBENCH_REDRAWS = 6
+PGBENCH_THREADS_MAX = 2
+PGBENCH_QUERY_MODE = "prepared"       # like the server, whose asyncpg statements are prepared
+PGBENCH_TPS_LINE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+def approvable(number: int) -> bool:
+    """Whether demo beneficiary `number` is approved: rights this year and an active card."""
+    return number % NO_RIGHTS_EVERY != 0 and number % OPPOSITION_EVERY not in OPPOSED_REMAINDERS
+
+
+def first_approvable(count: int) -> list[int]:
+    """The `count` lowest approvable beneficiary numbers (the hot cards)."""
+    numbers: list[int] = []
+    candidate = 1
+    while len(numbers) < count:
+        if approvable(candidate):
+            numbers.append(candidate)
+        candidate += 1
+    return numbers
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 when empty): a value that was observed."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(len(sorted_values) * fraction - 1e-9))  # 1e-9: float noise
+    return sorted_values[rank - 1]
+
+
+def latency_summary(latencies_ms: list[float]) -> dict:
+    """p50, p99 and max in milliseconds, rounded to the microsecond."""
+    ordered = sorted(latencies_ms)
+    return {"p50_ms": round(percentile(ordered, 0.50), 3),
+            "p99_ms": round(percentile(ordered, 0.99), 3),
+            "max_ms": round(ordered[-1], 3) if ordered else 0.0}
+
+
+class CardPicker:
+    """Uniform choice among approvable cards 1..cards, or among an explicit list (hot cards)."""
+
+    def __init__(self, cards: int, hot_numbers: list[int] | None, rng: random.Random) -> None:
+        self._cards = cards
+        self._hot = hot_numbers
+        self._rng = rng
+
+    def next_uid(self) -> bytes:
+        if self._hot:
+            return card_uid(self._rng.choice(self._hot))
+        while True:  # rejection sampling keeps the choice uniform over approvable cards
+            number = self._rng.randint(1, self._cards)
+            if approvable(number):
+                return card_uid(number)
+
+
+@dataclass
+class Tally:
+    """What the workers saw: one latency per answered request, one count per outcome."""
+    latencies_ms: list[float] = field(default_factory=list)
+    codes: Counter = field(default_factory=Counter)
+
+
+async def _worker(client: TerminalClient, picker: CardPicker, rng: random.Random, prefix: str,
+                  worker: int, amounts: tuple[int, int], deadline: float, tally: Tally) -> None:
+    """One terminal buying back to back: the next request leaves when the last one is answered."""
+    sequence = 0
+    while time.perf_counter() < deadline:
+        sequence += 1
+        request_id = f"{prefix}-{worker:04d}-{sequence:010d}"  # unique per run, findable in the DB
+        uid = picker.next_uid()
+        amount = rng.randint(*amounts)
+        started = time.perf_counter()
+        try:
+            response = await client.purchase(uid, amount, request_id=request_id)
+        except TimeoutError:
+            tally.codes["timeout"] += 1
+            continue
+        except (aiohttp.ClientError, ProtocolError) as exc:
+            tally.codes[f"error:{type(exc).__name__}"] += 1
+            continue
+        tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+        tally.codes[response.rc] += 1
+
+
+async def run_load(args: argparse.Namespace) -> dict:
+    """Run the workers until the deadline; every worker finishes the request it has in flight."""
+    hot = [int(n) for n in args.hot_cards.split(",")] if args.hot_cards else None
+    terminals = args.terminals.split(",")
+    tally = Tally()
+    connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency,
+                                     keepalive_timeout=args.seconds + RUN_OVERRUN_GRACE_S)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        clients = [TerminalClient(args.url, terminals[w % len(terminals)], session=session,
+                                  timeout_ms=args.timeout_ms) for w in range(args.concurrency)]
+        rngs = [random.Random(args.seed * 1_000_003 + w) for w in range(args.concurrency)]
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        deadline = started + args.seconds
+        workers = [_worker(clients[w], CardPicker(args.cards, hot, rngs[w]), rngs[w],
+                           args.request_prefix, w, (args.amount_min, args.amount_max),
+                           deadline, tally) for w in range(args.concurrency)]
+        bound_s = args.seconds + args.timeout_ms / 1000 + RUN_OVERRUN_GRACE_S
+        async with asyncio.timeout(bound_s):
+            await asyncio.gather(*workers)
+        elapsed = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
+    answered = len(tally.latencies_ms)
+    requests = answered + sum(n for code, n in tally.codes.items() if not code[:1].isdigit())
+    return {"requests": requests, "answered": answered, "seconds": round(elapsed, 3),
+            "tps": round(answered / elapsed, 1), **latency_summary(tally.latencies_ms),
+            "approved": sum(tally.codes[c] for c in APPROVED_CODES),
+            "rc": dict(sorted(tally.codes.items())), "client_cpu_s": round(cpu_s, 2)}
+
+
+def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals: list[str],
+                   max_amount_cents: int) -> str:
+    """The server's SQL call, verbatim, on the load generator's mix: approvable cards drawn
+    uniformly (or hot cards), small amounts, active terminals. Request ids '<tag>-<client>-<n>'
+    (n counts per client, -D cnt=0) are unique and let the database count what pgbench did."""
+    # OPPOSED_REMAINDERS are consecutive: a range test says "opposed".
+    low, high = min(OPPOSED_REMAINDERS), max(OPPOSED_REMAINDERS)
+    declined = (f"(:n % {NO_RIGHTS_EVERY} = 0"
+                f" or (:n % {OPPOSITION_EVERY} >= {low} and :n % {OPPOSITION_EVERY} <= {high}))")
+    if hot_cards:
+        cases = " ".join(f"when :h = {i} then {n}" for i, n in enumerate(hot_cards, start=1))
+        draw = [f"\\set h random(1, {len(hot_cards)})", f"\\set n case {cases} end"]
+    else:
+        redraw = f"\\set n case when {declined} then random(1, {cards}) else :n end"
+        draw = [f"\\set n random(1, {cards})", *[redraw] * PGBENCH_REDRAWS,
+                f"\\set n case when {declined} then {first_approvable(1)[0]} else :n end"]
+    listed = ", ".join(f"'{t}'" for t in terminals)
+    return "\n".join([
+        "\\set cnt :cnt + 1", *draw, f"\\set t random(1, {len(terminals)})",
+        f"\\set amount random({BENCH_AMOUNT_CENTS_MIN}, {BENCH_AMOUNT_CENTS_MAX})",
+        "\\set stan random(0, 999999)",
+        f"SELECT authorize_purchase((ARRAY[{listed}])[:t], '{tag}-' || :client_id || '-' || :cnt,"
+        " '\\x00'::bytea, :stan, '\\x04'::bytea || substring(int8send(:n::bigint) FROM 3),"
+        f" :amount, localtimestamp, true, {max_amount_cents});", ""])
+
+
+def run_pgbench(pgbench: Path, dsn: str, base: Path, script: str, concurrency: int,
+                seconds: int, timeout_s: float) -> dict:
+    """Run a script for `seconds`. tps as pgbench reports it; percentiles from its per-transaction
+    logs (the third column is the latency in µs), so that they are real percentiles."""
+    script_path = base.with_suffix(".sql")
+    script_path.write_text(script)
+    output = run_tool([str(pgbench), "-n", "-M", PGBENCH_QUERY_MODE, "-c", str(concurrency),
+                       "-j", str(min(concurrency, PGBENCH_THREADS_MAX)), "-T", str(seconds),
+                       "-D", "cnt=0", "-f", str(script_path), "--log",
+                       f"--log-prefix={base}-log", dsn], timeout_s)
+    if not (match := PGBENCH_TPS_LINE.search(output)):
+        raise BenchError(f"no tps line in pgbench's output:\n{output[-2000:]}")
+    latencies_ms = [int(fields[2]) / 1000 for log in base.parent.glob(f"{base.name}-log.*")
+                    for fields in map(str.split, log.read_text().splitlines())
+                    if len(fields) > 2 and fields[2].isdigit()]
+    return {"transactions": len(latencies_ms), "tps": float(match.group(1)),
+            **latency_summary(latencies_ms)}
+
+
+def run_tool(argv: list[str], timeout_s: float) -> str:
+    """Run a measuring tool to completion, bounded; its stdout, or BenchError saying why not."""
+    name = argv[2] if argv[1:2] == ["-m"] else Path(argv[0]).name
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{name} did not finish within {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def run_e2e(url: str, tag: str, seconds: int, concurrency: int, terminals: list[str], cards: int,
+            hot_cards: list[int] | None, seed: int, timeout_s: float) -> dict:
+    """This module as a process of its own (its CPU is not the server's); what it printed."""
+    selection = ["--hot-cards", ",".join(map(str, hot_cards))] if hot_cards else \
+        ["--cards", str(cards)]
+    out = run_tool([sys.executable, "-m", "authorizer.bench_load", "--url", url,
+                    "--seconds", str(seconds), "--concurrency", str(concurrency),
+                    "--terminals", ",".join(terminals), "--request-prefix", tag,
+                    "--seed", str(seed), *selection], timeout_s)
+    return {"tag": tag, **json.loads(out.strip().splitlines()[-1])}
+
+
+def cpu_snapshot(server_pid: int) -> dict:
+    """CPU seconds so far of the tools run and reaped, of the server, and of the whole machine."""
+    tools = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    return {"client": tools.ru_utime + tools.ru_stime,
+            "server": (int(server[11]) + int(server[12])) * tick_s,  # utime, stime
+            "busy": (user + nice + system + irq + softirq) * tick_s}
+
+
+def cpu_used(before: dict, after: dict, wall_s: float) -> dict:
+    """Who used the machine during a run: the tool, the server, the rest (PostgreSQL when it is
+    local: the tools and the server are idle otherwise), and what was left idle."""
+    used = {k: after[k] - before[k] for k in before}
+    return {k: round(v, 2) for k, v in {
+        "client": used["client"], "server": used["server"],
+        "rest": used["busy"] - used["client"] - used["server"],
+        "idle": wall_s * (os.cpu_count() or 1) - used["busy"]}.items()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m authorizer.bench_load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="server base URL (loopback)")
+    parser.add_argument("--seconds", type=float, required=True, help="run duration")
+    parser.add_argument("--concurrency", type=int, required=True, help="concurrent terminals")
+    parser.add_argument("--terminals", required=True, help="comma-separated active terminal ids")
+    parser.add_argument("--cards", type=int, help="demo cards 1..N (declined ones are skipped)")
+    parser.add_argument("--hot-cards", help="comma-separated beneficiary numbers, not --cards")
+    parser.add_argument("--request-prefix", default="e2e", help="request id prefix, unique per run")
+    parser.add_argument("--amount-min", type=int, default=BENCH_AMOUNT_CENTS_MIN)
+    parser.add_argument("--amount-max", type=int, default=BENCH_AMOUNT_CENTS_MAX)
+    parser.add_argument("--timeout-ms", type=int, default=TERMINAL_TIMEOUT_MS,
+                        help="per-request timeout")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (cards and amounts)")
+    args = parser.parse_args(argv)
+    if not args.cards and not args.hot_cards:
+        parser.error("give --cards or --hot-cards")
+    if urlsplit(args.url).hostname not in LOOPBACK_HOSTS:
+        parser.error("the benchmark load goes to a loopback address only")
+    if args.concurrency < 1 or args.seconds <= 0 or not 1 <= args.amount_min <= args.amount_max:
+        parser.error("need concurrency >= 1, seconds > 0 and 1 <= amount-min <= amount-max")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(json.dumps(uvloop.run(run_load(args))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
