@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import sys
 
 import asyncpg
@@ -11,6 +11,9 @@ import uvloop
 
 from authorizer.config import ConfigError, Settings
 from authorizer.database import SchemaNotReady, check_schema, connection, database_dsn
+from authorizer.provisioning import ProvisioningError
+from hsm.config import open_hsm_from_env
+from hsm.interface import HsmError
 from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
 from ledger.migrate import MigrationError, migrate
 from ledger.reload import UnknownBeneficiary, reload_wallet
@@ -38,14 +41,80 @@ def cmd_serve(args, settings: Settings) -> int:
     from authorizer.server import serve_forever
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _override(settings, host=args.host, port=args.port)
+    settings.check_transport()
+    hsm = open_hsm_from_env() if settings.terminal_authentication == "dukpt" else None
 
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-        await serve_forever(settings, dsn)
+        await serve_forever(settings, dsn, hsm)
+
+    try:
+        with database_dsn(settings.database_url) as dsn:
+            return _run(main())
+    finally:
+        if hsm is not None:
+            hsm.close()
+
+
+def cmd_keys(args, settings: Settings) -> int:
+    import os
+    from authorizer.provisioning import new_bdk
+    from hsm.config import BACKEND_VARIABLE, KEYSTORE_VARIABLE, SOFTWARE
+    keystore = os.environ.get(KEYSTORE_VARIABLE)
+    create = (args.action == "new-bdk" and os.environ.get(BACKEND_VARIABLE, SOFTWARE) == SOFTWARE
+              and bool(keystore) and not os.path.exists(keystore))
+    if create:
+        print(f"creating the encrypted keystore {keystore}")
+    with contextlib.closing(open_hsm_from_env(create=create)) as hsm:
+        if args.action == "new-bdk":
+            print(f"new BDK {new_bdk(hsm)}: new terminals and rotations now use it")
+        for key in sorted(hsm.list_keys(), key=lambda k: (k.usage.value, k.created_at)):
+            print(f"{key.usage.value}  {key.alias:<32} KCV {key.kcv}  created {key.created_at:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def cmd_terminals(args, settings: Settings) -> int:
+    from authorizer import provisioning
+
+    async def main() -> None:
+        async with connection(dsn) as conn:
+            await check_schema(conn)
+            if args.action == "list":
+                for row in await conn.fetch(
+                        "SELECT t.id, t.status, p.name, string_agg(encode(k.initial_key_id, 'hex')"
+                        " || ':' || k.status || ':' || k.last_counter, ' ') AS keys FROM terminals t"
+                        " JOIN partners p ON p.id = t.partner_id LEFT JOIN terminal_keys k"
+                        " ON k.terminal_id = t.id GROUP BY 1, 2, 3 ORDER BY 1"):
+                    print(f"{row['id']:<16} {row['status']:<9} {row['name']:<36} {row['keys'] or '-'}")
+                return
+            if args.action in ("activate", "suspend", "revoke"):
+                status = {"activate": "ACTIVE", "suspend": "SUSPENDED", "revoke": "REVOKED"}[args.action]
+                await provisioning.set_terminal_status(conn, args.terminal_id, status)
+                print(f"terminal {args.terminal_id}: {status}")
+                return
+            with contextlib.closing(open_hsm_from_env()) as hsm:
+                if args.action == "add":
+                    if args.partner is None:
+                        raise UsageError("'terminals add' needs --partner")
+                    delivered = await provisioning.add_terminal(conn, hsm, args.terminal_id, args.partner)
+                else:
+                    delivered = await provisioning.rotate_terminal_key(conn, hsm, args.terminal_id)
+        _print_delivery(delivered)
 
     with database_dsn(settings.database_url) as dsn:
         return _run(main())
+
+
+def _print_delivery(delivered) -> None:
+    print(f"terminal           {delivered.terminal_id}")
+    print(f"initial key id     {delivered.initial_key_id.hex().upper()}")
+    print(f"key block (TR-31)  {delivered.key_block}")
+    print(f"transport key      KCV {delivered.kbpk.kcv}")
+    if delivered.transport_key is not None:
+        print(f"                   {delivered.transport_key.hex().upper()}")
+        print("The transport key is shown this once: give it to the terminal's installer by a "
+              "separate channel.\nThe terminal stays PENDING until 'hdfpay terminals activate'.")
 
 
 def cmd_db(args, settings: Settings) -> int:
@@ -168,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="idempotency reference (default: one reload per student and year)")
     p.set_defaults(func=cmd_reload)
 
+    p = sub.add_parser("keys", help="the HSM's keys: list them with their KCV, or make a new BDK")
+    p.add_argument("action", choices=["list", "new-bdk"])
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("terminals", help="provision terminals: add (TR-31 key block), activate, "
+                                         "suspend, revoke, rotate their key, list")
+    p.add_argument("action", choices=["list", "add", "activate", "suspend", "revoke", "rotate"])
+    p.add_argument("terminal_id", nargs="?", help="e.g. TERM-0001-3")
+    p.add_argument("--partner", type=int, help="partner id (for add)")
+    p.set_defaults(func=cmd_terminals)
+
     p = sub.add_parser("check", help="verify the ledger's invariants (debits = credits, no negative wallet)")
     p.set_defaults(func=cmd_check)
 
@@ -182,12 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "action", None) not in (None, "list", "migrate", "start", "stop", "status",
+                                             "new-bdk") and hasattr(args, "terminal_id") \
+            and not args.terminal_id:
+        parser.error(f"'terminals {args.action}' needs a terminal id")
     try:
         settings = Settings.from_env()
         return args.func(args, settings)
     except (ConfigError, EmbeddedDatabaseError, SchemaNotReady, MigrationError, UnknownBeneficiary,
-            AmountError, UsageError) as exc:
+            AmountError, UsageError, ProvisioningError, HsmError) as exc:
         print(f"hdfpay: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 class ConfigError(ValueError):
     """A setting is present but unusable; the message names it."""
 
@@ -36,6 +39,25 @@ class Settings:
     # Beyond this many requests in progress the server answers 91 at once instead of queueing.
     max_in_flight_requests: int
     request_timeout_ms: int
+    # "dukpt" (MAC'd, replay-proof terminal messages) or "none" (loopback benchmarking only).
+    terminal_authentication: str
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    allow_plain_http: bool
+
+    def check_transport(self) -> None:
+        """Plain HTTP and unauthenticated terminals only on loopback, unless explicitly allowed."""
+        loopback = self.host in LOOPBACK_HOSTS
+        if self.terminal_authentication not in ("dukpt", "none"):
+            raise ConfigError("HDFPAY_TERMINAL_AUTHENTICATION must be 'dukpt' or 'none'")
+        if self.terminal_authentication == "none" and not loopback:
+            raise ConfigError("HDFPAY_TERMINAL_AUTHENTICATION=none is refused off loopback: "
+                              "anyone reaching the server could debit cards")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("set both HDFPAY_TLS_CERT and HDFPAY_TLS_KEY, or neither")
+        if not self.tls_cert_file and not loopback and not self.allow_plain_http:
+            raise ConfigError(f"listening on {self.host} without TLS: set HDFPAY_TLS_CERT and "
+                              "HDFPAY_TLS_KEY (or HDFPAY_ALLOW_PLAIN_HTTP=1 behind a TLS proxy)")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -49,4 +71,8 @@ class Settings:
             db_statement_timeout_ms=_int_env("HDFPAY_DB_STATEMENT_TIMEOUT_MS", 2000, 1, 60_000),
             max_in_flight_requests=_int_env("HDFPAY_MAX_IN_FLIGHT_REQUESTS", 512, 1, 100_000),
             request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 3000, 1, 60_000),
+            terminal_authentication=os.environ.get("HDFPAY_TERMINAL_AUTHENTICATION", "dukpt"),
+            tls_cert_file=os.environ.get("HDFPAY_TLS_CERT") or None,
+            tls_key_file=os.environ.get("HDFPAY_TLS_KEY") or None,
+            allow_plain_http=os.environ.get("HDFPAY_ALLOW_PLAIN_HTTP", "") == "1",
         )

@@ -1,8 +1,10 @@
 """`hdfpay demo`: a whole region on a throwaway database, and a till session read as a cashier would.
 
 Starts a private PostgreSQL cluster in a temporary directory (or a fresh `hdfpay_demo` database on
-DATABASE_URL's server), migrates, seeds the demo region, starts the authorizer on a free loopback
-port and plays a scripted session through the real HTTP protocol.
+DATABASE_URL's server) and a software HSM whose keystore is encrypted under a random passphrase in
+the same directory; migrates, seeds the demo region, provisions every terminal with its AES-DUKPT
+key (TR-31 blocks), starts the authorizer on a free loopback port and plays a scripted session
+through the real, MAC'd HTTP protocol. Everything is deleted at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import asyncpg
 
 from authorizer.config import Settings
 from authorizer.database import connection
+from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
 from authorizer.server import running_server
+from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import PARTNERS, card_uid, seed_demo_region, terminal_id
 from ledger.embedded import EmbeddedPostgres, remove_cluster
@@ -29,6 +33,8 @@ from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import cashier_lines
 from terminal_protocol.client import TerminalClient
+from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.terminal_keys import TerminalKeys
 from terminal_protocol.messages import Response
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -49,17 +55,18 @@ def mask_uid(uid: bytes) -> str:
 
 
 @contextlib.contextmanager
-def demo_database(database_url: str | None) -> Iterator[str]:
-    if database_url:
-        yield database_url
-        return
+def demo_environment(database_url: str | None) -> Iterator[tuple[str, SoftwareHsm]]:
+    """(DSN, HSM) in a temporary directory removed on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="hdfpay-demo-"))
     workdir.chmod(0o755)  # the server may run as the 'postgres' user (we may be root)
-    cluster = EmbeddedPostgres(workdir / "pgdata")
+    hsm = SoftwareHsm(workdir / "keystore.json", passphrase=os.urandom(16).hex(), create=True)
+    cluster = None if database_url else EmbeddedPostgres(workdir / "pgdata")
     try:
-        yield cluster.start()
+        yield (database_url or cluster.start()), hsm
     finally:
-        cluster.stop()
+        hsm.close()
+        if cluster is not None:
+            cluster.stop()
         remove_cluster(workdir)
 
 
@@ -108,22 +115,30 @@ async def run_demo(settings: Settings, out=print) -> int:
     business_time = demo_business_time(dt.datetime.now(PARIS))
     school_year = business_time.year if business_time.month >= 7 else business_time.year - 1
     out("Carte Génération #HDF — démonstration du serveur d'autorisation")
-    with demo_database(settings.database_url) as base_dsn:
+    with demo_environment(settings.database_url) as (base_dsn, hsm):
         dsn = await _fresh_database(base_dsn, own_cluster=settings.database_url is None)
         async with connection(dsn) as conn:
             await migrate(conn)
             summary = await seed_demo_region(conn, beneficiaries=DEMO_BENEFICIARIES,
                                              school_year=school_year)
             await pin_clock(conn, business_time)
+            bdk = new_bdk(hsm)
+            deliveries = await provision_unkeyed_terminals(conn, hsm)
+            keys = {terminal: TerminalKeys.from_key_block(delivered.key_block, transport_key,
+                                                          MemoryCounter(), delivered.initial_key_id)
+                    for terminal, (delivered, transport_key) in deliveries.items()}
             out(f"Région de démonstration : {summary.beneficiaries} bénéficiaires, "
                 f"{summary.partners} partenaires, {summary.terminals} terminaux, "
                 f"{format_euros(summary.funded_cents)} chargés pour l'année scolaire "
                 f"{school_year}-{school_year + 1}.")
             out(f"Horloge de démonstration : {business_time:%d/%m/%Y %H:%M} (Europe/Paris)")
-            server_settings = dataclasses.replace(settings, host="127.0.0.1", port=0)
-            async with running_server(server_settings, dsn) as server:
-                out(f"Serveur d'autorisation : {server.url}")
-                await _session(server.url, conn, school_year, business_time, out)
+            out(f"Clés : BDK {bdk.alias} (KCV {bdk.kcv}) dans un HSM logiciel au trousseau chiffré ; "
+                f"{len(keys)} terminaux ont reçu leur clé initiale AES-DUKPT en bloc TR-31.")
+            server_settings = dataclasses.replace(settings, host="127.0.0.1", port=0,
+                                                  terminal_authentication="dukpt")
+            async with running_server(server_settings, dsn, hsm) as server:
+                out(f"Serveur d'autorisation : {server.url} (messages signés AES-CMAC, anti-rejeu)")
+                await _session(server.url, keys, conn, school_year, business_time, out)
             violations = await ledger_violations(conn)
     if violations:
         out(f"\nGRAND LIVRE DÉSÉQUILIBRÉ : {violations}")
@@ -133,10 +148,14 @@ async def run_demo(settings: Settings, out=print) -> int:
     return 0
 
 
-async def _session(url: str, conn: asyncpg.Connection, school_year: int,
-                   business_time: dt.datetime, out) -> None:
+async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connection,
+                   school_year: int, business_time: dt.datetime, out) -> None:
     shop = PARTNERS[0][0]
-    async with TerminalClient(url, terminal_id(1, 1)) as client:
+
+    def terminal(name: str) -> TerminalClient:
+        return TerminalClient(url, name, keys[name])
+
+    async with terminal(terminal_id(1, 1)) as client:
         till = Till(client, shop, out)
 
         till.header("Achats acceptés, et une nouvelle tentative réseau qui ne débite pas deux fois")
@@ -163,9 +182,9 @@ async def _session(url: str, conn: asyncpg.Connection, school_year: int,
         await till.sale(card_uid(3), 10_00)                                 # 62 damaged
         await till.sale(card_uid(50), 10_00)                                # 57 no rights
         await till.sale(bytes.fromhex("04FFFFFFFFFF01"), 10_00)              # 14 unknown
-        async with TerminalClient(url, terminal_id(1, 2)) as revoked:
+        async with terminal(terminal_id(1, 2)) as revoked:
             await Till(revoked, shop, out).sale(card_uid(9), 10_00)          # 58 revoked terminal
-        async with TerminalClient(url, terminal_id(len(PARTNERS), 1)) as suspended:
+        async with terminal(terminal_id(len(PARTNERS), 1)) as suspended:
             await Till(suspended, PARTNERS[-1][0], out).sale(card_uid(9), 10_00)  # 58 partner
         may_day = dt.datetime(school_year + 1, 5, 1, 9, 0, tzinfo=PARIS)
         await pin_clock(conn, may_day)

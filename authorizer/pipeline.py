@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.authorization_store import AuthorizationStore
+from ledger.authorization_store import AuthorizationStore, MessageOrigin
 from terminal_protocol.codec import request_fingerprint
 from terminal_protocol.messages import Purchase, Refund, Request, Reversal
 
@@ -11,21 +11,21 @@ class AuthorizationPipeline:
     def __init__(self, store: AuthorizationStore) -> None:
         self._store = store
 
-    async def decide(self, terminal_id: str, request: Request) -> bytes:
+    async def decide(self, origin: MessageOrigin, request: Request) -> bytes:
         """The response body, as the ledger stored it (a retry gets the same bytes)."""
         fingerprint = request_fingerprint(request)
         match request:
             case Purchase():
                 return await self._store.purchase(
-                    terminal_id, request.request_id, fingerprint, request.stan,
+                    origin, request.request_id, fingerprint, request.stan,
                     bytes.fromhex(request.card_uid), request.amount_cents, request.local_time,
                     request.partial_ok)
             case Reversal():
                 return await self._store.reversal(
-                    terminal_id, request.request_id, fingerprint, request.stan,
+                    origin, request.request_id, fingerprint, request.stan,
                     request.original_request_id)
             case Refund():
                 return await self._store.refund(
-                    terminal_id, request.request_id, fingerprint, request.stan,
+                    origin, request.request_id, fingerprint, request.stan,
                     request.original_rrn, request.amount_cents)
         raise AssertionError(f"unhandled message {type(request).__name__}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -15,7 +16,8 @@ from authorizer.config import Settings
 from authorizer.database import create_pool
 from authorizer.pipeline import AuthorizationPipeline
 from authorizer.terminal_endpoint import TerminalEndpoint
-from authorizer.terminal_identity import DeclaredTerminalIdentifier
+from authorizer.terminal_authentication import DeclaredTerminals, DukptMacAuthenticator
+from hsm.interface import Hsm
 from ledger.authorization_store import AuthorizationStore
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
 from terminal_protocol.transport import TERMINAL_PATH
@@ -29,15 +31,21 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
+def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Application:
     store = AuthorizationStore(
         pool,
         max_purchase_amount_cents=settings.max_purchase_amount_cents,
         pool_acquire_timeout_s=settings.pool_acquire_timeout_ms / 1000,
         statement_timeout_s=settings.db_statement_timeout_ms / 1000,
     )
+    if settings.terminal_authentication == "dukpt":
+        if hsm is None:
+            raise ValueError("terminal authentication needs an HSM")
+        authenticator = DukptMacAuthenticator(hsm)
+    else:
+        authenticator = DeclaredTerminals()
     endpoint = TerminalEndpoint(
-        AuthorizationPipeline(store), DeclaredTerminalIdentifier(),
+        AuthorizationPipeline(store), authenticator,
         max_in_flight_requests=settings.max_in_flight_requests,
         request_timeout_ms=settings.request_timeout_ms,
     )
@@ -56,30 +64,43 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings, dsn: str) -> AsyncIterator[RunningServer]:
+async def running_server(settings: Settings, dsn: str,
+                         hsm: Hsm | None = None) -> AsyncIterator[RunningServer]:
     """Pool, app and listening socket; all closed on exit. Port 0 picks a free port."""
+    settings.check_transport()
+    tls = _tls_context(settings)
     pool = await create_pool(dsn, settings.db_pool_size)
     try:
-        app = build_app(settings, pool)
+        app = build_app(settings, pool, hsm)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls)
         await site.start()
         host, port = runner.addresses[0][:2]
+        scheme = "https" if tls else "http"
         try:
-            yield RunningServer(url=f"http://{host}:{port}", app=app)
+            yield RunningServer(url=f"{scheme}://{host}:{port}", app=app)
         finally:
             await runner.cleanup()
     finally:
         await pool.close()
 
 
-async def serve_forever(settings: Settings, dsn: str, announce=print) -> None:
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=print) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_server(settings, dsn) as server:
+    async with running_server(settings, dsn, hsm) as server:
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         await stop.wait()
         announce("stopping: finishing requests in flight")

@@ -1,7 +1,9 @@
-"""The HTTP face of the authorization pipeline: limits, identity, codec, and clear errors.
+"""The HTTP face of the authorization pipeline: limits, authentication, codec, clear errors.
 
 Every answer is JSON with a response code; bad input never reaches the ledger and never gets a
-500. Overload is answered at once with 91 rather than queued without bound.
+500. Overload is answered at once with 91 rather than queued without bound. The request is
+authenticated before its content is parsed, and every answer to an authenticated request carries
+the server's MAC.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 from aiohttp import web
 
 from authorizer.pipeline import AuthorizationPipeline
-from authorizer.terminal_identity import IdentificationError, TerminalIdentifier
+from authorizer.terminal_authentication import (
+    Authenticated, AuthenticationError, TerminalAuthenticator,
+)
 from ledger.authorization_store import LedgerFailure, LedgerUnavailable
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, ProtocolError, decode_request, error_body
 from terminal_protocol.transport import JSON_CONTENT_TYPE
@@ -25,11 +29,15 @@ def _error(status: int, rc: str, detail: str) -> web.Response:
     return web.Response(status=status, body=error_body(rc, detail), content_type=JSON_CONTENT_TYPE)
 
 
+def _answer(status: int, body: bytes, headers: dict[str, str]) -> web.Response:
+    return web.Response(status=status, body=body, content_type=JSON_CONTENT_TYPE, headers=headers)
+
+
 class TerminalEndpoint:
-    def __init__(self, pipeline: AuthorizationPipeline, identifier: TerminalIdentifier, *,
+    def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator, *,
                  max_in_flight_requests: int, request_timeout_ms: int) -> None:
         self._pipeline = pipeline
-        self._identifier = identifier
+        self._authenticator = authenticator
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
         self.in_flight = 0
@@ -58,19 +66,25 @@ class TerminalEndpoint:
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "30", f"body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
         try:
-            terminal_id = self._identifier.identify(request.method, request.path, request.headers, body)
-        except IdentificationError as exc:
+            sender = self._authenticator.authenticate(request.method, request.path,
+                                                      request.headers, body)
+        except AuthenticationError as exc:
+            log.warning("unauthenticated request refused (%s): %s", exc.rc, exc)
             return _error(401 if exc.rc == "63" else 400, exc.rc, str(exc))
+        status, answer = await self._decide(sender, body)
+        return _answer(status, answer, self._authenticator.response_headers(sender, status, answer))
+
+    async def _decide(self, sender: Authenticated, body: bytes) -> tuple[int, bytes]:
+        terminal_id = sender.origin.terminal_id
         try:
             message = decode_request(body)
         except ProtocolError as exc:
-            return _error(400, "30", str(exc))
+            return 400, error_body("30", str(exc))
         try:
-            answer = await self._pipeline.decide(terminal_id, message)
+            return 200, await self._pipeline.decide(sender.origin, message)
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable for terminal %s: %s", terminal_id, exc)
-            return _error(503, "91", "ledger unavailable, retry later")
+            return 503, error_body("91", "ledger unavailable, retry later")
         except LedgerFailure as exc:
             log.error("ledger failure for terminal %s: %s", terminal_id, exc)
-            return _error(500, "96", "system malfunction")
-        return web.Response(body=answer, content_type=JSON_CONTENT_TYPE)
+            return 500, error_body("96", "system malfunction")

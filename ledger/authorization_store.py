@@ -7,6 +7,7 @@ same on a replay. Knows nothing of HTTP or of the message codec.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -24,9 +25,19 @@ class LedgerFailure(RuntimeError):
     """The database refused the operation for a reason the caller cannot fix (response code 96)."""
 
 
-_PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-_REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5)"
-_REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6)"
+_PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5, $6, $7)"
+_REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8)"
+
+
+@dataclass(frozen=True)
+class MessageOrigin:
+    """Which terminal sent the message, and under which DUKPT key and counter (None when the
+    server runs without terminal authentication): the ledger checks the counter increases."""
+
+    terminal_id: str
+    initial_key_id: bytes | None = None
+    ksn_counter: int | None = None
 
 
 class AuthorizationStore:
@@ -37,22 +48,24 @@ class AuthorizationStore:
         self._acquire_timeout_s = pool_acquire_timeout_s
         self._statement_timeout_s = statement_timeout_s
 
-    async def purchase(self, terminal_id: str, request_id: str, fingerprint: bytes, stan: int,
-                       card_uid: bytes, amount_cents: int, terminal_local_time: dt.datetime,
-                       partial_ok: bool) -> bytes:
-        return await self._call(_PURCHASE, terminal_id, request_id, fingerprint, stan, card_uid,
-                                amount_cents, terminal_local_time, partial_ok,
-                                self._max_purchase_amount_cents)
+    async def purchase(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
+                       stan: int, card_uid: bytes, amount_cents: int,
+                       terminal_local_time: dt.datetime, partial_ok: bool) -> bytes:
+        return await self._call(_PURCHASE, origin.terminal_id, request_id, fingerprint, stan,
+                                card_uid, amount_cents, terminal_local_time, partial_ok,
+                                self._max_purchase_amount_cents, origin.initial_key_id,
+                                origin.ksn_counter)
 
-    async def reversal(self, terminal_id: str, request_id: str, fingerprint: bytes, stan: int,
-                       original_request_id: str) -> bytes:
-        return await self._call(_REVERSAL, terminal_id, request_id, fingerprint, stan,
-                                original_request_id)
+    async def reversal(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
+                       stan: int, original_request_id: str) -> bytes:
+        return await self._call(_REVERSAL, origin.terminal_id, request_id, fingerprint, stan,
+                                original_request_id, origin.initial_key_id, origin.ksn_counter)
 
-    async def refund(self, terminal_id: str, request_id: str, fingerprint: bytes, stan: int,
+    async def refund(self, origin: MessageOrigin, request_id: str, fingerprint: bytes, stan: int,
                      original_rrn: str, amount_cents: int) -> bytes:
-        return await self._call(_REFUND, terminal_id, request_id, fingerprint, stan, original_rrn,
-                                amount_cents)
+        return await self._call(_REFUND, origin.terminal_id, request_id, fingerprint, stan,
+                                original_rrn, amount_cents, origin.initial_key_id,
+                                origin.ksn_counter)
 
     async def _call(self, sql: str, *args) -> bytes:
         for _ in range(IDEMPOTENCY_ATTEMPTS):

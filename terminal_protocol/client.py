@@ -1,7 +1,9 @@
-"""A terminal's side of the protocol: builds requests, posts them, decodes the answers.
+"""A terminal's side of the protocol: builds requests, signs and posts them, checks and decodes
+the answers.
 
 Used by the demo, the tests, the benchmark and (later) the terminal agent and locust. Request ids
-are generated here so that a retry of the same message reuses its id.
+are generated here so that a retry of the same message reuses its id; each transmission, retries
+included, is signed under a new KSN.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ import datetime as dt
 import itertools
 import uuid
 
+import ssl
+
 import aiohttp
 
 from terminal_protocol.codec import ProtocolError, decode_response, encode_request
-from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_ID_HEADER, TERMINAL_PATH
+from terminal_protocol.terminal_keys import ForgedResponse, TerminalKeys
+from terminal_protocol.transport import (
+    JSON_CONTENT_TYPE, KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH,
+)
 from terminal_protocol.messages import (
     PROTOCOL_VERSION, STAN_MAX, Purchase, Refund, Request, Response, Reversal,
 )
@@ -27,10 +34,15 @@ def new_request_id() -> str:
 
 
 class TerminalClient:
-    def __init__(self, base_url: str, terminal_id: str, *, timeout_ms: int = TERMINAL_TIMEOUT_MS,
+    def __init__(self, base_url: str, terminal_id: str, keys: TerminalKeys | None = None, *,
+                 timeout_ms: int = TERMINAL_TIMEOUT_MS, ssl_context: ssl.SSLContext | None = None,
                  session: aiohttp.ClientSession | None = None) -> None:
+        """Without keys, requests go unsigned: only a server run without terminal
+        authentication (loopback benchmarking) accepts them."""
         self._url = base_url.rstrip("/") + TERMINAL_PATH
         self.terminal_id = terminal_id
+        self._keys = keys
+        self._ssl = ssl_context if ssl_context is not None else True
         self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
         self._session = session
         self._owns_session = session is None
@@ -81,13 +93,30 @@ class TerminalClient:
         return decode_response(await self.send_raw(encode_request(request)))
 
     async def send_raw(self, body: bytes, content_type: str = JSON_CONTENT_TYPE) -> bytes:
-        """Post exact bytes; return the exact response body (any HTTP status carries JSON)."""
+        """Sign and post exact bytes; return the exact response body once its MAC is checked.
+
+        An answer without a MAC is accepted only as an error from before authentication (not
+        HTTP 200): such an answer never moved money. ForgedResponse otherwise."""
         assert self._session is not None, "use 'async with TerminalClient(...)'"
-        async with self._session.post(
-            self._url, data=body, timeout=self._timeout,
-            headers={TERMINAL_ID_HEADER: self.terminal_id, "Content-Type": content_type},
-        ) as reply:
+        headers = {TERMINAL_ID_HEADER: self.terminal_id, "Content-Type": content_type}
+        ksn = None
+        if self._keys is not None:
+            ksn, mac = self._keys.sign_request("POST", TERMINAL_PATH, body)
+            headers[KSN_HEADER] = ksn.hex().upper()
+            headers[MAC_HEADER] = mac.hex().upper()
+        async with self._session.post(self._url, data=body, timeout=self._timeout,
+                                      headers=headers, ssl=self._ssl) as reply:
             payload = await reply.read()
-            if not payload.startswith(b"{"):
-                raise ProtocolError(f"HTTP {reply.status} without a protocol body")
-            return payload
+            status, response_mac = reply.status, reply.headers.get(MAC_HEADER)
+        if not payload.startswith(b"{"):
+            raise ProtocolError(f"HTTP {status} without a protocol body")
+        if self._keys is not None and (response_mac is not None or status == 200):
+            self._keys.check_response(ksn, status, payload, _unhex(response_mac))
+        return payload
+
+
+def _unhex(text: str | None) -> bytes | None:
+    try:
+        return bytes.fromhex(text) if text else None
+    except ValueError:
+        raise ForgedResponse("malformed response MAC") from None

@@ -1,6 +1,8 @@
 """Fixtures on the real components: one private PostgreSQL cluster per test session, a fresh
-database per test (copied from a migrated, seeded template), the real aiohttp server on a free
-loopback port, and the ledger's invariants checked after every test that touched a database."""
+database per test (copied from a migrated, seeded template whose terminals were provisioned with
+real DUKPT keys from a software HSM), the real aiohttp server on a free loopback port, terminals
+that sign their requests, and the ledger's invariants checked after every test that touched a
+database."""
 
 from __future__ import annotations
 
@@ -16,13 +18,17 @@ import asyncpg
 import pytest
 
 from authorizer.config import Settings
+from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
 from authorizer.server import running_server
+from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region, terminal_id
 from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.client import TerminalClient
+from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.terminal_keys import TerminalKeys
 
 PARIS = ZoneInfo("Europe/Paris")
 TEST_SCHOOL_YEAR = 2026
@@ -31,6 +37,9 @@ TEMPLATE_DATABASE = "hdfpay_template"
 # An ordinary school day inside the 2026-2027 wallet window.
 SCHOOL_DAY = dt.datetime(2026, 11, 26, 10, 0, tzinfo=PARIS)
 ACTIVE_TERMINAL = terminal_id(1, 1)
+# Extra active terminals of partner 2 for concurrency tests: a terminal has one message in
+# flight at a time (its KSN counter must increase), so concurrency comes from many terminals.
+CROWD_TERMINALS = [f"CROWD-{n:04d}" for n in range(1, 201)]
 
 _database_numbers = itertools.count(1)
 
@@ -53,7 +62,30 @@ def pg_cluster():
 
 
 @pytest.fixture(scope="session")
-async def template_database(pg_cluster: EmbeddedPostgres) -> str:
+def keystore_env(tmp_path_factory) -> dict[str, str]:
+    """The software HSM's keystore, as a server process finds it in its environment."""
+    directory = tmp_path_factory.mktemp("keystore")
+    return {"HDFPAY_HSM_BACKEND": "software", "HDFPAY_KEYSTORE": str(directory / "keys.json"),
+            "HDFPAY_KEYSTORE_PASSPHRASE": os.urandom(16).hex()}
+
+
+@pytest.fixture(scope="session")
+def hsm(keystore_env):
+    software = SoftwareHsm(Path(keystore_env["HDFPAY_KEYSTORE"]),
+                           passphrase=keystore_env["HDFPAY_KEYSTORE_PASSPHRASE"], create=True)
+    new_bdk(software)
+    yield software
+    software.close()
+
+
+@pytest.fixture(scope="session")
+def deliveries() -> dict:
+    """Each seeded terminal's TR-31 key block and transport key, filled by the template."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+async def template_database(pg_cluster: EmbeddedPostgres, hsm, deliveries) -> str:
     admin = await asyncpg.connect(pg_cluster.dsn_for("postgres"))
     try:
         await admin.execute(f"CREATE DATABASE {TEMPLATE_DATABASE}")
@@ -64,6 +96,9 @@ async def template_database(pg_cluster: EmbeddedPostgres) -> str:
         await migrate(conn)
         await seed_demo_region(conn, beneficiaries=TEST_BENEFICIARIES, school_year=TEST_SCHOOL_YEAR)
         await pin_clock(conn, SCHOOL_DAY)
+        await conn.executemany("INSERT INTO terminals (id, partner_id, status) VALUES ($1, 2, 'ACTIVE')",
+                               [(t,) for t in CROWD_TERMINALS])
+        deliveries.update(await provision_unkeyed_terminals(conn, hsm))
     finally:
         await conn.close()
     return TEMPLATE_DATABASE
@@ -104,15 +139,40 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def server(settings: Settings, dsn: str):
-    async with running_server(settings, dsn) as running:
+async def server(settings: Settings, dsn: str, hsm):
+    async with running_server(settings, dsn, hsm) as running:
         yield running
 
 
 @pytest.fixture
-async def client(server):
-    async with TerminalClient(server.url, ACTIVE_TERMINAL) as terminal:
-        yield terminal
+def keys_for(deliveries, template_database):
+    """A terminal's keys as the terminal holds them (unwrapped from its TR-31 block with its
+    transport key), one counter per terminal for the test: each test's database starts with
+    every counter unused."""
+    made: dict[str, TerminalKeys] = {}
+
+    def keys(terminal: str) -> TerminalKeys:
+        if terminal not in made:
+            delivered, transport_key = deliveries[terminal]
+            made[terminal] = TerminalKeys.from_key_block(delivered.key_block, transport_key,
+                                                         MemoryCounter(),
+                                                         delivered.initial_key_id)
+        return made[terminal]
+    return keys
+
+
+@pytest.fixture
+def terminal(server, keys_for):
+    """terminal(id) → a signing TerminalClient of that seeded terminal, for `async with`."""
+    def make(terminal_id: str, url: str | None = None) -> TerminalClient:
+        return TerminalClient(url or server.url, terminal_id, keys_for(terminal_id))
+    return make
+
+
+@pytest.fixture
+async def client(terminal):
+    async with terminal(ACTIVE_TERMINAL) as active:
+        yield active
 
 
 async def balance_of(conn: asyncpg.Connection, card_uid: bytes,

@@ -8,15 +8,16 @@ import dataclasses
 import json
 
 import aiohttp
+import asyncpg
 import pytest
 
 from authorizer.server import TERMINAL_ENDPOINT, running_server
 from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
-from terminal_protocol.transport import TERMINAL_ID_HEADER, TERMINAL_PATH
+from terminal_protocol.transport import KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH
 
-from conftest import ACTIVE_TERMINAL
+from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS
 
 GOOD = {"v": 1, "type": "purchase", "request_id": "bad-input-0001", "stan": 1,
         "card_uid": card_uid(5).hex().upper(), "amount_cents": 1_00,
@@ -56,6 +57,13 @@ CASES = {
 }
 
 
+def _signed(keys, body: bytes, content_type: str = "application/json") -> dict:
+    """Genuine terminal headers for these bytes: the body is what is wrong, not the MAC."""
+    ksn, mac = keys.sign_request("POST", TERMINAL_PATH, body)
+    return {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, KSN_HEADER: ksn.hex().upper(),
+            MAC_HEADER: mac.hex().upper(), "Content-Type": content_type}
+
+
 async def _post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as session:
         async with session.post(url + TERMINAL_PATH, data=body, headers=headers) as reply:
@@ -68,18 +76,16 @@ async def _assert_nothing_recorded(conn) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-async def test_bad_body_gets_a_format_error(server, conn, case):
-    status, answer = await _post(server.url, CASES[case],
-                                 {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, "Content-Type": "application/json"})
+async def test_bad_body_gets_a_format_error(server, conn, keys_for, case):
+    status, answer = await _post(server.url, CASES[case], _signed(keys_for(ACTIVE_TERMINAL), CASES[case]))
     assert status == 400
     assert (answer["type"], answer["rc"]) == ("error", "30") and answer["detail"]
     await _assert_nothing_recorded(conn)
 
 
-async def test_oversized_body(server, conn):
+async def test_oversized_body(server, conn, keys_for):
     body = _with(request_id="x" * 60)[:-1] + b"," + b'"pad": "' + b"y" * MAX_REQUEST_BODY_BYTES + b'"}'
-    status, answer = await _post(server.url, body,
-                                 {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, "Content-Type": "application/json"})
+    status, answer = await _post(server.url, body, _signed(keys_for(ACTIVE_TERMINAL), body))
     assert (status, answer["rc"]) == (413, "30")
     await _assert_nothing_recorded(conn)
 
@@ -98,9 +104,9 @@ async def test_oversized_chunked_body(server, conn):
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
-async def test_bad_content_type(server, conn, content_type):
+async def test_bad_content_type(server, conn, keys_for, content_type):
     status, answer = await _post(server.url, _with(),
-                                 {TERMINAL_ID_HEADER: ACTIVE_TERMINAL, "Content-Type": content_type})
+                                 _signed(keys_for(ACTIVE_TERMINAL), _with(), content_type))
     assert (status, answer["rc"]) == (415, "30")
     await _assert_nothing_recorded(conn)
 
@@ -134,16 +140,18 @@ async def _waiting_on_a_lock(conn) -> bool:
                                " AND datname = current_database()") > 0
 
 
-async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings, dsn, conn, pg_cluster):
+async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings, dsn, conn, hsm,
+                                                                         keys_for):
     limited = dataclasses.replace(settings, max_in_flight_requests=1)
-    watcher = await __import__("asyncpg").connect(dsn)
+    watcher = await asyncpg.connect(dsn)
     try:
-        async with running_server(limited, dsn) as server, \
-                   TerminalClient(server.url, ACTIVE_TERMINAL) as client:
+        async with running_server(limited, dsn, hsm) as server, \
+                   TerminalClient(server.url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client, \
+                   TerminalClient(server.url, CROWD_TERMINALS[0], keys_for(CROWD_TERMINALS[0])) as other:
             lock = await _lock_wallet(conn, card_uid(5))
             blocked = asyncio.ensure_future(client.purchase(card_uid(5), 1_00))
             await _wait_until(lambda: _waiting_on_a_lock(watcher))
-            shed = await client.purchase(card_uid(6), 1_00)
+            shed = await other.purchase(card_uid(6), 1_00)
             assert shed.rc == "91"
             assert server.app[TERMINAL_ENDPOINT].shed_total == 1
             await lock.rollback()
@@ -152,12 +160,13 @@ async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings
         await watcher.close()
 
 
-async def test_a_request_over_its_time_limit_answers_91_and_debits_nothing(settings, dsn, conn):
+async def test_a_request_over_its_time_limit_answers_91_and_debits_nothing(settings, dsn, conn, hsm,
+                                                                            keys_for):
     hurried = dataclasses.replace(settings, request_timeout_ms=300)
-    watcher = await __import__("asyncpg").connect(dsn)
+    watcher = await asyncpg.connect(dsn)
     try:
-        async with running_server(hurried, dsn) as server, \
-                   TerminalClient(server.url, ACTIVE_TERMINAL) as client:
+        async with running_server(hurried, dsn, hsm) as server, \
+                   TerminalClient(server.url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
             lock = await _lock_wallet(conn, card_uid(5))
             answer = await client.purchase(card_uid(5), 1_00)
             assert answer.rc == "91"

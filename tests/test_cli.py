@@ -19,7 +19,7 @@ from terminal_protocol.client import TerminalClient
 from conftest import ACTIVE_TERMINAL
 
 COMMAND_TIMEOUT_S = 120
-SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench"]
+SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals"]
 
 
 def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):
@@ -58,10 +58,18 @@ def test_unreachable_database_is_a_clear_error():
     assert "database" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_serve_without_a_keystore_says_what_is_missing():
+    result = hdfpay("serve", env={"HDFPAY_KEYSTORE": "", "HDFPAY_HSM_BACKEND": "software"})
+    assert result.returncode == 2 and "HDFPAY_KEYSTORE is not set" in result.stderr
+
+
 def test_embedded_cluster_start_status_stop():
+    """An operator's first day: cluster, schema, region, keys, a terminal, a reload, a check."""
     workdir = Path(tempfile.mkdtemp(prefix="hdfpay-cli-"))
     workdir.chmod(0o755)
-    env = {"HDFPAY_DATA_DIR": str(workdir / "pgdata"), "DATABASE_URL": ""}
+    env = {"HDFPAY_DATA_DIR": str(workdir / "pgdata"), "DATABASE_URL": "",
+           "HDFPAY_HSM_BACKEND": "software", "HDFPAY_KEYSTORE": str(workdir / "keys.json"),
+           "HDFPAY_KEYSTORE_PASSPHRASE": "correct horse battery staple"}
     try:
         started = hdfpay("db", "start", env=env)
         assert started.returncode == 0, started.stderr
@@ -77,6 +85,23 @@ def test_embedded_cluster_start_status_stop():
         again = hdfpay("reload", "HDF0000005", "12,50", "--reference", "cli-test", env=env)
         assert "already reloaded" in again.stdout
         assert "ledger balanced" in hdfpay("check", env=env).stdout
+        bdk = hdfpay("keys", "new-bdk", env=env)
+        assert bdk.returncode == 0 and "creating the encrypted keystore" in bdk.stdout
+        assert "B0  bdk/" in bdk.stdout and "KCV" in bdk.stdout
+        added = hdfpay("terminals", "add", "SHOP-0001", "--partner", "1", env=env)
+        assert added.returncode == 0, added.stderr
+        block = added.stdout.split("key block (TR-31)")[1].split()[0]
+        assert block.startswith("D") and "shown this once" in added.stdout
+        listed = hdfpay("terminals", "list", env=env).stdout
+        assert "SHOP-0001" in listed and "PENDING" in listed
+        assert "ACTIVE" in hdfpay("terminals", "activate", "SHOP-0001", env=env).stdout
+        rotated = hdfpay("terminals", "rotate", "SHOP-0001", env=env)
+        assert rotated.returncode == 0 and block not in rotated.stdout
+        assert "shown this once" not in rotated.stdout
+        assert "K1  kbpk/shop-0001" in hdfpay("keys", "list", env=env).stdout
+        again = hdfpay("terminals", "add", "SHOP-0001", "--partner", "1", env=env)
+        assert again.returncode == 2 and "already exists" in again.stderr
+        assert hdfpay("terminals", "activate", env=env).returncode == 2        # no terminal id
         assert "stopped" in hdfpay("db", "stop", env=env).stdout
         assert "stopped" in hdfpay("db", "status", env=env).stdout
     finally:
@@ -84,27 +109,28 @@ def test_embedded_cluster_start_status_stop():
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
 
 
-async def test_serve_refuses_an_unmigrated_database(pg_cluster):
+async def test_serve_refuses_an_unmigrated_database(pg_cluster, keystore_env, hsm):
     admin = await asyncpg.connect(pg_cluster.dsn_for("postgres"))
     await admin.execute("CREATE DATABASE unmigrated")
     try:
-        result = hdfpay("serve", "--port", "0", env={"DATABASE_URL": pg_cluster.dsn_for("unmigrated")})
+        result = hdfpay("serve", "--port", "0",
+                        env={**keystore_env, "DATABASE_URL": pg_cluster.dsn_for("unmigrated")})
         assert result.returncode == 2 and "hdfpay db migrate" in result.stderr
     finally:
         await admin.execute("DROP DATABASE unmigrated WITH (FORCE)")
         await admin.close()
 
 
-async def test_serve_answers_terminals_and_stops_on_sigterm(dsn):
+async def test_serve_answers_terminals_and_stops_on_sigterm(dsn, keystore_env, keys_for):
     process = subprocess.Popen(
         [sys.executable, "-m", "authorizer.cli", "serve", "--port", "0"],
-        env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        env={**os.environ, **keystore_env, "DATABASE_URL": dsn}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()
         assert "listening on http://127.0.0.1:" in banner, process.stderr.read()
         url = banner.split("listening on ")[1].split("/v1/")[0]
-        async with TerminalClient(url, ACTIVE_TERMINAL) as client:
+        async with TerminalClient(url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
             assert (await client.purchase(bytes.fromhex("04000000000005"), 1_00)).rc == "00"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=COMMAND_TIMEOUT_S) == 0

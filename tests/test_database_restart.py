@@ -4,18 +4,23 @@ requests caught by the restart get 91 (the terminal reverses them), later ones a
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
 import asyncpg
 
+from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
 from authorizer.server import running_server
+from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, seed_demo_region
 from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.client import TerminalClient
+from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.terminal_keys import TerminalKeys
 
 from conftest import ACTIVE_TERMINAL, SCHOOL_DAY, TEST_SCHOOL_YEAR
 
@@ -26,16 +31,22 @@ async def test_approvals_survive_a_database_restart(settings):
     workdir = Path(tempfile.mkdtemp(prefix="hdfpay-restart-"))
     workdir.chmod(0o755)
     cluster = EmbeddedPostgres(workdir / "pgdata")
+    # An HSM of its own: provisioning here must not replace the session's transport keys.
+    hsm = SoftwareHsm(workdir / "keys.json", passphrase=os.urandom(16).hex(), create=True)
+    new_bdk(hsm)
     try:
         dsn = cluster.start()
         conn = await asyncpg.connect(dsn)
         await migrate(conn)
         await seed_demo_region(conn, beneficiaries=20, school_year=TEST_SCHOOL_YEAR)
         await pin_clock(conn, SCHOOL_DAY)
+        delivered, transport_key = (await provision_unkeyed_terminals(conn, hsm))[ACTIVE_TERMINAL]
         await conn.close()
+        keys = TerminalKeys.from_key_block(delivered.key_block, transport_key, MemoryCounter(),
+                                           delivered.initial_key_id)
 
-        async with running_server(settings, dsn) as server, \
-                   TerminalClient(server.url, ACTIVE_TERMINAL) as client:
+        async with running_server(settings, dsn, hsm) as server, \
+                   TerminalClient(server.url, ACTIVE_TERMINAL, keys) as client:
             before = [await client.purchase(card_uid(5), 1_00) for _ in range(3)]
             assert [r.rc for r in before] == ["00"] * 3
             await asyncio.to_thread(cluster.stop)
@@ -59,5 +70,6 @@ async def test_approvals_survive_a_database_restart(settings):
         finally:
             await conn.close()
     finally:
+        hsm.close()
         cluster.stop()
         remove_cluster(workdir)

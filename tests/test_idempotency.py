@@ -53,20 +53,21 @@ async def test_a_decline_stays_a_decline_after_funds_arrive(client, conn):
 
 
 async def test_retry_storm_on_one_request_debits_once(client, conn):
+    """50 transmissions of one purchase at once, each under its own KSN. Those overtaken by a
+    higher counter are refused (63); every other one gets the one stored answer."""
     before = await balance_of(conn, ORDINARY)
     body = encode_request(client.purchase_request(ORDINARY, 3_00))
     answers = await asyncio.gather(*(client.send_raw(body) for _ in range(50)))
-    assert len(set(answers)) == 1
-    assert decode_response(answers[0]).rc == "00"
+    stored = {a for a in answers if decode_response(a).rc != "63"}
+    assert len(stored) == 1
+    assert decode_response(stored.pop()).rc == "00"
     assert await balance_of(conn, ORDINARY) == before - 3_00
     assert await conn.fetchval("SELECT count(*) FROM authorizations") == 1
 
 
-async def test_request_ids_are_per_terminal(server, conn):
-    from terminal_protocol.client import TerminalClient
+async def test_request_ids_are_per_terminal(terminal, conn):
     from ledger.demo_region import terminal_id
-    async with TerminalClient(server.url, terminal_id(2, 1)) as a, \
-               TerminalClient(server.url, terminal_id(3, 1)) as b:
+    async with terminal(terminal_id(2, 1)) as a, terminal(terminal_id(3, 1)) as b:
         ra = await a.purchase(ORDINARY, 1_00, request_id="same-id-0001")
         rb = await b.purchase(ORDINARY, 1_00, request_id="same-id-0001")
     assert (ra.rc, rb.rc) == ("00", "00")

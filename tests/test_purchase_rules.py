@@ -37,14 +37,21 @@ async def test_card_declines(client, conn, uid, rc):
     assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'PURCHASE'") == 0
 
 
-@pytest.mark.parametrize("terminal", [
-    "TERM-9999-1",                        # unknown terminal
+@pytest.mark.parametrize("terminal_name", [
     terminal_id(1, 2),                    # revoked terminal
     terminal_id(len(PARTNERS), 1),        # active terminal of a suspended partner
 ])
-async def test_terminal_and_partner_must_be_active(server, conn, terminal):
-    async with TerminalClient(server.url, terminal) as other:
+async def test_terminal_and_partner_must_be_active(terminal, conn, terminal_name):
+    async with terminal(terminal_name) as other:
         response = await other.purchase(ORDINARY, 10_00)
+    assert response.rc == "58"
+    assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'PURCHASE'") == 0
+
+
+async def test_unknown_terminal(server, keys_for, conn):
+    """A genuine MAC (another terminal's key) under a terminal id the region does not know."""
+    async with TerminalClient(server.url, "TERM-9999-1", keys_for(terminal_id(2, 1))) as unknown:
+        response = await unknown.purchase(ORDINARY, 10_00)
     assert response.rc == "58"
     assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'PURCHASE'") == 0
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, terminal_id
-from terminal_protocol.client import TerminalClient
 
-from conftest import balance_of, paris, set_balance
+from conftest import CROWD_TERMINALS, balance_of, paris, set_balance
 
 CARD = card_uid(5)
 
@@ -58,10 +57,10 @@ async def test_reversal_of_a_declined_purchase_moves_nothing(client, conn):
     assert (reversal.rc, reversal.approved_cents) == ("00", 0)
 
 
-async def test_another_terminal_cannot_reverse_a_sale(server, client, conn):
+async def test_another_terminal_cannot_reverse_a_sale(terminal, client, conn):
     sale = client.purchase_request(CARD, 5_00)
     await client.send(sale)
-    async with TerminalClient(server.url, terminal_id(2, 1)) as other:
+    async with terminal(terminal_id(2, 1)) as other:
         assert (await other.reversal(sale.request_id)).rc == "25"
     assert await conn.fetchval("SELECT amount_reversed_cents FROM authorizations WHERE request_id = $1",
                                sale.request_id) == 0
@@ -87,11 +86,17 @@ async def test_refund_after_a_reversal_is_refused(client, conn):
     assert (await client.refund(response.rrn, 1_00)).rc == "61"
 
 
-async def test_refund_at_another_shop_of_the_same_partner(server, client, conn):
+async def test_refund_only_at_the_partner_of_the_sale(terminal, client, conn):
     sale = await client.purchase(CARD, 10_00)
-    async with TerminalClient(server.url, terminal_id(2, 1)) as other_partner:
+    async with terminal(terminal_id(2, 1)) as other_partner:
         assert (await other_partner.refund(sale.rrn, 1_00)).rc == "25"
     assert (await client.refund("999999999999", 1_00)).rc == "25"
+
+
+async def test_refund_at_another_terminal_of_the_same_partner(terminal, conn):
+    async with terminal(terminal_id(2, 1)) as till, terminal(CROWD_TERMINALS[0]) as other_till:
+        sale = await till.purchase(CARD, 10_00)
+        assert (await other_till.refund(sale.rrn, 4_00)).rc == "00"
 
 
 async def test_refund_once_the_wallet_window_is_over(client, conn):

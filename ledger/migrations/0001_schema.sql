@@ -105,12 +105,38 @@ CREATE TABLE partners (
     merchant_account_id bigint NOT NULL UNIQUE REFERENCES accounts
 );
 
+-- A terminal is PENDING from its provisioning until an operator activates it; REVOKED is final.
 CREATE TABLE terminals (
     id              text    PRIMARY KEY CHECK (id ~ '^[A-Z0-9-]{4,32}$'),
     partner_id      integer NOT NULL REFERENCES partners,
-    status          text    NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'SUSPENDED', 'REVOKED'))
+    status          text    NOT NULL DEFAULT 'PENDING'
+                    CHECK (status IN ('PENDING', 'ACTIVE', 'SUSPENDED', 'REVOKED'))
 );
 CREATE INDEX terminals_partner ON terminals (partner_id);
+
+CREATE FUNCTION terminals_revocation_is_final() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status = 'REVOKED' AND NEW.status <> 'REVOKED' THEN
+        RAISE EXCEPTION 'terminal % is revoked: provision a new terminal instead', OLD.id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER terminals_revocation_is_final BEFORE UPDATE ON terminals
+    FOR EACH ROW EXECUTE FUNCTION terminals_revocation_is_final();
+
+-- A terminal's AES-DUKPT initial keys, by initial key id (BDK id || derivation id). The KSN
+-- counter of each must strictly increase (replay protection). During a rotation a terminal has
+-- two ACTIVE keys; the first message under the newer one retires the older.
+CREATE TABLE terminal_keys (
+    initial_key_id  bytea   PRIMARY KEY CHECK (length(initial_key_id) = 8),
+    terminal_id     text    NOT NULL REFERENCES terminals,
+    status          text    NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'RETIRED')),
+    last_counter    bigint  NOT NULL DEFAULT -1 CHECK (last_counter BETWEEN -1 AND 4294967295),
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX terminal_keys_terminal ON terminal_keys (terminal_id);
+CREATE SEQUENCE terminal_key_derivation_id MAXVALUE 4294967295;
 
 -- Every terminal message that reached the ledger, keyed by (terminal, request id): the stored
 -- response is replayed for a retry. A row with request_hash NULL is a tombstone left by a reversal

@@ -43,10 +43,38 @@ CREATE FUNCTION terminal_response(
         'balance_cents', p_balance_cents, 'auth_code', p_auth_code, 'rrn', p_rrn))::text
 $$;
 
+-- Replay protection: a message is accepted only if its KSN counter is strictly greater than the
+-- last one accepted for that initial key, and the key is an ACTIVE key of that terminal. The
+-- update holds the key's row until commit, so two messages can never both pass with one counter.
+-- NULL (no KSN) is passed only by a server explicitly run without terminal authentication.
+CREATE FUNCTION accept_ksn(p_terminal_id text, p_initial_key_id bytea, p_counter bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_previous bigint;
+BEGIN
+    IF p_initial_key_id IS NULL THEN
+        RETURN true;
+    END IF;
+    SELECT last_counter INTO v_previous FROM terminal_keys
+     WHERE initial_key_id = p_initial_key_id AND terminal_id = p_terminal_id AND status = 'ACTIVE'
+       FOR UPDATE;
+    IF NOT FOUND OR v_previous >= p_counter THEN
+        RETURN false;
+    END IF;
+    UPDATE terminal_keys SET last_counter = p_counter WHERE initial_key_id = p_initial_key_id;
+    IF v_previous = -1 THEN
+        -- First message under this key: a rotation is complete, older keys stop working.
+        UPDATE terminal_keys SET status = 'RETIRED'
+         WHERE terminal_id = p_terminal_id AND status = 'ACTIVE' AND initial_key_id <> p_initial_key_id
+           AND created_at < (SELECT created_at FROM terminal_keys WHERE initial_key_id = p_initial_key_id);
+    END IF;
+    RETURN true;
+END $$;
+
 CREATE FUNCTION authorize_purchase(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_card_uid bytea, p_amount_cents bigint, p_terminal_local_time timestamp,
-    p_partial_ok boolean, p_max_amount_cents bigint
+    p_partial_ok boolean, p_max_amount_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
@@ -77,6 +105,9 @@ BEGIN
 
     IF NOT FOUND THEN
         RETURN terminal_response('purchase', p_request_id, p_stan, '58', p_amount_cents, 0, NULL, NULL, NULL);
+    END IF;
+    IF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
+        RETURN terminal_response('purchase', p_request_id, p_stan, '63', p_amount_cents, 0, NULL, NULL, NULL);
     END IF;
     IF f.previous_id IS NOT NULL THEN
         IF f.previous_hash = p_request_hash THEN
@@ -147,7 +178,7 @@ END $$;
 -- answer 25.
 CREATE FUNCTION authorize_reversal(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
-    p_original_request_id text
+    p_original_request_id text, p_initial_key_id bytea, p_ksn_counter bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
@@ -171,6 +202,9 @@ BEGIN
 
     IF NOT FOUND THEN
         RETURN terminal_response('reversal', p_request_id, p_stan, '58', NULL, 0, NULL, NULL, NULL);
+    END IF;
+    IF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
+        RETURN terminal_response('reversal', p_request_id, p_stan, '63', NULL, 0, NULL, NULL, NULL);
     END IF;
     IF f.previous_id IS NOT NULL THEN
         IF f.previous_hash = p_request_hash THEN
@@ -232,7 +266,7 @@ END $$;
 -- year is credited while its window is open (54 after).
 CREATE FUNCTION authorize_refund(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
-    p_original_rrn text, p_amount_cents bigint
+    p_original_rrn text, p_amount_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
@@ -261,6 +295,9 @@ BEGIN
 
     IF NOT FOUND THEN
         RETURN terminal_response('refund', p_request_id, p_stan, '58', p_amount_cents, 0, NULL, NULL, NULL);
+    END IF;
+    IF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
+        RETURN terminal_response('refund', p_request_id, p_stan, '63', p_amount_cents, 0, NULL, NULL, NULL);
     END IF;
     IF f.previous_id IS NOT NULL THEN
         IF f.previous_hash = p_request_hash THEN

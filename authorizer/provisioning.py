@@ -1,0 +1,121 @@
+"""Terminal keys: BDKs, and each terminal's AES-DUKPT initial key delivered as a TR-31 block.
+
+A new terminal gets a transport key (KBPK) shown once to its installer, and its initial key
+wrapped under it; the KBPK stays in the HSM so that later keys (rotation) reach the terminal
+wrapped under it too. The database records which initial key ids belong to which terminal; the
+authorization path checks it with the KSN counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import asyncpg
+
+from authorizer.key_aliases import BDK_ID_BYTES, bdk_alias, bdk_id_of, kbpk_alias
+from hsm.interface import Hsm, KeyInfo, KeyUsage, UnknownKey
+
+
+class ProvisioningError(RuntimeError):
+    """An operator asked for something the terminal's state does not allow; says why."""
+
+
+@dataclass(frozen=True)
+class DeliveredKey:
+    terminal_id: str
+    initial_key_id: bytes
+    key_block: str                       # TR-31 version D, usage B1, under the terminal's KBPK
+    kbpk: KeyInfo
+    transport_key: bytes | None = None   # only when a new KBPK was made: shown once, never stored
+
+
+def current_bdk(hsm: Hsm) -> KeyInfo:
+    """The newest BDK: new terminals and rotations use it."""
+    bdks = [k for k in hsm.list_keys() if k.usage is KeyUsage.BDK]
+    if not bdks:
+        raise ProvisioningError("the HSM holds no BDK: run 'hdfpay keys new-bdk' first")
+    return max(bdks, key=lambda k: k.created_at)
+
+
+def new_bdk(hsm: Hsm) -> KeyInfo:
+    taken = {k.alias for k in hsm.list_keys()}
+    while True:
+        alias = bdk_alias(os.urandom(BDK_ID_BYTES))
+        if alias not in taken:
+            return hsm.generate_key(alias, KeyUsage.BDK)
+
+
+async def add_terminal(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
+                       partner_id: int) -> DeliveredKey:
+    """A PENDING terminal of the partner, with a new transport key and its first initial key."""
+    async with conn.transaction():
+        if await conn.fetchval("SELECT status FROM partners WHERE id = $1", partner_id) is None:
+            raise ProvisioningError(f"no partner {partner_id}")
+        inserted = await conn.fetchval(
+            "INSERT INTO terminals (id, partner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            " RETURNING id", terminal_id, partner_id)
+        if inserted is None:
+            raise ProvisioningError(f"terminal {terminal_id} already exists (use 'rotate')")
+        _destroy_stale(hsm, kbpk_alias(terminal_id))
+        kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
+        delivered = await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+    return dataclasses.replace(delivered, transport_key=transport_key)
+
+
+async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str) -> DeliveredKey:
+    """A new initial key under the current BDK, wrapped under the terminal's KBPK. The old key
+    keeps working until the terminal's first message under the new one: no downtime."""
+    async with conn.transaction():
+        status = await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE",
+                                     terminal_id)
+        if status is None or status == "REVOKED":
+            raise ProvisioningError(f"terminal {terminal_id} is {'unknown' if status is None else 'revoked'}")
+        try:
+            kbpk = hsm.key_info(kbpk_alias(terminal_id))
+        except UnknownKey:
+            raise ProvisioningError(f"terminal {terminal_id} has no transport key in this HSM") from None
+        return await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+
+
+async def set_terminal_status(conn: asyncpg.Connection, terminal_id: str, status: str) -> None:
+    """ACTIVE (activate, resume), SUSPENDED, or REVOKED (final: declined with 58 for good)."""
+    updated = await conn.fetchval("UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id",
+                                  terminal_id, status)
+    if updated is None:
+        raise ProvisioningError(f"no terminal {terminal_id}")
+
+
+async def provision_unkeyed_terminals(conn: asyncpg.Connection, hsm: Hsm) -> dict[str, tuple[DeliveredKey, bytes]]:
+    """Give every terminal without a key a transport key and an initial key (demo, tests,
+    benchmarks: the seeded region's terminals). Returns each terminal's delivery and transport key."""
+    delivered = {}
+    for row in await conn.fetch("SELECT id FROM terminals t WHERE NOT EXISTS"
+                                " (SELECT 1 FROM terminal_keys k WHERE k.terminal_id = t.id) ORDER BY id"):
+        terminal_id = row["id"]
+        async with conn.transaction():
+            _destroy_stale(hsm, kbpk_alias(terminal_id))
+            kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
+            delivered[terminal_id] = (await _deliver_initial_key(conn, hsm, terminal_id, kbpk),
+                                      transport_key)
+    return delivered
+
+
+async def _deliver_initial_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
+                               kbpk: KeyInfo) -> DeliveredKey:
+    bdk = current_bdk(hsm)
+    derivation_id = await conn.fetchval("SELECT nextval('terminal_key_derivation_id')")
+    initial_key_id = bdk_id_of(bdk.alias) + derivation_id.to_bytes(4, "big")
+    await conn.execute("INSERT INTO terminal_keys (initial_key_id, terminal_id) VALUES ($1, $2)",
+                       initial_key_id, terminal_id)
+    block = hsm.export_dukpt_initial_key(bdk.alias, initial_key_id, kbpk.alias)
+    return DeliveredKey(terminal_id, initial_key_id, block, kbpk)
+
+
+def _destroy_stale(hsm: Hsm, alias: str) -> None:
+    """A transport key left by a provisioning whose database transaction did not commit."""
+    try:
+        hsm.destroy_key(alias)
+    except UnknownKey:
+        pass
