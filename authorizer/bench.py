@@ -1,10 +1,14 @@
 """`hdfpay bench`: the project's speed measurement, end to end beside a pgbench baseline.
 
 On a throwaway database (a private cluster, or a fresh `hdfpay_bench` database on DATABASE_URL's
-server): seed the demo region, start the server as its own process, then at each concurrency run
-pgbench making the server's very SQL call, and the load generator (authorizer.bench_load) through
-HTTP, on the same mix; then both on a few hot cards. Afterwards the ledger must balance and the
-database must hold exactly the purchases the tools made.
+server): seed the demo region, give the bench its own terminals with AES-DUKPT keys from a software
+HSM in the work directory (authorizer.bench_keys), start the server as its own process, then at
+each concurrency run pgbench making the server's very SQL call (KSN check included), and the load
+generator (authorizer.bench_load) through HTTP with MAC'd requests, on the same mix. Then the same
+at the highest concurrency with MACs off (server with HDFPAY_TERMINAL_AUTHENTICATION=none, unsigned
+requests, pgbench passing no KSN): the cost of MACs; then both on a few hot cards. Afterwards the
+ledger must balance, the database must hold exactly the purchases the tools made, and no message
+may have been refused with 63 (authorizer.bench_report).
 """
 
 from __future__ import annotations
@@ -12,32 +16,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import uvloop
 
-from authorizer.bench_load import (APPROVED_CODES, BENCH_AMOUNT_CENTS_MAX, PGBENCH_QUERY_MODE,
-                                   BenchError, cpu_snapshot, cpu_used, first_approvable,
-                                   pgbench_script, run_e2e, run_pgbench)
+from authorizer.bench_keys import (MAX_BENCH_TERMINALS, MAX_RUNS, BenchKeys, counter_start,
+                                   provision_bench_terminals)
+from authorizer.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snapshot, cpu_used,
+                                   first_approvable, pgbench_script, run_e2e, run_pgbench)
+from authorizer.bench_report import (TABLE_ROW, final_lines, report_mac_cost, report_run,
+                                     results, verify)
 from authorizer.config import Settings
 from authorizer.database import connection
 from authorizer.demo import PARIS, demo_business_time
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
 from ledger.embedded import EmbeddedPostgres, find_server_binaries, remove_cluster
-from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 
 BENCH_DATABASE = "hdfpay_bench"
@@ -49,7 +54,8 @@ SERVER_STOP_TIMEOUT_S = 15.0          # above the server's own shutdown grace
 TOOL_GRACE_S = 30.0                   # beyond a run's duration before its tool is killed
 HOT_CARD_COUNT = 10
 HOT_RUN_TPS_CEILING = 100_000         # sizes the hot cards' extra balance: they never run dry
-TABLE_ROW = "{:>9} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}"
+# The server's environment that would contradict the bench's own keystore.
+SERVER_ENV_DROPPED = ("HDFPAY_KEYSTORE_KEK_FILE",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,22 @@ class BenchOptions:
     seconds: int
     concurrency: list[int]
     output: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One pair of runs (pgbench, then end to end): MACs on (the server checks them, the load
+    generator signs, pgbench passes the KSN) or off."""
+    concurrency: int
+    hot: bool = False
+    mac: bool = True
+
+
+def bench_plan(concurrencies: list[int]) -> list[Run]:
+    """Each concurrency with MACs, then the highest without MACs right after its MAC'd run (the
+    MAC cost compares neighbours), then the hot cards."""
+    top = max(concurrencies)
+    return [Run(c) for c in concurrencies] + [Run(top, mac=False), Run(top, hot=True)]
 
 
 @dataclasses.dataclass
@@ -74,20 +96,24 @@ class Bench:
         default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
     hot_cards: list[int] = dataclasses.field(
         default_factory=lambda: first_approvable(HOT_CARD_COUNT))
-    terminals: list[str] = dataclasses.field(default_factory=list)
+    keys: BenchKeys | None = None
     server_pid: int = 0
     seed_s: float = 0.0
     postgres_version: str = ""
     runs: list[dict] = dataclasses.field(default_factory=list)
+    mac_cost: dict = dataclasses.field(default_factory=dict)
 
 
 def run_bench(options: BenchOptions, settings: Settings) -> int:
     """Exit code 0 when the runs ran and the checks passed, 1 otherwise, 2 on a bad option."""
     seconds = options.seconds  # whole seconds: pgbench -T takes no fraction
     least_cards = max(first_approvable(HOT_CARD_COUNT))
-    if seconds < 1 or min(options.concurrency, default=0) < 1 or options.cards < least_cards:
-        print(f"hdfpay: error: bench needs --seconds >= 1, concurrencies >= 1, "
-              f"--cards >= {least_cards}", file=sys.stderr)
+    if (seconds < 1 or not 1 <= min(options.concurrency, default=0)
+            or max(options.concurrency) > MAX_BENCH_TERMINALS or options.cards < least_cards
+            or len(bench_plan(options.concurrency)) > MAX_RUNS):
+        print(f"hdfpay: error: bench needs --seconds >= 1, concurrencies from 1 to "
+              f"{MAX_BENCH_TERMINALS}, --cards >= {least_cards}, at most {MAX_RUNS - 2} "
+              f"concurrencies", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-"))
     workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
@@ -127,35 +153,34 @@ async def _fresh_database(dsn: str) -> str:
 
 
 def _bench(bench: Bench) -> int:
-    """Setup, the runs (pgbench then end to end at each concurrency, then hot cards), checks."""
+    """Setup, the runs (pgbench then end to end at each concurrency, the highest again without
+    MACs, then hot cards; the server restarted whenever MACs go on or off), checks."""
     uvloop.run(_prepare(bench))
-    top = max(bench.options.concurrency)
-    with _server(bench) as url:
-        print(f"server {url} (pool {bench.settings.db_pool_size}), {bench.seconds} s per run\n")
-        print(TABLE_ROW.format("clients", "e2e tps", "p50 ms", "p99 ms", "pgbench tps", "p50 ms",
-                               "p99 ms", "e2e/pgbench"))
-        plan = [(c, False) for c in bench.options.concurrency] + [(top, True)]
-        for index, (concurrency, hot) in enumerate(plan, start=1):
-            pgb = _measure(bench, lambda: _pgbench(bench, index, concurrency, hot))
-            e2e = _measure(bench, lambda: run_e2e(
-                url, f"e2e{index}", bench.seconds, concurrency, bench.terminals,
-                bench.options.cards, bench.hot_cards if hot else None, index,
-                bench.seconds + TOOL_GRACE_S))
-            _report_run(bench, index, concurrency, hot, e2e, pgb)
-    problems = uvloop.run(_verify(bench))
-    Path(bench.options.output).write_text(json.dumps(_results(bench, problems), indent=2) + "\n")
+    index = 0
+    for mac, runs in itertools.groupby(bench_plan(bench.options.concurrency), lambda r: r.mac):
+        with _server(bench, mac) as url:
+            if index == 0:
+                print(f"server {url} (pool {bench.settings.db_pool_size}), {bench.seconds} s per "
+                      f"run; every request MAC'd (AES-DUKPT, AES-CMAC) except in 'no MAC' runs\n")
+                print(TABLE_ROW.format("clients", "e2e tps", "p50 ms", "p99 ms", "pgbench tps",
+                                       "p50 ms", "p99 ms", "e2e/pgbench"))
+            for run in runs:
+                index += 1
+                pgb = _measure(bench, lambda: _pgbench(bench, index, run))
+                e2e = _measure(bench, lambda: _e2e(bench, url, index, run))
+                report_run(bench, index, run, e2e, pgb)
+                if not run.mac:
+                    report_mac_cost(bench)
+    problems = uvloop.run(verify(bench))
+    Path(bench.options.output).write_text(json.dumps(results(bench, problems), indent=2) + "\n")
     print(f"results written to {bench.options.output}")
-    final = next(r for r in bench.runs if r["concurrency"] == top and not r["hot"])
-    e2e, pgb = final["e2e"], final["pgbench"]
-    print(f"e2e_tps={e2e['tps']:.0f} pgbench_tps={pgb['tps']:.0f} "
-          f"ratio={e2e['tps'] / pgb['tps']:.2f} p50_ms={e2e['p50_ms']:.2f} "
-          f"p99_ms={e2e['p99_ms']:.2f}")
+    final_lines(bench)
     return 1 if problems else 0
 
 
 async def _prepare(bench: Bench) -> None:
-    """Schema, region, active terminals, hot cards funded so they never run dry; then a vacuumed,
-    analysed, checkpointed start, so that no run pays for the bulk load."""
+    """Schema, region, the bench's terminals and their keys, hot cards funded so they never run
+    dry; then a vacuumed, analysed, checkpointed start, so that no run pays for the bulk load."""
     year = bench.business_time.year - (0 if bench.business_time.month >= 7 else 1)
     async with connection(bench.dsn) as conn:
         await migrate(conn)
@@ -164,9 +189,11 @@ async def _prepare(bench: Bench) -> None:
         await pin_clock(conn, bench.business_time)
         bench.seed_s = round(time.perf_counter() - started, 2)
         print(f"seeded {summary.beneficiaries} beneficiaries in {bench.seed_s:.2f} s")
-        bench.terminals = [r["id"] for r in await conn.fetch(
-            "SELECT t.id FROM terminals t JOIN partners p ON p.id = t.partner_id"
-            " WHERE t.status = 'ACTIVE' AND p.status = 'ACTIVE' ORDER BY t.id")]
+        keys = bench.keys = await provision_bench_terminals(
+            conn, bench.workdir, max(bench.options.concurrency))
+        print(f"provisioned {len(keys.terminals)} bench terminals ({len(keys.e2e_terminals)} "
+              f"e2e, {len(keys.pgbench_terminals)} pgbench) and the region's, AES-DUKPT keys "
+              f"under BDK {keys.bdk} in TR-31 blocks, in {keys.provision_s:.2f} s")
         reload_cents = (bench.seconds * HOT_RUN_TPS_CEILING * BENCH_AMOUNT_CENTS_MAX * 2
                         // HOT_CARD_COUNT)  # two hot runs, all on HOT_CARD_COUNT wallets
         await conn.execute(
@@ -177,20 +204,22 @@ async def _prepare(bench: Bench) -> None:
         if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
             await conn.execute("CHECKPOINT")
         bench.postgres_version = await conn.fetchval("SHOW server_version")
-    print(f"{len(bench.terminals)} active terminals, hot cards {bench.hot_cards} "
+    print(f"hot cards {bench.hot_cards} "
           f"(+{reload_cents // 100} € each), PostgreSQL {bench.postgres_version}, "
           f"{os.cpu_count()} CPUs, business day {bench.business_time:%d/%m/%Y} (Europe/Paris)")
 
 
 @contextlib.contextmanager
-def _server(bench: Bench) -> Iterator[str]:
-    """The authorizer as production runs it: its own process and pool, on loopback."""
+def _server(bench: Bench, mac: bool) -> Iterator[str]:
+    """The authorizer as production runs it: its own process, pool and HSM (the bench's
+    keystore), on loopback; checking the terminals' MACs, or not (`mac`)."""
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROPPED},
+           "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1", **bench.keys.server_env(mac)}
     log_path = bench.workdir / "server.log"
-    with log_path.open("w") as log:
+    with log_path.open("a") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "authorizer.cli", "serve", "--host", LOOPBACK,
              "--port", str(port)],
@@ -233,75 +262,23 @@ def _measure(bench: Bench, run) -> dict:
     return {**result, "cpu_s": cpu_used(before, after, wall_s)}
 
 
-def _pgbench(bench: Bench, index: int, concurrency: int, hot: bool) -> dict:
-    """The database alone: pgbench making the server's call on the same mix."""
-    tag = f"pgb{index}"
-    script = pgbench_script(tag, bench.options.cards, bench.hot_cards if hot else None,
-                            bench.terminals, bench.settings.max_purchase_amount_cents)
+def _pgbench(bench: Bench, index: int, run: Run) -> dict:
+    """The database alone: pgbench making the server's call on the same mix, client k as the
+    k-th pgbench terminal, with its key and increasing counters when MACs are on."""
+    tag, clients = f"pgb{index}", slice(0, run.concurrency)
+    script = pgbench_script(tag, bench.options.cards, bench.hot_cards if run.hot else None,
+                            bench.keys.pgbench_terminals[clients],
+                            bench.settings.max_purchase_amount_cents,
+                            bench.keys.pgbench_key_ids[clients] if run.mac else None,
+                            counter_start(index))
     return {"tag": tag, **run_pgbench(bench.pgbench, bench.dsn, bench.workdir / tag, script,
-                                      concurrency, bench.seconds, bench.seconds + TOOL_GRACE_S)}
+                                      run.concurrency, bench.seconds,
+                                      bench.seconds + TOOL_GRACE_S)}
 
 
-def _report_run(bench: Bench, index: int, concurrency: int, hot: bool, e2e: dict,
-                pgb: dict) -> None:
-    """A table row, then where the CPU went (what limits a 2-core machine) and odd answers."""
-    ratio = e2e["tps"] / pgb["tps"] if pgb["tps"] else 0.0
-    bench.runs.append({"index": index, "concurrency": concurrency, "hot": hot, "e2e": e2e,
-                       "pgbench": pgb, "ratio": round(ratio, 3)})
-    print(TABLE_ROW.format(
-        f"{concurrency}{' hot' if hot else ''}", f"{e2e['tps']:.0f}", f"{e2e['p50_ms']:.2f}",
-        f"{e2e['p99_ms']:.2f}", f"{pgb['tps']:.0f}", f"{pgb['p50_ms']:.2f}", f"{pgb['p99_ms']:.2f}",
-        f"{ratio:.2f}"))
-    cpu = [", ".join(f"{k} {v:.1f}" for k, v in run["cpu_s"].items()) for run in (e2e, pgb)]
-    others = {k: v for k, v in e2e["rc"].items() if k != "00"}
-    print(f"{'':>9}   CPU s: e2e {cpu[0]} | pgbench {cpu[1]}"
-          + (f" | e2e answers other than 00: {others}" if others else ""), flush=True)
-
-
-async def _verify(bench: Bench) -> list[str]:
-    """The ledger balances, and the database holds exactly the purchases the tools made: per run,
-    the codes the load generator saw and as many rows as pgbench logged transactions."""
-    async with connection(bench.dsn) as conn:
-        violations = [f"VIOLATION {rule}: {detail}"
-                      for rule, detail in await ledger_violations(conn)]
-        rows = await conn.fetch(
-            "SELECT split_part(request_id, '-', 1) AS tag, response_code AS rc, count(*) AS n"
-            " FROM authorizations WHERE terminal_id = ANY($1::text[]) GROUP BY 1, 2",
-            bench.terminals)
-    print("\n".join(violations) if violations else "ledger balanced")
-    stored: dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        stored[row["tag"]][row["rc"]] += row["n"]
-    mismatches, counted = [], 0
-    for run in bench.runs:
-        pgb, e2e = run["pgbench"], run["e2e"]
-        pgb["rc"] = dict(sorted(stored[pgb["tag"]].items()))
-        pgb["approved"] = sum(stored[pgb["tag"]][code] for code in APPROVED_CODES)
-        counted += pgb["approved"] + e2e["approved"]
-        if sum(pgb["rc"].values()) != pgb["transactions"]:
-            mismatches.append(f"{pgb['tag']}: pgbench logged {pgb['transactions']} transactions, "
-                              f"the database holds {sum(pgb['rc'].values())}")
-        answered = {k: v for k, v in e2e["rc"].items() if k[:1].isdigit()}
-        if answered != dict(sorted(stored[e2e["tag"]].items())):
-            mismatches.append(f"{e2e['tag']}: the load generator saw {answered}, "
-                              f"the database holds {dict(stored[e2e['tag']])}")
-    approved = sum(codes[code] for codes in stored.values() for code in APPROVED_CODES)
-    if approved != counted:
-        mismatches.append(f"{approved} approvals in the database, the tools counted {counted}")
-    print("\n".join(mismatches) if mismatches else
-          f"approvals reconciled: {approved} in the database = {counted} counted by the tools")
-    return violations + mismatches
-
-
-def _results(bench: Bench, problems: list[str]) -> dict:
-    pgbench_version = subprocess.run([str(bench.pgbench), "--version"], capture_output=True,
-                                     text=True).stdout.strip()
-    return {"machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(), "postgres": bench.postgres_version,
-                        "pgbench": pgbench_version},
-            "options": {**dataclasses.asdict(bench.options), "seconds_run": bench.seconds,
-                        "embedded_cluster": bench.own_cluster,
-                        "server_pool_size": bench.settings.db_pool_size,
-                        "pgbench_query_mode": PGBENCH_QUERY_MODE},
-            "seed_seconds": bench.seed_s, "terminals": bench.terminals,
-            "hot_cards": bench.hot_cards, "runs": bench.runs, "problems": problems}
+def _e2e(bench: Bench, url: str, index: int, run: Run) -> dict:
+    """The load generator, worker k as the k-th e2e terminal, signing when MACs are on."""
+    return run_e2e(url, f"e2e{index}", bench.seconds, run.concurrency,
+                   bench.keys.e2e_terminals[:run.concurrency], bench.options.cards,
+                   bench.hot_cards if run.hot else None, index, bench.seconds + TOOL_GRACE_S,
+                   (bench.keys.key_file, counter_start(index)) if run.mac else None)

@@ -2,11 +2,15 @@
 
 A process of its own so that its CPU is not the server's: `concurrency` workers share one aiohttp
 session (one keep-alive connection each) and loop on purchases until the deadline, each as a
-terminal of its own (round robin over the terminals given). Prints one JSON line: requests, seconds,
-tps, latency percentiles and the count of each response code.
+terminal of its own (worker w is the w-th terminal given). With --keys, each worker signs its
+requests with its terminal's AES-DUKPT key (the TR-31 blocks of authorizer.bench_keys), counters
+starting above --counter-start; without, requests go unsigned (a server run with
+HDFPAY_TERMINAL_AUTHENTICATION=none). Prints one JSON line: requests, seconds, tps, latency
+percentiles and the count of each response code.
 
     python -m authorizer.bench_load --url http://127.0.0.1:8080 --seconds 10 --concurrency 16
-        --cards 100000 --terminals TERM-0001-1,TERM-0002-1 --request-prefix e2e1
+        --cards 100000 --terminals BENCH-E2E-0001,... --request-prefix e2e1
+        --keys /tmp/hdfpay-bench-x/terminal-keys.json --counter-start 16777216
 
 Beside it, what else the benchmark sends and measures: the baseline's load (a pgbench script making
 the server's SQL call on the same mix, both drawn from the one definition of the mix below), how to
@@ -34,9 +38,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import uvloop
 
+from authorizer.bench_keys import load_terminal_keys
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError
+from terminal_protocol.terminal_keys import ForgedResponse
 
 # Beneficiary numbers whose card is opposed (lost, stolen, damaged): i % OPPOSITION_EVERY.
 OPPOSED_REMAINDERS = (1, 2, 3)
@@ -131,7 +137,7 @@ async def _worker(client: TerminalClient, picker: CardPicker, rng: random.Random
         except TimeoutError:
             tally.codes["timeout"] += 1
             continue
-        except (aiohttp.ClientError, ProtocolError) as exc:
+        except (aiohttp.ClientError, ProtocolError, ForgedResponse) as exc:
             tally.codes[f"error:{type(exc).__name__}"] += 1
             continue
         tally.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -141,12 +147,14 @@ async def _worker(client: TerminalClient, picker: CardPicker, rng: random.Random
 async def run_load(args: argparse.Namespace) -> dict:
     """Run the workers until the deadline; every worker finishes the request it has in flight."""
     hot = [int(n) for n in args.hot_cards.split(",")] if args.hot_cards else None
-    terminals = args.terminals.split(",")
+    terminals = args.terminals.split(",")[:args.concurrency]
+    keys = load_terminal_keys(args.keys, terminals, args.counter_start) if args.keys else \
+        [None] * len(terminals)
     tally = Tally()
     connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency,
                                      keepalive_timeout=args.seconds + RUN_OVERRUN_GRACE_S)
     async with aiohttp.ClientSession(connector=connector) as session:
-        clients = [TerminalClient(args.url, terminals[w % len(terminals)], session=session,
+        clients = [TerminalClient(args.url, terminals[w], keys[w], session=session,
                                   timeout_ms=args.timeout_ms) for w in range(args.concurrency)]
         rngs = [random.Random(args.seed * 1_000_003 + w) for w in range(args.concurrency)]
         cpu_started = time.process_time()
@@ -169,10 +177,15 @@ async def run_load(args: argparse.Namespace) -> dict:
 
 
 def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals: list[str],
-                   max_amount_cents: int) -> str:
+                   max_amount_cents: int, key_ids: list[bytes] | None = None,
+                   counter_start: int = 0) -> str:
     """The server's SQL call, verbatim, on the load generator's mix: approvable cards drawn
-    uniformly (or hot cards), small amounts, active terminals. Request ids '<tag>-<client>-<n>'
-    (n counts per client, -D cnt=0) are unique and let the database count what pgbench did."""
+    uniformly (or hot cards), small amounts; client k is the k-th terminal, as a load worker is.
+    Request ids '<tag>-<client>-<n>' (n counts per client, -D cnt=0) are unique and let the
+    database count what pgbench did. With `key_ids` (the terminals' initial key ids), each call
+    carries its client's key and counter counter_start + n, strictly increasing per client since
+    a client's transactions are sequential: the database checks the KSN as for a MAC'd message.
+    Without, NULL, NULL: what a server run with HDFPAY_TERMINAL_AUTHENTICATION=none passes."""
     # OPPOSED_REMAINDERS are consecutive: a range test says "opposed".
     low, high = min(OPPOSED_REMAINDERS), max(OPPOSED_REMAINDERS)
     declined = (f"(:n % {NO_RIGHTS_EVERY} = 0"
@@ -185,13 +198,18 @@ def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals:
         draw = [f"\\set n random(1, {cards})", *[redraw] * PGBENCH_REDRAWS,
                 f"\\set n case when {declined} then {first_approvable(1)[0]} else :n end"]
     listed = ", ".join(f"'{t}'" for t in terminals)
+    if key_ids:
+        keyed = ", ".join(f"'\\x{key_id.hex()}'::bytea" for key_id in key_ids)
+        ksn, counter = f"(ARRAY[{keyed}])[:t], :ksn", [f"\\set ksn {counter_start} + :cnt"]
+    else:
+        ksn, counter = "NULL::bytea, NULL::bigint", []
     return "\n".join([
-        "\\set cnt :cnt + 1", *draw, f"\\set t random(1, {len(terminals)})",
+        "\\set cnt :cnt + 1", *draw, "\\set t :client_id + 1", *counter,
         f"\\set amount random({BENCH_AMOUNT_CENTS_MIN}, {BENCH_AMOUNT_CENTS_MAX})",
         "\\set stan random(0, 999999)",
         f"SELECT authorize_purchase((ARRAY[{listed}])[:t], '{tag}-' || :client_id || '-' || :cnt,"
         " '\\x00'::bytea, :stan, '\\x04'::bytea || substring(int8send(:n::bigint) FROM 3),"
-        f" :amount, localtimestamp, true, {max_amount_cents});", ""])
+        f" :amount, localtimestamp, true, {max_amount_cents}, {ksn});", ""])
 
 
 def run_pgbench(pgbench: Path, dsn: str, base: Path, script: str, concurrency: int,
@@ -227,14 +245,17 @@ def run_tool(argv: list[str], timeout_s: float) -> str:
 
 
 def run_e2e(url: str, tag: str, seconds: int, concurrency: int, terminals: list[str], cards: int,
-            hot_cards: list[int] | None, seed: int, timeout_s: float) -> dict:
-    """This module as a process of its own (its CPU is not the server's); what it printed."""
+            hot_cards: list[int] | None, seed: int, timeout_s: float,
+            keys: tuple[Path, int] | None = None) -> dict:
+    """This module as a process of its own (its CPU is not the server's); what it printed.
+    `keys`: (key file, counter start) to sign the requests; None sends them unsigned."""
     selection = ["--hot-cards", ",".join(map(str, hot_cards))] if hot_cards else \
         ["--cards", str(cards)]
+    signing = ["--keys", str(keys[0]), "--counter-start", str(keys[1])] if keys else []
     out = run_tool([sys.executable, "-m", "authorizer.bench_load", "--url", url,
                     "--seconds", str(seconds), "--concurrency", str(concurrency),
                     "--terminals", ",".join(terminals), "--request-prefix", tag,
-                    "--seed", str(seed), *selection], timeout_s)
+                    "--seed", str(seed), *selection, *signing], timeout_s)
     return {"tag": tag, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -266,7 +287,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", required=True, help="server base URL (loopback)")
     parser.add_argument("--seconds", type=float, required=True, help="run duration")
     parser.add_argument("--concurrency", type=int, required=True, help="concurrent terminals")
-    parser.add_argument("--terminals", required=True, help="comma-separated active terminal ids")
+    parser.add_argument("--terminals", required=True,
+                        help="comma-separated active terminal ids, one per worker")
+    parser.add_argument("--keys", help="JSON file of the terminals' TR-31 key blocks and transport "
+                                       "keys (authorizer.bench_keys): sign the requests")
+    parser.add_argument("--counter-start", type=int, default=0,
+                        help="with --keys: KSN counters start above this (above earlier runs')")
     parser.add_argument("--cards", type=int, help="demo cards 1..N (declined ones are skipped)")
     parser.add_argument("--hot-cards", help="comma-separated beneficiary numbers, not --cards")
     parser.add_argument("--request-prefix", default="e2e", help="request id prefix, unique per run")
@@ -282,6 +308,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("the benchmark load goes to a loopback address only")
     if args.concurrency < 1 or args.seconds <= 0 or not 1 <= args.amount_min <= args.amount_max:
         parser.error("need concurrency >= 1, seconds > 0 and 1 <= amount-min <= amount-max")
+    if args.concurrency > len(args.terminals.split(",")):
+        parser.error("one terminal per worker: a terminal has one message in flight at a time")
     return args
 
 

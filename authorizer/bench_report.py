@@ -1,0 +1,163 @@
+"""What `hdfpay bench` prints and writes: the table, the cost of MACs, the checks afterwards (ledger
+balanced, every purchase the tools made in the database and no other, no message refused with 63)
+and the JSON results."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+from authorizer.bench_keys import counter_start
+from authorizer.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
+from authorizer.database import connection
+from ledger.invariants import ledger_violations
+
+if TYPE_CHECKING:
+    from authorizer.bench import Bench, Run
+
+TABLE_ROW = "{:>9} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}"
+KSN_REFUSED = "63"                    # replay protection refused the message: a bench bug
+FORGED = "error:ForgedResponse"       # the server's answer did not carry a valid MAC
+
+
+def report_run(bench: Bench, index: int, run: Run, e2e: dict, pgb: dict) -> None:
+    """A table row, then where the CPU went (what limits a 2-core machine) and odd answers."""
+    ratio = e2e["tps"] / pgb["tps"] if pgb["tps"] else 0.0
+    bench.runs.append({"index": index, "concurrency": run.concurrency, "hot": run.hot,
+                       "mac": run.mac, "e2e": e2e, "pgbench": pgb, "ratio": round(ratio, 3)})
+    label = f"{run.concurrency}{' hot' if run.hot else ''}{'' if run.mac else ' no MAC'}"
+    print(TABLE_ROW.format(
+        label, f"{e2e['tps']:.0f}", f"{e2e['p50_ms']:.2f}", f"{e2e['p99_ms']:.2f}",
+        f"{pgb['tps']:.0f}", f"{pgb['p50_ms']:.2f}", f"{pgb['p99_ms']:.2f}", f"{ratio:.2f}"))
+    cpu = [", ".join(f"{k} {v:.1f}" for k, v in result["cpu_s"].items()) for result in (e2e, pgb)]
+    others = {k: v for k, v in e2e["rc"].items() if k != "00"}
+    print(f"{'':>9}   CPU s: e2e {cpu[0]} | pgbench {cpu[1]}"
+          + (f" | e2e answers other than 00: {others}" if others else ""), flush=True)
+
+
+def report_mac_cost(bench: Bench) -> None:
+    """MACs on against MACs off at the highest concurrency: a table row (on minus off), where
+    the CPU went per request, and bench.mac_cost for the JSON and the last lines."""
+    on = next(r for r in bench.runs if r["mac"] and not r["hot"]
+              and r["concurrency"] == max(bench.options.concurrency))
+    off = next(r for r in bench.runs if not r["mac"])
+
+    def per_request_ms(result: dict, cpu: float) -> float:
+        return round(cpu * 1000 / result["answered"], 3) if result.get("answered") else 0.0
+
+    def cost_pct(tool: str) -> float:
+        return round((1 - on[tool]["tps"] / off[tool]["tps"]) * 100, 1) if off[tool]["tps"] else 0.0
+
+    e_on, e_off, p_on, p_off = on["e2e"], off["e2e"], on["pgbench"], off["pgbench"]
+    cost = bench.mac_cost = {
+        "concurrency": on["concurrency"], "mac_on_tps": e_on["tps"], "mac_off_tps": e_off["tps"],
+        "mac_cost_pct": cost_pct("e2e"),
+        "mac_on_p50_ms": e_on["p50_ms"], "mac_off_p50_ms": e_off["p50_ms"],
+        "mac_on_p99_ms": e_on["p99_ms"], "mac_off_p99_ms": e_off["p99_ms"],
+        "server_cpu_ms_per_request_on": per_request_ms(e_on, e_on["cpu_s"]["server"]),
+        "server_cpu_ms_per_request_off": per_request_ms(e_off, e_off["cpu_s"]["server"]),
+        "client_cpu_ms_per_request_on": per_request_ms(e_on, e_on["client_cpu_s"]),
+        "client_cpu_ms_per_request_off": per_request_ms(e_off, e_off["client_cpu_s"]),
+        "pgbench_ksn_on_tps": p_on["tps"], "pgbench_ksn_off_tps": p_off["tps"],
+        "pgbench_ksn_cost_pct": cost_pct("pgbench")}
+    print(TABLE_ROW.format(
+        "MAC cost", f"{-cost['mac_cost_pct']:+.1f}%", f"{e_on['p50_ms'] - e_off['p50_ms']:+.2f}",
+        f"{e_on['p99_ms'] - e_off['p99_ms']:+.2f}", f"{-cost['pgbench_ksn_cost_pct']:+.1f}%",
+        f"{p_on['p50_ms'] - p_off['p50_ms']:+.2f}", f"{p_on['p99_ms'] - p_off['p99_ms']:+.2f}", ""))
+    print(f"{'':>9}   MACs on minus off at {on['concurrency']} clients (pgbench: the KSN check "
+          f"alone); CPU ms per request: server {cost['server_cpu_ms_per_request_on']:.3f} on, "
+          f"{cost['server_cpu_ms_per_request_off']:.3f} off | load generator "
+          f"{cost['client_cpu_ms_per_request_on']:.3f} on, "
+          f"{cost['client_cpu_ms_per_request_off']:.3f} off", flush=True)
+
+
+def final_lines(bench: Bench) -> None:
+    """The MAC cost, then last the uniform run at the highest concurrency with MACs on."""
+    cost = bench.mac_cost
+    print(f"mac_on_tps={cost['mac_on_tps']:.0f} mac_off_tps={cost['mac_off_tps']:.0f} "
+          f"mac_cost_pct={cost['mac_cost_pct']:.1f}")
+    final = next(r for r in bench.runs if r["mac"] and not r["hot"]
+                 and r["concurrency"] == max(bench.options.concurrency))
+    e2e, pgb = final["e2e"], final["pgbench"]
+    print(f"e2e_tps={e2e['tps']:.0f} pgbench_tps={pgb['tps']:.0f} "
+          f"ratio={final['ratio']:.2f} p50_ms={e2e['p50_ms']:.2f} "
+          f"p99_ms={e2e['p99_ms']:.2f}")
+
+
+async def verify(bench: Bench) -> list[str]:
+    """The ledger balances; the database holds exactly the purchases the tools made (per run, the
+    codes the load generator saw and as many rows as pgbench logged transactions); nothing was
+    refused with 63 (a refused message stores nothing: a pgbench run missing rows had some); and
+    every bench key's counter was checked at the highest concurrency."""
+    keys = bench.keys
+    top_run = next(r["index"] for r in bench.runs if r["mac"] and not r["hot"]
+                   and r["concurrency"] == max(bench.options.concurrency))
+    async with connection(bench.dsn) as conn:
+        violations = [f"VIOLATION {rule}: {detail}"
+                      for rule, detail in await ledger_violations(conn)]
+        rows = await conn.fetch(
+            "SELECT split_part(request_id, '-', 1) AS tag, response_code AS rc, count(*) AS n"
+            " FROM authorizations WHERE terminal_id = ANY($1::text[]) GROUP BY 1, 2",
+            keys.terminals)
+        checked = await conn.fetchval(
+            "SELECT count(*) FROM terminal_keys WHERE terminal_id = ANY($1::text[])"
+            " AND last_counter > $2", keys.terminals, counter_start(top_run))
+    print("\n".join(violations) if violations else "ledger balanced")
+    stored: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        stored[row["tag"]][row["rc"]] += row["n"]
+    mismatches, refused, counted = [], [], 0
+    for run in bench.runs:
+        pgb, e2e = run["pgbench"], run["e2e"]
+        pgb["rc"] = dict(sorted(stored[pgb["tag"]].items()))
+        pgb["approved"] = sum(stored[pgb["tag"]][code] for code in APPROVED_CODES)
+        counted += pgb["approved"] + e2e["approved"]
+        held = sum(pgb["rc"].values())
+        if held < pgb["transactions"] and run["mac"]:
+            refused.append(f"{pgb['tag']}: {pgb['transactions'] - held} pgbench transactions "
+                           f"refused with {KSN_REFUSED} (logged {pgb['transactions']}, "
+                           f"the database holds {held})")
+        elif held != pgb["transactions"]:
+            mismatches.append(f"{pgb['tag']}: pgbench logged {pgb['transactions']} transactions, "
+                              f"the database holds {held}")
+        for code, what in ((KSN_REFUSED, f"answers {KSN_REFUSED}"), (FORGED, "forged answers")):
+            if e2e["rc"].get(code):
+                refused.append(f"{e2e['tag']}: {e2e['rc'][code]} {what}")
+        answered = {k: v for k, v in e2e["rc"].items() if k[:1].isdigit() and k != KSN_REFUSED}
+        if answered != dict(sorted(stored[e2e["tag"]].items())):
+            mismatches.append(f"{e2e['tag']}: the load generator saw {answered}, "
+                              f"the database holds {dict(stored[e2e['tag']])}")
+    approved = sum(codes[code] for codes in stored.values() for code in APPROVED_CODES)
+    if approved != counted:
+        mismatches.append(f"{approved} approvals in the database, the tools counted {counted}")
+    print("\n".join(mismatches) if mismatches else
+          f"approvals reconciled: {approved} in the database = {counted} counted by the tools")
+    if checked != len(keys.terminals):
+        refused.append(f"only {checked} of {len(keys.terminals)} bench keys had their KSN counter "
+                       f"checked from run {top_run} on")
+    print("\n".join(refused) if refused else
+          f"no message refused with {KSN_REFUSED}; KSN counters checked on all "
+          f"{len(keys.terminals)} bench keys")
+    return violations + mismatches + refused
+
+
+def results(bench: Bench, problems: list[str]) -> dict:
+    pgbench_version = subprocess.run([str(bench.pgbench), "--version"], capture_output=True,
+                                     text=True).stdout.strip()
+    keys = bench.keys
+    return {"machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "postgres": bench.postgres_version,
+                        "pgbench": pgbench_version},
+            "options": {**dataclasses.asdict(bench.options), "seconds_run": bench.seconds,
+                        "embedded_cluster": bench.own_cluster,
+                        "server_pool_size": bench.settings.db_pool_size,
+                        "pgbench_query_mode": PGBENCH_QUERY_MODE,
+                        "terminal_authentication": "dukpt (runs with mac false: none)"},
+            "seed_seconds": bench.seed_s, "provision_seconds": keys.provision_s, "bdk": keys.bdk,
+            "terminals": {"e2e": keys.e2e_terminals, "pgbench": keys.pgbench_terminals},
+            "hot_cards": bench.hot_cards, "mac_cost": bench.mac_cost, "runs": bench.runs,
+            "problems": problems}
