@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from authorizer.cli import build_parser
 from terminal_protocol.client import TerminalClient

@@ -1,31 +1,18 @@
 """One suite, both HSM backends (software keystore and PKCS#11 on SoftHSM2): key life cycle,
-usage enforcement, DUKPT MACs, TR-31 import and export; then what only one backend has."""
+usage enforcement, DUKPT MACs, TR-31 import and export. What only one backend has is in
+test_software_keystore.py and test_pkcs11_token.py."""
 
 from __future__ import annotations
 
-import base64
-import json
-import logging
-import os
-import stat
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
-from pkcs11 import Attribute, ObjectClass
 from psec import tr31
 
-from hsm import dukpt, key_blocks, pkcs11_backend
-from hsm.config import open_hsm_from_env
-from hsm.interface import (HsmError, KeyBlockError, KeyExists, KeyUsage, KeyUsageError,
-                          UnknownKey, VerificationFailed)
+from hsm import dukpt, key_blocks
+from hsm.interface import HsmError, KeyBlockError, KeyExists, KeyUsage, KeyUsageError, UnknownKey, VerificationFailed
 from hsm.key_check import kcv
-from hsm.software_backend import SoftwareHsm
-from hsm_fixtures import (KNOWN_BDK, KNOWN_INITIAL_KEY, KNOWN_INITIAL_KEY_ID, KNOWN_MAC_KEY,
-                          aes_cmac, import_known, terminal_mac, wrap_known)
-from hsm_fixtures import backend, kek_file, pkcs11_hsm, softhsm_environment  # noqa: F401
+from hsm_fixtures import KNOWN_BDK, KNOWN_INITIAL_KEY, KNOWN_INITIAL_KEY_ID, KNOWN_MAC_KEY, aes_cmac, import_known, terminal_mac, wrap_known
 
 REQUEST = dukpt.KeyUsage.MAC_GENERATION
 RESPONSE = dukpt.KeyUsage.MAC_VERIFICATION
@@ -262,184 +249,3 @@ def test_concurrent_verifications_give_correct_results(backend, bdk):
     for thread in threads:
         thread.join()
     assert errors == []
-
-
-# --- The software HSM's keystore -------------------------------------------------------------
-
-PASSPHRASE = "correct horse battery staple"
-
-
-def test_keystore_holds_no_key_in_clear(tmp_path, kek_file):
-    path = tmp_path / "keys.json"
-    software = SoftwareHsm(path, kek_file=kek_file, create=True)
-    import_known(software, "region/bdk", KeyUsage.BDK, KNOWN_BDK)
-    import_known(software, "ops/mac", KeyUsage.MAC, KNOWN_MAC_KEY)
-    _, transport = software.create_transport_key("term/1/kbpk")
-    raw = path.read_bytes()
-    for key in (KNOWN_BDK, KNOWN_MAC_KEY, transport):
-        for form in (key, key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key)):
-            assert form not in raw
-    assert json.loads(raw)["keys"]["region/bdk"]["kcv"] == kcv(KNOWN_BDK)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def test_keystore_survives_reopen_and_only_its_passphrase_opens_it(tmp_path, kek_file):
-    path = tmp_path / "keys.json"
-    software = SoftwareHsm(path, passphrase=PASSPHRASE, create=True)
-    import_known(software, "region/bdk", KeyUsage.BDK, KNOWN_BDK)
-    reopened = SoftwareHsm(path, passphrase=PASSPHRASE)
-    assert reopened.list_keys() == software.list_keys() and len(reopened.list_keys()) == 2
-    reopened.verify_dukpt_request_mac("region/bdk", ksn(9), DATA,
-                                      terminal_mac(ksn(9), DATA, REQUEST))
-    refusals = [
-        (lambda: SoftwareHsm(path, passphrase=PASSPHRASE + "!"), "wrong passphrase"),
-        (lambda: SoftwareHsm(path, kek_file=kek_file), "by a passphrase"),
-        (lambda: SoftwareHsm(path, passphrase=PASSPHRASE, create=True), "already exists"),
-        (lambda: SoftwareHsm(tmp_path / "new.json", passphrase="short", create=True), "at least"),
-        (lambda: SoftwareHsm(tmp_path / "none.json", passphrase=PASSPHRASE), "does not exist"),
-        (lambda: SoftwareHsm(path), "one of them"),
-    ]
-    for open_it, message in refusals:
-        with pytest.raises(HsmError, match=message):
-            open_it()
-
-
-def test_keystore_edits_are_detected(tmp_path, kek_file):
-    path = tmp_path / "keys.json"
-    software = SoftwareHsm(path, kek_file=kek_file, create=True)
-    import_known(software, "ops/mac", KeyUsage.MAC, KNOWN_MAC_KEY)
-    original = json.loads(path.read_text())
-    edits = [lambda keys: keys["ops/mac"].update(usage="B0"),
-             lambda keys: keys["ops/mac"].update(kcv="000000"),
-             lambda keys: keys.update({"ops/other": keys.pop("ops/mac")})]
-    for edit in edits:
-        document = json.loads(json.dumps(original))
-        edit(document["keys"])
-        path.write_text(json.dumps(document))
-        with pytest.raises(HsmError, match="fails authentication"):
-            SoftwareHsm(path, kek_file=kek_file)
-
-
-def test_keystore_and_kek_readable_by_others_are_refused(tmp_path, kek_file):
-    path = tmp_path / "keys.json"
-    SoftwareHsm(path, kek_file=kek_file, create=True)
-    for exposed in (path, kek_file):
-        exposed.chmod(0o644)
-        with pytest.raises(HsmError, match="chmod 600"):
-            SoftwareHsm(path, kek_file=kek_file)
-        exposed.chmod(0o600)
-    assert SoftwareHsm(path, kek_file=kek_file).list_keys() == []
-
-
-def test_two_writers_lose_no_update(tmp_path, kek_file):
-    path = tmp_path / "keys.json"
-    first = SoftwareHsm(path, kek_file=kek_file, create=True)
-    second = SoftwareHsm(path, kek_file=kek_file)
-    first.generate_key("a", KeyUsage.MAC)
-    second.generate_key("b", KeyUsage.MAC)
-    first.destroy_key("a")
-    assert [info.alias for info in SoftwareHsm(path, kek_file=kek_file).list_keys()] == ["b"]
-
-
-def test_open_from_environment(tmp_path, kek_file):
-    path = str(tmp_path / "keys.json")
-    environment = {"HDFPAY_KEYSTORE": path, "HDFPAY_KEYSTORE_KEK_FILE": str(kek_file)}
-    created = open_hsm_from_env(environment, create=True)
-    created.generate_key("ops/mac", KeyUsage.MAC)
-    reopened = open_hsm_from_env({**environment, "HDFPAY_HSM_BACKEND": "software"})
-    assert isinstance(reopened, SoftwareHsm) and reopened.list_keys() == created.list_keys()
-    refusals = [
-        ({}, "HDFPAY_KEYSTORE is not set"),
-        ({"HDFPAY_KEYSTORE": path}, "HDFPAY_KEYSTORE_PASSPHRASE and HDFPAY_KEYSTORE_KEK_FILE"),
-        ({**environment, "HDFPAY_KEYSTORE_PASSPHRASE": PASSPHRASE}, "exactly one"),
-        ({"HDFPAY_HSM_BACKEND": "thales"}, "HDFPAY_HSM_BACKEND"),
-        ({"HDFPAY_HSM_BACKEND": "pkcs11", "HDFPAY_PKCS11_MODULE": "/x.so",
-          "HDFPAY_PKCS11_TOKEN_LABEL": "t"}, "HDFPAY_PKCS11_PIN is not set"),
-    ]
-    for variables, message in refusals:
-        with pytest.raises(HsmError, match=message):
-            open_hsm_from_env(variables)
-
-
-# --- The PKCS#11 token -----------------------------------------------------------------------
-
-@pytest.fixture
-def token(pkcs11_hsm):
-    yield pkcs11_hsm
-    for info in pkcs11_hsm.list_keys():
-        pkcs11_hsm.destroy_key(info.alias)
-
-
-def token_object(token, alias: str):
-    return token._session.get_key(object_class=ObjectClass.SECRET_KEY, label=alias)
-
-
-def session_objects(token) -> int:
-    return len(list(token._session.get_objects({Attribute.TOKEN: False})))
-
-
-def test_token_keys_are_sensitive_and_hold_only_their_capability(token):
-    token.generate_key("gen/bdk", KeyUsage.BDK)
-    token.generate_key("gen/mac", KeyUsage.MAC)
-    import_known(token, "imp/bdk", KeyUsage.BDK, KNOWN_BDK)
-    expected = {"gen/bdk": (False, True), "gen/mac": (True, False), "imp/bdk": (False, True),
-                "imp/bdk.kbpk": (False, False)}
-    for alias, (sign, derive) in expected.items():
-        key = token_object(token, alias)
-        assert key[Attribute.SENSITIVE] and not key[Attribute.EXTRACTABLE], alias
-        assert (key[Attribute.SIGN], key[Attribute.DERIVE]) == (sign, derive), alias
-        assert not (key[Attribute.ENCRYPT] or key[Attribute.WRAP] or key[Attribute.UNWRAP])
-    assert not token_object(token, "imp/bdk")[Attribute.MODIFIABLE]
-    assert not token_object(token, "gen/bdk")[Attribute.COPYABLE]
-    assert json.loads(token_object(token, "gen/bdk")[Attribute.ID])["usage"] == "B0"
-
-
-def test_dukpt_session_objects_stay_bounded(token):
-    import_known(token, "region/bdk", KeyUsage.BDK, KNOWN_BDK)
-    before = session_objects(token)
-    counter = 0
-    for _ in range(100):
-        counter = dukpt.next_valid_counter(counter)
-        token.verify_dukpt_request_mac("region/bdk", ksn(counter), DATA,
-                                       terminal_mac(ksn(counter), DATA, REQUEST))
-        token.generate_dukpt_response_mac("region/bdk", ksn(counter), DATA)
-    # the cached initial key and the ladder of the last counter, nothing else
-    assert session_objects(token) - before == 1 + len(dukpt.ladder(counter))
-    token.destroy_key("region/bdk")
-    assert session_objects(token) == before
-
-
-def test_transport_key_value_is_dropped_after_the_hold(token, monkeypatch):
-    import_known(token, "region/bdk", KeyUsage.BDK, KNOWN_BDK)
-    later = time.monotonic() + pkcs11_backend.TRANSPORT_KEY_HOLD_SECONDS + 1
-    monkeypatch.setattr(pkcs11_backend.time, "monotonic", lambda: later)
-    with pytest.raises(HsmError, match="no longer held"):
-        token.export_dukpt_initial_key("region/bdk", KNOWN_INITIAL_KEY_ID, "region/bdk.kbpk")
-
-
-def test_pin_is_never_logged_nor_shown(token, softhsm_environment, caplog):
-    pin = softhsm_environment[pkcs11_backend.PIN_VARIABLE]
-    caplog.set_level(logging.DEBUG)
-    import_known(token, "region/bdk", KeyUsage.BDK, KNOWN_BDK)
-    with pytest.raises(HsmError) as raised:
-        token.import_key_block("region/bdk", "garbage", "region/bdk.kbpk")
-    token.destroy_key("region/bdk")
-    assert "stored key region/bdk (B0" in caplog.text and "destroyed key" in caplog.text
-    for text in (caplog.text, str(raised.value), repr(token)):
-        assert pin not in text
-
-
-def test_other_processes_log_in_by_themselves_and_a_wrong_pin_is_not_echoed(
-        softhsm_environment):
-    pin = softhsm_environment[pkcs11_backend.PIN_VARIABLE]
-    script = ("import logging, sys; logging.basicConfig(level=logging.DEBUG)\n"
-              "from hsm.config import open_hsm_from_env\n"
-              "hsm = open_hsm_from_env(); print(len(hsm.list_keys())); hsm.close()\n")
-    base = {**os.environ, **softhsm_environment, "HDFPAY_HSM_BACKEND": "pkcs11"}
-    for given_pin, succeeds in [(pin, True), ("9" * 16, False)]:
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                env={**base, pkcs11_backend.PIN_VARIABLE: given_pin})
-        assert (result.returncode == 0) is succeeds, result.stderr
-        assert given_pin not in result.stdout + result.stderr and pin not in result.stderr
-        if not succeeds:
-            assert "cannot log in" in result.stderr and "PinIncorrect" in result.stderr
