@@ -248,3 +248,24 @@ async def test_insecure_settings_are_refused(settings, dsn, hsm, changes, messag
     with pytest.raises(ConfigError, match=message):
         async with running_server(dataclasses.replace(settings, **changes), dsn, hsm):
             pass
+
+
+async def test_a_terminal_keyed_by_the_pkcs11_backend_buys_end_to_end(settings, dsn, conn, pkcs11_hsm):
+    """The whole chain on SoftHSM2: BDK generated in the token, the terminal's initial key
+    derived there and delivered as a TR-31 block, requests verified and answers MAC'd by it."""
+    from authorizer.provisioning import add_terminal, new_bdk
+    bdk = new_bdk(pkcs11_hsm)
+    try:
+        delivered = await add_terminal(conn, pkcs11_hsm, "P11-0001", partner_id=1)
+        await set_terminal_status(conn, "P11-0001", "ACTIVE")
+        keys = TerminalKeys.from_key_block(delivered.key_block, delivered.transport_key,
+                                           MemoryCounter())
+        async with running_server(settings, dsn, pkcs11_hsm) as server, \
+                   TerminalClient(server.url, "P11-0001", keys) as till:
+            response = await till.purchase(CARD, 3_00)
+            assert response.rc == "00"
+            assert (await till.reversal(response.request_id)).approved_cents == 3_00
+    finally:
+        for key in pkcs11_hsm.list_keys():       # the token is shared by the session's tests
+            if key.alias in (bdk.alias, "kbpk/p11-0001"):
+                pkcs11_hsm.destroy_key(key.alias)
