@@ -173,6 +173,40 @@ BEGIN
     RETURN v_response;
 END $$;
 
+-- The common first step of a reversal or a refund: the terminal is known and active (58), the
+-- KSN is accepted (63), and an earlier message under the same key is replayed or is a duplicate
+-- (94). early_response is the whole answer when the message is decided here; otherwise it is
+-- NULL and the terminal's partner and merchant account are returned.
+CREATE FUNCTION open_terminal_message(
+    p_type text, p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
+    p_requested_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint,
+    OUT early_response text, OUT partner_id integer, OUT merchant_account_id bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    f record;
+BEGIN
+    SELECT t.status AS terminal_status, p.status AS partner_status, p.id AS partner_id,
+           p.merchant_account_id,
+           a.id AS previous_id, a.request_hash AS previous_hash, a.response AS previous_response
+      INTO f
+      FROM terminals t
+      JOIN partners p ON p.id = t.partner_id
+      LEFT JOIN authorizations a ON a.terminal_id = t.id AND a.request_id = p_request_id
+     WHERE t.id = p_terminal_id;
+    IF NOT FOUND THEN
+        early_response := terminal_response(p_type, p_request_id, p_stan, '58', p_requested_cents, 0, NULL, NULL, NULL);
+    ELSIF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
+        early_response := terminal_response(p_type, p_request_id, p_stan, '63', p_requested_cents, 0, NULL, NULL, NULL);
+    ELSIF f.previous_id IS NOT NULL THEN
+        early_response := CASE WHEN f.previous_hash = p_request_hash THEN f.previous_response
+            ELSE terminal_response(p_type, p_request_id, p_stan, '94', p_requested_cents, 0, NULL, NULL, NULL) END;
+    ELSIF f.terminal_status <> 'ACTIVE' OR f.partner_status <> 'ACTIVE' THEN
+        early_response := terminal_response(p_type, p_request_id, p_stan, '58', p_requested_cents, 0, NULL, NULL, NULL);
+    END IF;
+    partner_id := f.partner_id;
+    merchant_account_id := f.merchant_account_id;
+END $$;
+
 -- Void a purchase of this terminal by its request id. Restores the wallet once. If the original
 -- is unknown, leave a tombstone under its key so that a late original is declined (94), and
 -- answer 25.
@@ -192,28 +226,10 @@ DECLARE
     v_response  text;
     v_auth_id   bigint;
 BEGIN
-    SELECT t.status AS terminal_status, p.status AS partner_status, p.merchant_account_id,
-           a.id AS previous_id, a.request_hash AS previous_hash, a.response AS previous_response
-      INTO f
-      FROM terminals t
-      JOIN partners p ON p.id = t.partner_id
-      LEFT JOIN authorizations a ON a.terminal_id = t.id AND a.request_id = p_request_id
-     WHERE t.id = p_terminal_id;
-
-    IF NOT FOUND THEN
-        RETURN terminal_response('reversal', p_request_id, p_stan, '58', NULL, 0, NULL, NULL, NULL);
-    END IF;
-    IF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
-        RETURN terminal_response('reversal', p_request_id, p_stan, '63', NULL, 0, NULL, NULL, NULL);
-    END IF;
-    IF f.previous_id IS NOT NULL THEN
-        IF f.previous_hash = p_request_hash THEN
-            RETURN f.previous_response;
-        END IF;
-        RETURN terminal_response('reversal', p_request_id, p_stan, '94', NULL, 0, NULL, NULL, NULL);
-    END IF;
-    IF f.terminal_status <> 'ACTIVE' OR f.partner_status <> 'ACTIVE' THEN
-        RETURN terminal_response('reversal', p_request_id, p_stan, '58', NULL, 0, NULL, NULL, NULL);
+    SELECT * INTO f FROM open_terminal_message('reversal', p_terminal_id, p_request_id, p_request_hash,
+                                               p_stan, NULL, p_initial_key_id, p_ksn_counter);
+    IF f.early_response IS NOT NULL THEN
+        RETURN f.early_response;
     END IF;
 
     SELECT * INTO o FROM authorizations
@@ -284,29 +300,10 @@ DECLARE
     v_school_year integer;
     v_original_id bigint;
 BEGIN
-    SELECT t.status AS terminal_status, p.status AS partner_status, p.id AS partner_id,
-           p.merchant_account_id,
-           a.id AS previous_id, a.request_hash AS previous_hash, a.response AS previous_response
-      INTO f
-      FROM terminals t
-      JOIN partners p ON p.id = t.partner_id
-      LEFT JOIN authorizations a ON a.terminal_id = t.id AND a.request_id = p_request_id
-     WHERE t.id = p_terminal_id;
-
-    IF NOT FOUND THEN
-        RETURN terminal_response('refund', p_request_id, p_stan, '58', p_amount_cents, 0, NULL, NULL, NULL);
-    END IF;
-    IF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
-        RETURN terminal_response('refund', p_request_id, p_stan, '63', p_amount_cents, 0, NULL, NULL, NULL);
-    END IF;
-    IF f.previous_id IS NOT NULL THEN
-        IF f.previous_hash = p_request_hash THEN
-            RETURN f.previous_response;
-        END IF;
-        RETURN terminal_response('refund', p_request_id, p_stan, '94', p_amount_cents, 0, NULL, NULL, NULL);
-    END IF;
-    IF f.terminal_status <> 'ACTIVE' OR f.partner_status <> 'ACTIVE' THEN
-        RETURN terminal_response('refund', p_request_id, p_stan, '58', p_amount_cents, 0, NULL, NULL, NULL);
+    SELECT * INTO f FROM open_terminal_message('refund', p_terminal_id, p_request_id, p_request_hash,
+                                               p_stan, p_amount_cents, p_initial_key_id, p_ksn_counter);
+    IF f.early_response IS NOT NULL THEN
+        RETURN f.early_response;
     END IF;
 
     SELECT a.* INTO o FROM authorizations a JOIN terminals t ON t.id = a.terminal_id
