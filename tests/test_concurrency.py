@@ -4,8 +4,9 @@ overspend, and a reversal racing its original restores the wallet exactly once."
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
+
+import asyncpg
 
 from ledger.demo_region import card_uid
 
@@ -58,3 +59,33 @@ async def test_reversal_sent_with_its_original_restores_once(client, conn):
         if reversal.rc == "00":
             assert reversal.approved_cents == 2_00
     assert await balance_of(conn, HOT) == before
+
+
+async def _blocked_on_a_lock(dsn: str) -> None:
+    """Wait, bounded, until some session of the database waits on a row lock."""
+    watcher = await asyncpg.connect(dsn)
+    try:
+        async with asyncio.timeout(10):
+            while not await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"):
+                await asyncio.sleep(0.01)
+    finally:
+        await watcher.close()
+
+
+async def test_a_credit_landing_during_a_short_purchase_never_approves_more_than_asked(
+        client, conn, dsn):
+    """The purchase finds 5 € in its snapshot while a 100 € reload is committing: it must take
+    10 € (the amount asked) from the new balance, not everything."""
+    await set_balance(conn, HOT, 5_00)
+    beneficiary = await conn.fetchval("SELECT beneficiary_id FROM cards WHERE uid = $1", HOT)
+    reload = conn.transaction()
+    await reload.start()
+    await conn.execute("SELECT reload_wallet($1, 2026, 10000, 'racing-reload')", beneficiary)
+    purchase = asyncio.ensure_future(client.purchase(HOT, 10_00, partial_ok=True))
+    await _blocked_on_a_lock(dsn)
+    await reload.commit()
+    response = await purchase
+    assert (response.rc, response.approved_cents, response.balance_cents) == ("00", 10_00, 95_00)
+    assert await balance_of(conn, HOT) == 95_00

@@ -135,17 +135,25 @@ BEGIN
             v_rc := '00';
             v_approved := p_amount_cents;
         ELSE
-            -- Not enough: lock the wallet and look at what is left (0 when there is no wallet).
+            -- Not enough in our snapshot: lock the wallet and read its latest balance (0 when
+            -- there is no wallet). A credit may have committed meanwhile: never take more than
+            -- the amount asked.
             SELECT credits_posted - debits_posted INTO v_balance
               FROM accounts WHERE id = f.wallet_account_id FOR UPDATE;
             v_balance := coalesce(v_balance, 0);
-            IF p_partial_ok AND v_balance > 0 THEN
-                UPDATE accounts SET debits_posted = debits_posted + v_balance WHERE id = f.wallet_account_id;
+            IF v_balance >= p_amount_cents THEN
+                v_rc := '00';
+                v_approved := p_amount_cents;
+            ELSIF p_partial_ok AND v_balance > 0 THEN
                 v_rc := '10';
                 v_approved := v_balance;
-                v_balance := 0;
             ELSE
                 v_rc := '51';
+            END IF;
+            IF v_approved > 0 THEN
+                UPDATE accounts SET debits_posted = debits_posted + v_approved
+                 WHERE id = f.wallet_account_id;
+                v_balance := v_balance - v_approved;
             END IF;
         END IF;
     END IF;
