@@ -38,6 +38,7 @@ class Settings:
     db_statement_timeout_ms: int
     # Beyond this many requests in progress the server answers 91 at once instead of queueing.
     max_in_flight_requests: int
+    # Above pool acquisition plus statement timeout, below the terminal's 5 s.
     request_timeout_ms: int
     # "dukpt" (MAC'd, replay-proof terminal messages) or "none" (loopback benchmarking only).
     terminal_authentication: str
@@ -70,7 +71,7 @@ class Settings:
             pool_acquire_timeout_ms=_int_env("HDFPAY_POOL_ACQUIRE_TIMEOUT_MS", 1000, 1, 60_000),
             db_statement_timeout_ms=_int_env("HDFPAY_DB_STATEMENT_TIMEOUT_MS", 2000, 1, 60_000),
             max_in_flight_requests=_int_env("HDFPAY_MAX_IN_FLIGHT_REQUESTS", 512, 1, 100_000),
-            request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 3000, 1, 60_000),
+            request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 4000, 1, 60_000),
             terminal_authentication=os.environ.get("HDFPAY_TERMINAL_AUTHENTICATION", "dukpt"),
             tls_cert_file=os.environ.get("HDFPAY_TLS_CERT") or None,
             tls_key_file=os.environ.get("HDFPAY_TLS_KEY") or None,

@@ -48,15 +48,29 @@ class TerminalEndpoint:
             self.shed_total += 1
             return _error(503, "91", "server busy, retry later")
         self.in_flight += 1
+        deadline = asyncio.get_running_loop().time() + self._request_timeout_s
         try:
-            async with asyncio.timeout(self._request_timeout_s):
-                return await self._handle(request)
-        except TimeoutError:
-            return _error(503, "91", "no answer in time")
+            try:
+                async with asyncio.timeout_at(deadline):
+                    received = await self._receive(request)
+            except TimeoutError:
+                return _error(503, "91", "no answer in time")
+            if isinstance(received, web.Response):
+                return received
+            sender, body = received
+            try:
+                async with asyncio.timeout_at(deadline):
+                    status, answer = await self._decide(sender, body)
+            except TimeoutError:
+                # The ledger may have decided anyway: the terminal reverses on 91.
+                status, answer = 503, error_body("91", "no answer in time")
+            # Every answer to an authenticated request carries the server's MAC.
+            return _answer(status, answer, self._authenticator.response_headers(sender, status, answer))
         finally:
             self.in_flight -= 1
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _receive(self, request: web.Request) -> web.Response | tuple[Authenticated, bytes]:
+        """The authenticated sender and the body, or the error answer (no MAC: nobody proven)."""
         if request.content_type != JSON_CONTENT_TYPE:
             return _error(415, "30", f"content type must be {JSON_CONTENT_TYPE}")
         if request.content_length is not None and request.content_length > MAX_REQUEST_BODY_BYTES:
@@ -71,8 +85,7 @@ class TerminalEndpoint:
         except AuthenticationError as exc:
             log.warning("unauthenticated request refused (%s): %s", exc.rc, exc)
             return _error(401 if exc.rc == "63" else 400, exc.rc, str(exc))
-        status, answer = await self._decide(sender, body)
-        return _answer(status, answer, self._authenticator.response_headers(sender, status, answer))
+        return sender, body
 
     async def _decide(self, sender: Authenticated, body: bytes) -> tuple[int, bytes]:
         terminal_id = sender.origin.terminal_id

@@ -95,8 +95,8 @@ class TerminalClient:
     async def send_raw(self, body: bytes, content_type: str = JSON_CONTENT_TYPE) -> bytes:
         """Sign and post exact bytes; return the exact response body once its MAC is checked.
 
-        An answer without a MAC is accepted only as an error from before authentication (not
-        HTTP 200): such an answer never moved money. ForgedResponse otherwise."""
+        With keys, an answer without a valid MAC raises ForgedResponse, whatever its status:
+        nobody proved it comes from the server, so it is no answer (reverse a purchase)."""
         assert self._session is not None, "use 'async with TerminalClient(...)'"
         headers = {TERMINAL_ID_HEADER: self.terminal_id, "Content-Type": content_type}
         ksn = None
@@ -108,10 +108,10 @@ class TerminalClient:
                                       headers=headers, ssl=self._ssl) as reply:
             payload = await reply.read()
             status, response_mac = reply.status, reply.headers.get(MAC_HEADER)
+        if self._keys is not None:
+            self._keys.check_response(ksn, status, payload, _unhex(response_mac))
         if not payload.startswith(b"{"):
             raise ProtocolError(f"HTTP {status} without a protocol body")
-        if self._keys is not None and (response_mac is not None or status == 200):
-            self._keys.check_response(ksn, status, payload, _unhex(response_mac))
         return payload
 
 

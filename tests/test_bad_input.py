@@ -15,6 +15,7 @@ from authorizer.server import TERMINAL_ENDPOINT, running_server
 from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
+from terminal_protocol.terminal_keys import ForgedResponse
 from terminal_protocol.transport import KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH
 
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS
@@ -151,9 +152,12 @@ async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings
             lock = await _lock_wallet(conn, card_uid(5))
             blocked = asyncio.ensure_future(client.purchase(card_uid(5), 1_00))
             await _wait_until(lambda: _waiting_on_a_lock(watcher))
-            shed = await other.purchase(card_uid(6), 1_00)
-            assert shed.rc == "91"
-            assert server.app[TERMINAL_ENDPOINT].shed_total == 1
+            body = _with(card_uid=card_uid(6).hex().upper(), request_id="shed-0000001")
+            status, answer = await _post(server.url, body, _signed(keys_for(CROWD_TERMINALS[0]), body))
+            assert (status, answer["rc"]) == (503, "91")      # at once, before authentication
+            with pytest.raises(ForgedResponse):               # so a terminal reverses it
+                await other.purchase(card_uid(6), 1_00)
+            assert server.app[TERMINAL_ENDPOINT].shed_total == 2
             await lock.rollback()
             assert (await blocked).rc == "00"
     finally:

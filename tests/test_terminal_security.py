@@ -170,18 +170,30 @@ async def test_rotation_without_downtime(server, conn, hsm, keys_for, deliveries
         assert (await stale.purchase(CARD, 1_00)).rc == "63"              # retired by first use
 
 
-async def test_a_response_forged_in_the_middle_is_rejected_by_the_terminal(server, client):
-    """A man in the middle turns a decline into an approval: the terminal refuses the answer."""
-    async def tamper(request: web.Request) -> web.Response:
+def _turn_decline_into_approval(status: int, body: bytes, mac: str) -> tuple[int, bytes, str]:
+    return 200, body.replace(b'"rc":"41"', b'"rc":"00"'), mac
+
+
+def _hide_approval_behind_an_error(status: int, body: bytes, mac: str) -> tuple[int, bytes, str]:
+    return 401, b'{"v":1,"type":"error","rc":"63","detail":"message authentication failed"}', ""
+
+
+@pytest.mark.parametrize("uid, tamper", [
+    (card_uid(1), _turn_decline_into_approval),       # lost card: really 41
+    (CARD, _hide_approval_behind_an_error),           # really approved: the till must reverse
+])
+async def test_a_response_forged_in_the_middle_is_rejected_by_the_terminal(server, client, uid, tamper):
+    """A man in the middle rewrites the server's answer: the terminal refuses it as no answer."""
+    async def relay(request: web.Request) -> web.Response:
         async with aiohttp.ClientSession() as session:
             async with session.post(server.url + TERMINAL_PATH, data=await request.read(),
                                     headers=request.headers) as reply:
-                body, headers = await reply.read(), dict(reply.headers)
-        body = body.replace(b'"rc":"41"', b'"rc":"00"')
-        return web.Response(status=200, body=body, content_type="application/json",
-                            headers={MAC_HEADER: headers.get(MAC_HEADER, "")})
+                status, body, mac = tamper(reply.status, await reply.read(),
+                                           reply.headers.get(MAC_HEADER, ""))
+        return web.Response(status=status, body=body, content_type="application/json",
+                            headers={MAC_HEADER: mac} if mac else {})
     app = web.Application()
-    app.router.add_post(TERMINAL_PATH, tamper)
+    app.router.add_post(TERMINAL_PATH, relay)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -191,7 +203,7 @@ async def test_a_response_forged_in_the_middle_is_rejected_by_the_terminal(serve
         async with TerminalClient(f"http://127.0.0.1:{port}", ACTIVE_TERMINAL,
                                   client._keys) as fooled:
             with pytest.raises(ForgedResponse):
-                await fooled.purchase(card_uid(1), 1_00)           # lost card: really 41
+                await fooled.purchase(uid, 1_00)
     finally:
         await runner.cleanup()
 
