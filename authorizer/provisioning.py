@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -28,7 +28,8 @@ class DeliveredKey:
     initial_key_id: bytes
     key_block: str                       # TR-31 version D, usage B1, under the terminal's KBPK
     kbpk: KeyInfo
-    transport_key: bytes | None = None   # only when a new KBPK was made: shown once, never stored
+    # Only when a new KBPK was made: shown once, never stored, never in a repr.
+    transport_key: bytes | None = field(default=None, repr=False)
 
 
 def current_bdk(hsm: Hsm) -> KeyInfo:

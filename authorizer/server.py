@@ -19,8 +19,8 @@ from authorizer.terminal_endpoint import TerminalEndpoint
 from authorizer.terminal_authentication import DeclaredTerminals, DukptMacAuthenticator
 from hsm.interface import Hsm
 from ledger.authorization_store import AuthorizationStore
-from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
-from terminal_protocol.transport import TERMINAL_PATH
+from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, error_body
+from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
 SHUTDOWN_GRACE_S = 10.0
@@ -29,6 +29,19 @@ TERMINAL_ENDPOINT = web.AppKey("terminal_endpoint", TerminalEndpoint)
 
 async def _healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+@web.middleware
+async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Unknown paths and methods answer in the protocol's JSON too (rc 30), not in text/plain."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.Response(status=exc.status, content_type=JSON_CONTENT_TYPE,
+                            body=error_body("30", exc.reason), headers=allow)
 
 
 def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Application:
@@ -50,7 +63,8 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
         request_timeout_ms=settings.request_timeout_ms,
     )
     # Slack above the largest valid message so that aiohttp itself never buffers more.
-    app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1)
+    app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1,
+                          middlewares=[_json_http_errors])
     app[TERMINAL_ENDPOINT] = endpoint
     app.router.add_post(TERMINAL_PATH, endpoint.handle)
     app.router.add_get("/healthz", _healthz)

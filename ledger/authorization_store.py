@@ -77,8 +77,12 @@ class AuthorizationStore:
                 if exc.constraint_name != IDEMPOTENCY_CONSTRAINT:
                     raise LedgerFailure(f"UniqueViolationError: {exc}") from exc
                 continue
+            except asyncpg.exceptions._base.DataError as exc:   # bad argument, not a lost link
+                raise LedgerFailure(f"DataError: {exc}") from exc
             except (TimeoutError, OSError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
+                    asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+                    asyncpg.exceptions.OperatorInterventionError) as exc:
+                # Connection lost, cancelled or the server shutting down: retry later (91).
                 raise LedgerUnavailable(type(exc).__name__) from exc
             except asyncpg.PostgresError as exc:
                 raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc

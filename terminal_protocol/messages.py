@@ -18,12 +18,13 @@ AMOUNT_CENTS_MAX_ACCEPTED = 100_000_000
 REQUEST_ID_MAX_CHARS = 64
 STAN_MAX = 999_999
 
-RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+# \Z, not $: $ would accept a trailing newline.
+RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{8,64}\Z")]
 Stan = Annotated[int, msgspec.Meta(ge=0, le=STAN_MAX)]
 AmountCents = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_CENTS_MAX_ACCEPTED)]
 # ISO 14443 UIDs are 4, 7 or 10 bytes; upper-case hex.
-CardUid = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$")]
-Rrn = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{12}$")]
+CardUid = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z")]
+Rrn = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{12}\Z")]
 LocalTime = Annotated[dt.datetime, msgspec.Meta(tz=False)]
 
 
@@ -42,6 +43,10 @@ class Purchase(_Request, tag="purchase"):
 
 class Reversal(_Request, tag="reversal"):
     original_request_id: RequestId
+
+    def __post_init__(self) -> None:
+        if self.original_request_id == self.request_id:
+            raise ValueError("a reversal needs a request id of its own")
 
 
 class Refund(_Request, tag="refund"):

@@ -55,6 +55,10 @@ CASES = {
     "time with zone": _with(local_time="2026-11-26T10:00:00+01:00"),
     "nul bytes": b'{"v": 1, "type": "purchase\x00"}',
     "invalid utf-8": b'{"v": 1, "type": "\xff\xfe"}',
+    "request id with a trailing newline": _with(request_id="bad-input-0001\n"),
+    "card uid with a trailing newline": _with(card_uid=card_uid(5).hex().upper() + "\n"),
+    "reversal of itself": json.dumps({"v": 1, "type": "reversal", "request_id": "self-rev-0001",
+                                      "stan": 1, "original_request_id": "self-rev-0001"}).encode(),
 }
 
 
@@ -109,6 +113,18 @@ async def test_bad_content_type(server, conn, keys_for, content_type):
     status, answer = await _post(server.url, _with(),
                                  _signed(keys_for(ACTIVE_TERMINAL), _with(), content_type))
     assert (status, answer["rc"]) == (415, "30")
+    await _assert_nothing_recorded(conn)
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", TERMINAL_PATH, 405), ("POST", "/v1/nothing-here", 404), ("PUT", TERMINAL_PATH, 405),
+])
+async def test_unknown_paths_and_methods_answer_in_json(server, conn, method, path, status):
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, server.url + path, data=_with()) as reply:
+            assert reply.status == status
+            assert reply.content_type == "application/json"
+            assert json.loads(await reply.read())["rc"] == "30"
     await _assert_nothing_recorded(conn)
 
 
