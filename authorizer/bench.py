@@ -185,8 +185,8 @@ async def _prepare(bench: Bench) -> None:
     async with connection(bench.dsn) as conn:
         await migrate(conn)
         started = time.perf_counter()
-        summary = await seed_demo_region(conn, beneficiaries=bench.options.cards, school_year=year)
         await pin_clock(conn, bench.business_time)
+        summary = await seed_demo_region(conn, beneficiaries=bench.options.cards, school_year=year)
         bench.seed_s = round(time.perf_counter() - started, 2)
         print(f"seeded {summary.beneficiaries} beneficiaries in {bench.seed_s:.2f} s")
         keys = bench.keys = await provision_bench_terminals(

@@ -16,11 +16,14 @@ from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
 from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
 from ledger.migrate import MigrationError, migrate
-from ledger.reload import UnknownBeneficiary, reload_wallet
+from ledger.reload import ReloadRefused, UnknownBeneficiary, reload_wallet
 from terminal_protocol.amounts import AmountError, format_euros, parse_euros
 
 DEFAULT_SEED_BENEFICIARIES = 1000
-CURRENT_SCHOOL_YEAR_SQL = "SELECT school_year_of(business_now() AT TIME ZONE 'Europe/Paris')"
+# The school year a reload or a seed is for: the current one, or in May and June (its wallet
+# closed, rights renewal open from 20 June) the next one.
+RELOAD_SCHOOL_YEAR_SQL = ("SELECT school_year_of(t) + CASE WHEN in_wallet_window(t) THEN 0 ELSE 1 END"
+                          " FROM (SELECT business_now() AT TIME ZONE 'Europe/Paris' AS t) now")
 
 
 class UsageError(RuntimeError):
@@ -146,7 +149,7 @@ def cmd_seed(args, settings: Settings) -> int:
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-            year = args.school_year or await conn.fetchval(CURRENT_SCHOOL_YEAR_SQL)
+            year = args.school_year or await conn.fetchval(RELOAD_SCHOOL_YEAR_SQL)
             summary = await seed_demo_region(conn, beneficiaries=args.beneficiaries, school_year=year)
         if summary.already_seeded:
             print("the database already holds a region; nothing changed")
@@ -165,7 +168,7 @@ def cmd_reload(args, settings: Settings) -> int:
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-            year = args.school_year or await conn.fetchval(CURRENT_SCHOOL_YEAR_SQL)
+            year = args.school_year or await conn.fetchval(RELOAD_SCHOOL_YEAR_SQL)
             result = await reload_wallet(conn, args.dossier, year, amount_cents, args.reference)
         if result.already_done:
             print(f"already reloaded (same reference): nothing credited; balance "
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         return args.func(args, settings)
     except (ConfigError, EmbeddedDatabaseError, SchemaNotReady, MigrationError, UnknownBeneficiary,
-            AmountError, UsageError, ProvisioningError, HsmError) as exc:
+            AmountError, UsageError, ProvisioningError, HsmError, ReloadRefused) as exc:
         print(f"hdfpay: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -119,9 +119,9 @@ async def run_demo(settings: Settings, out=print) -> int:
         dsn = await _fresh_database(base_dsn, own_cluster=settings.database_url is None)
         async with connection(dsn) as conn:
             await migrate(conn)
+            await pin_clock(conn, business_time)
             summary = await seed_demo_region(conn, beneficiaries=DEMO_BENEFICIARIES,
                                              school_year=school_year)
-            await pin_clock(conn, business_time)
             bdk = new_bdk(hsm)
             deliveries = await provision_unkeyed_terminals(conn, hsm)
             keys = {terminal: TerminalKeys.from_key_block(delivered.key_block, transport_key,

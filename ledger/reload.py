@@ -11,6 +11,10 @@ class UnknownBeneficiary(LookupError):
     pass
 
 
+class ReloadRefused(ValueError):
+    """The ledger refused the reload (closed school year, amount, reference used elsewhere)."""
+
+
 @dataclass(frozen=True)
 class ReloadResult:
     credited_cents: int
@@ -27,6 +31,9 @@ async def reload_wallet(conn: asyncpg.Connection, dossier_number: str, school_ye
     if beneficiary_id is None:
         raise UnknownBeneficiary(f"no beneficiary with dossier number {dossier_number}")
     reference = reference or f"reload:{school_year}:{dossier_number}"
-    row = await conn.fetchrow("SELECT * FROM reload_wallet($1, $2, $3, $4)",
-                              beneficiary_id, school_year, amount_cents, reference)
+    try:
+        row = await conn.fetchrow("SELECT * FROM reload_wallet($1, $2, $3, $4)",
+                                  beneficiary_id, school_year, amount_cents, reference)
+    except (asyncpg.CheckViolationError, asyncpg.UniqueViolationError) as exc:
+        raise ReloadRefused(exc.args[0] if exc.args else str(exc)) from None
     return ReloadResult(**dict(row))

@@ -97,8 +97,8 @@ async def template_database(pg_cluster: EmbeddedPostgres, hsm, deliveries) -> st
     conn = await asyncpg.connect(pg_cluster.dsn_for(TEMPLATE_DATABASE))
     try:
         await migrate(conn)
-        await seed_demo_region(conn, beneficiaries=TEST_BENEFICIARIES, school_year=TEST_SCHOOL_YEAR)
         await pin_clock(conn, SCHOOL_DAY)
+        await seed_demo_region(conn, beneficiaries=TEST_BENEFICIARIES, school_year=TEST_SCHOOL_YEAR)
         await conn.executemany("INSERT INTO terminals (id, partner_id, status) VALUES ($1, 2, 'ACTIVE')",
                                [(t,) for t in CROWD_TERMINALS])
         deliveries.update(await provision_unkeyed_terminals(conn, hsm))

@@ -38,8 +38,8 @@ async def test_approvals_survive_a_database_restart(settings):
         dsn = cluster.start()
         conn = await asyncpg.connect(dsn)
         await migrate(conn)
-        await seed_demo_region(conn, beneficiaries=20, school_year=TEST_SCHOOL_YEAR)
         await pin_clock(conn, SCHOOL_DAY)
+        await seed_demo_region(conn, beneficiaries=20, school_year=TEST_SCHOOL_YEAR)
         delivered, transport_key = (await provision_unkeyed_terminals(conn, hsm))[ACTIVE_TERMINAL]
         await conn.close()
         keys = TerminalKeys.from_key_block(delivered.key_block, transport_key, MemoryCounter(),

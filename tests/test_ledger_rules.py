@@ -7,9 +7,10 @@ import asyncpg
 import pytest
 
 from ledger.demo_region import card_uid
-from ledger.reload import UnknownBeneficiary, reload_wallet
+from ledger.clock import pin_clock
+from ledger.reload import ReloadRefused, UnknownBeneficiary, reload_wallet
 
-from conftest import TEST_SCHOOL_YEAR, balance_of, set_balance
+from conftest import TEST_SCHOOL_YEAR, balance_of, paris, set_balance
 
 CARD = card_uid(5)
 DOSSIER = "HDF0000005"
@@ -114,8 +115,25 @@ async def test_reload_of_an_unknown_dossier(conn):
 
 
 async def test_reload_amount_must_be_positive(conn):
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(ReloadRefused, match="positive"):
         await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 0, reference="zero")
+
+
+async def test_a_reload_reference_cannot_serve_another_wallet_or_amount(conn):
+    await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 50_00, reference="batch-1")
+    with pytest.raises(ReloadRefused, match="already used"):
+        await reload_wallet(conn, "HDF0000006", TEST_SCHOOL_YEAR, 50_00, reference="batch-1")
+    with pytest.raises(ReloadRefused, match="already used"):
+        await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 60_00, reference="batch-1")
+    assert (await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 50_00, reference="batch-1")).already_done
+
+
+async def test_no_reload_into_a_closed_school_year(conn):
+    await pin_clock(conn, paris(2027, 5, 1, 0, 0, 0))
+    with pytest.raises(ReloadRefused, match="closed on 1 May 2027"):
+        await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 10_00)
+    await pin_clock(conn, paris(2027, 4, 30, 23, 59, 59))
+    assert (await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 10_00)).credited_cents == 10_00
 
 
 async def test_the_invariant_check_sees_a_tampered_wallet(conn):

@@ -30,10 +30,16 @@ DECLARE
     v_fee_income bigint;
     v_fee       record;
     v_take      bigint;
+    v_previous  record;
 BEGIN
     IF p_amount_cents <= 0 THEN
         RAISE EXCEPTION 'a reload amount must be positive (got % cents)', p_amount_cents
             USING ERRCODE = 'check_violation';
+    END IF;
+    -- Money put in a wallet whose window has closed (1 May) could never be spent.
+    IF business_now() AT TIME ZONE 'Europe/Paris' >= make_timestamp(p_school_year + 1, 5, 1, 0, 0, 0) THEN
+        RAISE EXCEPTION 'the wallet of school year %-% closed on 1 May %: reload the next school year',
+            p_school_year, p_school_year + 1, p_school_year + 1 USING ERRCODE = 'check_violation';
     END IF;
     -- One reload at a time per beneficiary: wallet creation and fee recovery do not race.
     PERFORM 1 FROM beneficiaries WHERE id = p_beneficiary_id FOR UPDATE;
@@ -44,7 +50,14 @@ BEGIN
     v_wallet := open_wallet(p_beneficiary_id, p_school_year);
     credited_cents := 0;
     fee_recovered_cents := 0;
-    already_done := EXISTS (SELECT 1 FROM transfers WHERE code = 'RELOAD' AND reference = p_reference);
+    SELECT credit_account_id, amount_cents INTO v_previous FROM transfers
+     WHERE code = 'RELOAD' AND reference = p_reference;
+    already_done := FOUND;
+    IF already_done AND (v_previous.credit_account_id <> v_wallet
+                         OR v_previous.amount_cents <> p_amount_cents) THEN
+        RAISE EXCEPTION 'reload reference % was already used for another wallet or amount', p_reference
+            USING ERRCODE = 'unique_violation';
+    END IF;
     IF NOT already_done THEN
         SELECT id INTO v_funding FROM accounts WHERE kind = 'REGION_FUNDING';
         SELECT id INTO v_fee_income FROM accounts WHERE kind = 'FEE_INCOME';
