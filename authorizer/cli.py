@@ -278,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             AmountError, UsageError, ProvisioningError, HsmError, ReloadRefused) as exc:
         print(f"hdfpay: error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"hdfpay: error: database: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"hdfpay: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -51,9 +51,10 @@ class Settings:
         loopback = self.host in LOOPBACK_HOSTS
         if self.terminal_authentication not in ("dukpt", "none"):
             raise ConfigError("HDFPAY_TERMINAL_AUTHENTICATION must be 'dukpt' or 'none'")
-        if self.terminal_authentication == "none" and not loopback:
-            raise ConfigError("HDFPAY_TERMINAL_AUTHENTICATION=none is refused off loopback: "
-                              "anyone reaching the server could debit cards")
+        if self.terminal_authentication == "none" and (not loopback or self.allow_plain_http):
+            raise ConfigError("HDFPAY_TERMINAL_AUTHENTICATION=none is refused off loopback and "
+                              "behind a proxy (HDFPAY_ALLOW_PLAIN_HTTP): anyone reaching the "
+                              "server could debit cards")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("set both HDFPAY_TLS_CERT and HDFPAY_TLS_KEY, or neither")
         if not self.tls_cert_file and not loopback and not self.allow_plain_http:

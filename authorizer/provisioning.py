@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from authorizer.key_aliases import BDK_ID_BYTES, bdk_alias, bdk_id_of, kbpk_alias
-from hsm.interface import Hsm, KeyInfo, KeyUsage, UnknownKey
+from hsm.interface import Hsm, HsmError, KeyInfo, KeyUsage, UnknownKey
 
 
 class ProvisioningError(RuntimeError):
@@ -67,17 +67,28 @@ async def add_terminal(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
 
 async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str) -> DeliveredKey:
     """A new initial key under the current BDK, wrapped under the terminal's KBPK. The old key
-    keeps working until the terminal's first message under the new one: no downtime."""
-    async with conn.transaction():
-        status = await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE",
-                                     terminal_id)
-        if status is None or status == "REVOKED":
-            raise ProvisioningError(f"terminal {terminal_id} is {'unknown' if status is None else 'revoked'}")
-        try:
+    keeps working until the terminal's first message under the new one: no downtime. A terminal
+    whose KBPK this HSM does not hold (or can no longer wrap with) gets a new transport key,
+    shown once like at `add`."""
+    try:
+        async with conn.transaction():
+            await _lock_rotatable(conn, terminal_id)
             kbpk = hsm.key_info(kbpk_alias(terminal_id))
-        except UnknownKey:
-            raise ProvisioningError(f"terminal {terminal_id} has no transport key in this HSM") from None
-        return await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+            return await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+    except HsmError:
+        pass   # rolled back: no KBPK here, or (PKCS#11) its clear value is no longer held
+    async with conn.transaction():
+        await _lock_rotatable(conn, terminal_id)
+        _destroy_stale(hsm, kbpk_alias(terminal_id))
+        kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
+        delivered = await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+    return dataclasses.replace(delivered, transport_key=transport_key)
+
+
+async def _lock_rotatable(conn: asyncpg.Connection, terminal_id: str) -> None:
+    status = await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE", terminal_id)
+    if status is None or status == "REVOKED":
+        raise ProvisioningError(f"terminal {terminal_id} is {'unknown' if status is None else 'revoked'}")
 
 
 async def set_terminal_status(conn: asyncpg.Connection, terminal_id: str, status: str) -> None:

@@ -64,6 +64,7 @@ class Keystore:
             raise HsmError("a keystore is unlocked by a passphrase or by a KEK file (one of them)")
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._read_mtime_ns = 0
         self._thread_lock = threading.Lock()
         if create:
             header = self._new_header(passphrase)
@@ -81,10 +82,22 @@ class Keystore:
         return dict(self._records)
 
     def get(self, alias: str) -> StoredKey:
+        """A key added by another process (`hdfpay keys new-bdk` beside a running server) is
+        found too: on a miss, the file is read again if it changed since we last read it."""
+        record = self._records.get(alias)
+        if record is None and self._changed_on_disk():
+            with self._thread_lock:
+                self._accept(self._read())
+            record = self._records.get(alias)
+        if record is None:
+            raise UnknownKey(f"no key {alias}")
+        return record
+
+    def _changed_on_disk(self) -> bool:
         try:
-            return self._records[alias]
-        except KeyError:
-            raise UnknownKey(f"no key {alias}") from None
+            return self.path.stat().st_mtime_ns != self._read_mtime_ns
+        except FileNotFoundError:
+            return False
 
     def unseal(self, record: StoredKey) -> bytes:
         try:
@@ -155,8 +168,10 @@ class Keystore:
 
     def _read(self) -> dict:
         try:
-            mode = self.path.stat().st_mode
+            status = self.path.stat()
+            mode = status.st_mode
             text = self.path.read_text(encoding="utf-8")
+            self._read_mtime_ns = status.st_mtime_ns
         except FileNotFoundError:
             raise HsmError(f"keystore {self.path} does not exist") from None
         _require_private(self.path, mode)

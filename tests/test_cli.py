@@ -54,7 +54,7 @@ def test_unreachable_database_is_a_clear_error():
     with tempfile.TemporaryDirectory() as empty:
         result = hdfpay("check", env={"DATABASE_URL": f"postgresql://hdfpay@/hdfpay?host={empty}"})
     assert result.returncode == 1
-    assert "database" in result.stderr and "Traceback" not in result.stderr
+    assert "hdfpay: error:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_without_a_keystore_says_what_is_missing():
@@ -98,6 +98,8 @@ def test_embedded_cluster_start_status_stop():
         assert rotated.returncode == 0 and block not in rotated.stdout
         assert "shown this once" not in rotated.stdout
         assert "K1  kbpk/shop-0001" in hdfpay("keys", "list", env=env).stdout
+        seeded = hdfpay("terminals", "rotate", "TERM-0002-1", env=env)   # seeded without keys
+        assert seeded.returncode == 0 and "shown this once" in seeded.stdout
         again = hdfpay("terminals", "add", "SHOP-0001", "--partner", "1", env=env)
         assert again.returncode == 2 and "already exists" in again.stderr
         assert hdfpay("terminals", "activate", env=env).returncode == 2        # no terminal id

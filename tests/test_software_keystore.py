@@ -116,3 +116,14 @@ def test_open_from_environment(tmp_path, kek_file):
     for variables, message in refusals:
         with pytest.raises(HsmError, match=message):
             open_hsm_from_env(variables)
+
+
+def test_a_key_added_by_another_process_is_found_without_a_restart(tmp_path):
+    """`hdfpay keys new-bdk` beside a running server: the server finds the new BDK."""
+    path = tmp_path / "keys.json"
+    server_side = SoftwareHsm(path, passphrase=PASSPHRASE, create=True)
+    operator_side = SoftwareHsm(path, passphrase=PASSPHRASE)
+    import_known(operator_side, "bdk/late", KeyUsage.BDK, KNOWN_BDK)
+    assert server_side.key_info("bdk/late").kcv == kcv(KNOWN_BDK)
+    mac = terminal_mac(ksn(1), DATA, REQUEST)
+    server_side.verify_dukpt_request_mac("bdk/late", ksn(1), DATA, mac)

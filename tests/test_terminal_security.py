@@ -254,6 +254,7 @@ async def test_the_server_speaks_tls(settings, dsn, hsm, keys_for, tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"host": "0.0.0.0"}, "without TLS"),
     ({"terminal_authentication": "none", "host": "0.0.0.0", "allow_plain_http": True}, "refused off loopback"),
+    ({"terminal_authentication": "none", "allow_plain_http": True}, "behind a proxy"),
     ({"tls_cert_file": "/x.pem"}, "both"),
 ])
 async def test_insecure_settings_are_refused(settings, dsn, hsm, changes, message):
