@@ -40,9 +40,9 @@ def cmd_demo(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    import logging
+    from authorizer.json_logs import configure_json_logging
     from authorizer.server import serve_forever
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_json_logging()
     settings = _override(settings, host=args.host, port=args.port)
     settings.check_transport()
     hsm = open_hsm_from_env() if settings.terminal_authentication == "dukpt" else None

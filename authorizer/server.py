@@ -11,9 +11,13 @@ from typing import AsyncIterator
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authorizer.config import Settings
 from authorizer.database import create_pool
+from authorizer.metrics import Metrics
+from authorizer.outcomes import OutcomeRecorder, PartnerCategories
+from authorizer.readiness import Readiness
 from authorizer.pipeline import AuthorizationPipeline
 from authorizer.terminal_endpoint import TerminalEndpoint
 from authorizer.terminal_authentication import DeclaredTerminals, DukptMacAuthenticator
@@ -25,6 +29,8 @@ from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_PATH
 # How long a stopping server lets in-flight requests finish.
 SHUTDOWN_GRACE_S = 10.0
 TERMINAL_ENDPOINT = web.AppKey("terminal_endpoint", TerminalEndpoint)
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Readiness)
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -45,12 +51,16 @@ async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse
 
 
 def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Application:
+    metrics = Metrics()
     store = AuthorizationStore(
         pool,
         max_purchase_amount_cents=settings.max_purchase_amount_cents,
         pool_acquire_timeout_s=settings.pool_acquire_timeout_ms / 1000,
         statement_timeout_s=settings.db_statement_timeout_ms / 1000,
+        observe_round_trip_s=metrics.db_round_trip.observe,
     )
+    metrics.pool_size.set_function(pool.get_size)
+    metrics.pool_waiters.set_function(lambda: store.waiting_for_connection)
     if settings.terminal_authentication == "dukpt":
         if hsm is None:
             raise ValueError("terminal authentication needs an HSM")
@@ -58,7 +68,8 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
     else:
         authenticator = DeclaredTerminals()
     endpoint = TerminalEndpoint(
-        AuthorizationPipeline(store), authenticator,
+        AuthorizationPipeline(store), authenticator, metrics,
+        OutcomeRecorder(metrics, PartnerCategories(pool)),
         max_in_flight_requests=settings.max_in_flight_requests,
         request_timeout_ms=settings.request_timeout_ms,
     )
@@ -66,9 +77,18 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
     app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1,
                           middlewares=[_json_http_errors])
     app[TERMINAL_ENDPOINT] = endpoint
+    app[METRICS] = metrics
     app.router.add_post(TERMINAL_PATH, endpoint.handle)
     app.router.add_get("/healthz", _healthz)
+    app[READINESS] = Readiness(pool, metrics)
+    app.router.add_get("/readyz", app[READINESS].handle)
+    app.router.add_get("/metrics", _exposition)
     return app
+
+
+async def _exposition(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[METRICS].registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @dataclass
@@ -117,4 +137,7 @@ async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=
     async with running_server(settings, dsn, hsm) as server:
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         await stop.wait()
+        # /readyz turns false first, so that a load balancer stops sending; leaving the context
+        # then stops accepting and lets in-flight requests finish (SHUTDOWN_GRACE_S at most).
+        server.app[READINESS].start_draining()
         announce("stopping: finishing requests in flight")

@@ -13,12 +13,15 @@ import logging
 
 from aiohttp import web
 
+from authorizer.metrics import Metrics
+from authorizer.outcomes import OutcomeRecorder
 from authorizer.pipeline import AuthorizationPipeline
 from authorizer.terminal_authentication import (
     Authenticated, AuthenticationError, TerminalAuthenticator,
 )
 from ledger.authorization_store import LedgerFailure, LedgerUnavailable
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, ProtocolError, decode_request, error_body
+from terminal_protocol.messages import Request
 from terminal_protocol.transport import JSON_CONTENT_TYPE
 
 
@@ -34,21 +37,27 @@ def _answer(status: int, body: bytes, headers: dict[str, str]) -> web.Response:
 
 
 class TerminalEndpoint:
-    def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator, *,
+    def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator,
+                 metrics: Metrics, recorder: OutcomeRecorder, *,
                  max_in_flight_requests: int, request_timeout_ms: int) -> None:
         self._pipeline = pipeline
         self._authenticator = authenticator
+        self._metrics = metrics
+        self._recorder = recorder
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
         self.in_flight = 0
         self.shed_total = 0
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def handle(self, request: web.Request) -> web.Response:
         if self.in_flight >= self._max_in_flight:
             self.shed_total += 1
+            self._metrics.shed.inc()
             return _error(503, "91", "server busy, retry later")
         self.in_flight += 1
-        deadline = asyncio.get_running_loop().time() + self._request_timeout_s
+        started = asyncio.get_running_loop().time()
+        deadline = started + self._request_timeout_s
         try:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -58,14 +67,19 @@ class TerminalEndpoint:
             if isinstance(received, web.Response):
                 return received
             sender, body = received
+            message = None
             try:
                 async with asyncio.timeout_at(deadline):
-                    status, answer = await self._decide(sender, body)
+                    message, status, answer = await self._decide(sender, body)
             except TimeoutError:
                 # The ledger may have decided anyway: the terminal reverses on 91.
                 status, answer = 503, error_body("91", "no answer in time")
             # Every answer to an authenticated request carries the server's MAC.
-            return _answer(status, answer, self._authenticator.response_headers(sender, status, answer))
+            response = _answer(status, answer,
+                               self._authenticator.response_headers(sender, status, answer))
+            await self._recorder.record(sender.origin, message, status, answer,
+                                        asyncio.get_running_loop().time() - started)
+            return response
         finally:
             self.in_flight -= 1
 
@@ -84,20 +98,23 @@ class TerminalEndpoint:
                                                       request.headers, body)
         except AuthenticationError as exc:
             log.warning("unauthenticated request refused (%s): %s", exc.rc, exc)
+            if exc.rc == "63":
+                self._metrics.security.labels("mac").inc()
             return _error(401 if exc.rc == "63" else 400, exc.rc, str(exc))
         return sender, body
 
-    async def _decide(self, sender: Authenticated, body: bytes) -> tuple[int, bytes]:
+    async def _decide(self, sender: Authenticated,
+                      body: bytes) -> tuple[Request | None, int, bytes]:
         terminal_id = sender.origin.terminal_id
         try:
             message = decode_request(body)
         except ProtocolError as exc:
-            return 400, error_body("30", str(exc))
+            return None, 400, error_body("30", str(exc))
         try:
-            return 200, await self._pipeline.decide(sender.origin, message)
+            return message, 200, await self._pipeline.decide(sender.origin, message)
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable for terminal %s: %s", terminal_id, exc)
-            return 503, error_body("91", "ledger unavailable, retry later")
+            return message, 503, error_body("91", "ledger unavailable, retry later")
         except LedgerFailure as exc:
             log.error("ledger failure for terminal %s: %s", terminal_id, exc)
-            return 500, error_body("96", "system malfunction")
+            return message, 500, error_body("96", "system malfunction")

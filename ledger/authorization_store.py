@@ -7,7 +7,9 @@ same on a replay. Knows nothing of HTTP or of the message codec.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import asyncpg
 
@@ -42,11 +44,14 @@ class MessageOrigin:
 
 class AuthorizationStore:
     def __init__(self, pool: asyncpg.Pool, *, max_purchase_amount_cents: int,
-                 pool_acquire_timeout_s: float, statement_timeout_s: float) -> None:
+                 pool_acquire_timeout_s: float, statement_timeout_s: float,
+                 observe_round_trip_s: Callable[[float], None] = lambda seconds: None) -> None:
         self._pool = pool
         self._max_purchase_amount_cents = max_purchase_amount_cents
         self._acquire_timeout_s = pool_acquire_timeout_s
         self._statement_timeout_s = statement_timeout_s
+        self._observe_round_trip_s = observe_round_trip_s
+        self.waiting_for_connection = 0
 
     async def purchase(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
                        stan: int, card_uid: bytes, amount_cents: int,
@@ -70,8 +75,17 @@ class AuthorizationStore:
     async def _call(self, sql: str, *args) -> bytes:
         for _ in range(IDEMPOTENCY_ATTEMPTS):
             try:
-                async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
-                    body = await conn.fetchval(sql, *args, timeout=self._statement_timeout_s)
+                self.waiting_for_connection += 1
+                try:
+                    connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
+                finally:
+                    self.waiting_for_connection -= 1
+                try:
+                    started = time.perf_counter()
+                    body = await connection.fetchval(sql, *args, timeout=self._statement_timeout_s)
+                    self._observe_round_trip_s(time.perf_counter() - started)
+                finally:
+                    await self._pool.release(connection)
                 return body.encode()
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != IDEMPOTENCY_CONSTRAINT:

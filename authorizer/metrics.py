@@ -1,0 +1,60 @@
+"""What operators watch, in Prometheus conventions (base units, `_total`, `_seconds`).
+
+No label carries a card UID, a beneficiary, a terminal id or anything else unbounded: labels are
+the message type, the response code, the partner category and a short fixed reason.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import ProcessCollector, PlatformCollector
+
+# Buckets around the 5 ms target of an authorization, up to the request timeout.
+LATENCY_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+                           0.5, 1.0, 2.5, 5.0)
+MESSAGE_TYPES = ("purchase", "reversal", "refund", "invalid")
+SECURITY_REASONS = ("mac", "replay")
+
+
+class Metrics:
+    """One registry per server (tests run several servers in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.authorizations = Counter(
+            "hdfpay_authorizations_total", "Terminal messages answered, by type and response code",
+            ["message_type", "response_code"], registry=self.registry)
+        self.duration = Histogram(
+            "hdfpay_authorization_duration_seconds",
+            "Time from request received to answer sent, in the server",
+            ["message_type"], buckets=LATENCY_BUCKETS_SECONDS, registry=self.registry)
+        self.db_round_trip = Histogram(
+            "hdfpay_db_round_trip_seconds", "One authorization's database call",
+            buckets=LATENCY_BUCKETS_SECONDS, registry=self.registry)
+        self.in_flight = Gauge(
+            "hdfpay_requests_in_flight", "Terminal requests being processed",
+            registry=self.registry)
+        self.shed = Counter(
+            "hdfpay_requests_shed_total", "Requests answered 91 at once: too many in flight",
+            registry=self.registry)
+        self.pool_size = Gauge(
+            "hdfpay_db_pool_connections", "Connections of the database pool",
+            registry=self.registry)
+        self.pool_waiters = Gauge(
+            "hdfpay_db_pool_waiters", "Requests waiting for a database connection",
+            registry=self.registry)
+        self.security = Counter(
+            "hdfpay_security_rejections_total",
+            "Requests refused with 63: MAC that does not verify, or replayed / stale KSN",
+            ["reason"], registry=self.registry)
+        self.approved_amount = Counter(
+            "hdfpay_approved_amount_cents_total",
+            "Cents approved by purchases (partial approvals count what was approved)",
+            ["partner_category"], registry=self.registry)
+        self.draining = Gauge(
+            "hdfpay_draining", "1 while the server finishes in-flight requests before exiting",
+            registry=self.registry)
+        for reason in SECURITY_REASONS:
+            self.security.labels(reason)

@@ -1,0 +1,80 @@
+"""Each answered terminal message, counted for Prometheus and written as one JSON log line.
+
+The log line names the request id, terminal, message type, response code and latency; a card UID
+appears masked (first byte and last two), never whole; amounts are cents.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import msgspec
+
+from authorizer.metrics import Metrics
+from ledger.authorization_store import MessageOrigin
+from terminal_protocol.messages import Purchase, Request
+
+# Terminals whose partner category is remembered; a terminal is looked up once.
+MAX_CACHED_TERMINALS = 100_000
+APPROVED_CODES = ("00", "10")
+REPLAY_CODE = "63"
+
+log = logging.getLogger("hdfpay.authorizations")
+
+
+class _Outcome(msgspec.Struct):
+    rc: str
+    approved_cents: int = 0
+
+
+_outcome = msgspec.json.Decoder(_Outcome)
+
+
+def mask_uid(card_uid: str) -> str:
+    return card_uid[:2] + "…" + card_uid[-4:]
+
+
+class PartnerCategories:
+    """BOOKSHOP or EQUIPMENT of a terminal's partner, for the approved-amount metric."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._known: dict[str, str] = {}
+
+    async def of(self, terminal_id: str) -> str:
+        category = self._known.get(terminal_id)
+        if category is None:
+            category = await self._pool.fetchval(
+                "SELECT p.category FROM terminals t JOIN partners p ON p.id = t.partner_id"
+                " WHERE t.id = $1", terminal_id) or "UNKNOWN"
+            if len(self._known) >= MAX_CACHED_TERMINALS:
+                self._known.clear()
+            self._known[terminal_id] = category
+        return category
+
+
+class OutcomeRecorder:
+    def __init__(self, metrics: Metrics, categories: PartnerCategories) -> None:
+        self._metrics = metrics
+        self._categories = categories
+
+    async def record(self, origin: MessageOrigin, request: Request | None, status: int,
+                     answer: bytes, elapsed_s: float) -> None:
+        message_type = type(request).__name__.lower() if request is not None else "invalid"
+        try:
+            outcome = _outcome.decode(answer)
+        except msgspec.MsgspecError:
+            outcome = _Outcome(rc="96")
+        self._metrics.authorizations.labels(message_type, outcome.rc).inc()
+        self._metrics.duration.labels(message_type).observe(elapsed_s)
+        if outcome.rc == REPLAY_CODE:
+            self._metrics.security.labels("replay").inc()
+        if isinstance(request, Purchase) and outcome.rc in APPROVED_CODES:
+            category = await self._categories.of(origin.terminal_id)
+            self._metrics.approved_amount.labels(category).inc(outcome.approved_cents)
+        log.info("authorization", extra={"fields": {
+            "request_id": getattr(request, "request_id", None), "terminal": origin.terminal_id,
+            "type": message_type, "rc": outcome.rc, "http_status": status,
+            "approved_cents": outcome.approved_cents, "latency_ms": round(elapsed_s * 1000, 2),
+            "card": mask_uid(request.card_uid) if isinstance(request, Purchase) else None}})
