@@ -42,6 +42,8 @@ class Settings:
     request_timeout_ms: int
     # "dukpt" (MAC'd, replay-proof terminal messages) or "none" (loopback benchmarking only).
     terminal_authentication: str
+    # Off only to measure what metrics cost on the hot path (hdfpay bench).
+    metrics_enabled: bool
     tls_cert_file: str | None
     tls_key_file: str | None
     allow_plain_http: bool
@@ -74,6 +76,7 @@ class Settings:
             max_in_flight_requests=_int_env("HDFPAY_MAX_IN_FLIGHT_REQUESTS", 512, 1, 100_000),
             request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 4000, 1, 60_000),
             terminal_authentication=os.environ.get("HDFPAY_TERMINAL_AUTHENTICATION", "dukpt"),
+            metrics_enabled=os.environ.get("HDFPAY_METRICS", "on") != "off",
             tls_cert_file=os.environ.get("HDFPAY_TLS_CERT") or None,
             tls_key_file=os.environ.get("HDFPAY_TLS_KEY") or None,
             allow_plain_http=os.environ.get("HDFPAY_ALLOW_PLAIN_HTTP", "") == "1",

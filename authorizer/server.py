@@ -57,7 +57,8 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
         max_purchase_amount_cents=settings.max_purchase_amount_cents,
         pool_acquire_timeout_s=settings.pool_acquire_timeout_ms / 1000,
         statement_timeout_s=settings.db_statement_timeout_ms / 1000,
-        observe_round_trip_s=metrics.db_round_trip.observe,
+        observe_round_trip_s=(metrics.db_round_trip.observe if settings.metrics_enabled
+                              else lambda seconds: None),
     )
     metrics.pool_size.set_function(pool.get_size)
     metrics.pool_waiters.set_function(lambda: store.waiting_for_connection)
@@ -69,7 +70,7 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
         authenticator = DeclaredTerminals()
     endpoint = TerminalEndpoint(
         AuthorizationPipeline(store), authenticator, metrics,
-        OutcomeRecorder(metrics, PartnerCategories(pool)),
+        OutcomeRecorder(metrics, PartnerCategories(pool), counting=settings.metrics_enabled),
         max_in_flight_requests=settings.max_in_flight_requests,
         request_timeout_ms=settings.request_timeout_ms,
     )
