@@ -5,10 +5,11 @@ server): seed the demo region, give the bench its own terminals with AES-DUKPT k
 HSM in the work directory (authorizer.bench_keys), start the server as its own process, then at
 each concurrency run pgbench making the server's very SQL call (KSN check included), and the load
 generator (authorizer.bench_load) through HTTP with MAC'd requests, on the same mix. Then the same
-at the highest concurrency with MACs off (server with HDFPAY_TERMINAL_AUTHENTICATION=none, unsigned
-requests, pgbench passing no KSN): the cost of MACs; then both on a few hot cards. Afterwards the
-ledger must balance, the database must hold exactly the purchases the tools made, and no message
-may have been refused with 63 (authorizer.bench_report).
+at the highest concurrency with the server's per-request metrics off (HDFPAY_METRICS=off, MACs on):
+the cost of metrics; with MACs off (HDFPAY_TERMINAL_AUTHENTICATION=none, unsigned requests, pgbench
+passing no KSN): the cost of MACs; then both on a few hot cards. Afterwards the ledger must
+balance, the database must hold exactly the purchases the tools made, and no message may have been
+refused with 63 (authorizer.bench_report).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from authorizer.bench_keys import (MAX_BENCH_TERMINALS, MAX_RUNS, BenchKeys, cou
                                    provision_bench_terminals)
 from authorizer.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snapshot, cpu_used,
                                    first_approvable, pgbench_script, run_e2e, run_pgbench)
-from authorizer.bench_report import (TABLE_ROW, final_lines, report_mac_cost, report_run,
-                                     results, verify)
+from authorizer.bench_report import (TABLE_ROW, final_lines, report_mac_cost,
+                                     report_metrics_cost, report_run, results, verify)
 from authorizer.config import Settings
 from authorizer.database import connection
 from authorizer.demo import PARIS, demo_business_time
@@ -69,17 +70,20 @@ class BenchOptions:
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One pair of runs (pgbench, then end to end): MACs on (the server checks them, the load
-    generator signs, pgbench passes the KSN) or off."""
+    generator signs, pgbench passes the KSN) or off; the server's per-request metrics on or off
+    (pgbench's work is the same either way)."""
     concurrency: int
     hot: bool = False
     mac: bool = True
+    metrics: bool = True
 
 
 def bench_plan(concurrencies: list[int]) -> list[Run]:
-    """Each concurrency with MACs, then the highest without MACs right after its MAC'd run (the
-    MAC cost compares neighbours), then the hot cards."""
+    """Each concurrency with MACs and metrics; then at the highest, metrics off right after the
+    normal run (the metrics cost, likely the smaller, compares neighbours), MACs off, hot cards."""
     top = max(concurrencies)
-    return [Run(c) for c in concurrencies] + [Run(top, mac=False), Run(top, hot=True)]
+    return [Run(c) for c in concurrencies] + [Run(top, metrics=False), Run(top, mac=False),
+                                              Run(top, hot=True)]
 
 
 @dataclasses.dataclass
@@ -102,17 +106,19 @@ class Bench:
     postgres_version: str = ""
     runs: list[dict] = dataclasses.field(default_factory=list)
     mac_cost: dict = dataclasses.field(default_factory=dict)
+    metrics_cost: dict = dataclasses.field(default_factory=dict)
 
 
 def run_bench(options: BenchOptions, settings: Settings) -> int:
     """Exit code 0 when the runs ran and the checks passed, 1 otherwise, 2 on a bad option."""
     seconds = options.seconds  # whole seconds: pgbench -T takes no fraction
     least_cards = max(first_approvable(HOT_CARD_COUNT))
+    extra_runs = len(bench_plan([1])) - 1  # the runs beyond one per concurrency
     if (seconds < 1 or not 1 <= min(options.concurrency, default=0)
             or max(options.concurrency) > MAX_BENCH_TERMINALS or options.cards < least_cards
             or len(bench_plan(options.concurrency)) > MAX_RUNS):
         print(f"hdfpay: error: bench needs --seconds >= 1, concurrencies from 1 to "
-              f"{MAX_BENCH_TERMINALS}, --cards >= {least_cards}, at most {MAX_RUNS - 2} "
+              f"{MAX_BENCH_TERMINALS}, --cards >= {least_cards}, at most {MAX_RUNS - extra_runs} "
               f"concurrencies", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-"))
@@ -154,14 +160,17 @@ async def _fresh_database(dsn: str) -> str:
 
 def _bench(bench: Bench) -> int:
     """Setup, the runs (pgbench then end to end at each concurrency, the highest again without
-    MACs, then hot cards; the server restarted whenever MACs go on or off), checks."""
+    metrics, without MACs, then hot cards; the server restarted whenever MACs or metrics go on or
+    off), checks."""
     uvloop.run(_prepare(bench))
     index = 0
-    for mac, runs in itertools.groupby(bench_plan(bench.options.concurrency), lambda r: r.mac):
-        with _server(bench, mac) as url:
+    plan = bench_plan(bench.options.concurrency)
+    for (mac, metrics), runs in itertools.groupby(plan, lambda r: (r.mac, r.metrics)):
+        with _server(bench, mac, metrics) as url:
             if index == 0:
                 print(f"server {url} (pool {bench.settings.db_pool_size}), {bench.seconds} s per "
-                      f"run; every request MAC'd (AES-DUKPT, AES-CMAC) except in 'no MAC' runs\n")
+                      f"run; every request MAC'd (AES-DUKPT, AES-CMAC) except in 'no MAC' runs, "
+                      f"server metrics on except in 'no metrics' runs\n")
                 print(TABLE_ROW.format("clients", "e2e tps", "p50 ms", "p99 ms", "pgbench tps",
                                        "p50 ms", "p99 ms", "e2e/pgbench"))
             for run in runs:
@@ -171,6 +180,8 @@ def _bench(bench: Bench) -> int:
                 report_run(bench, index, run, e2e, pgb)
                 if not run.mac:
                     report_mac_cost(bench)
+                if not run.metrics:
+                    report_metrics_cost(bench)
     problems = uvloop.run(verify(bench))
     Path(bench.options.output).write_text(json.dumps(results(bench, problems), indent=2) + "\n")
     print(f"results written to {bench.options.output}")
@@ -210,14 +221,16 @@ async def _prepare(bench: Bench) -> None:
 
 
 @contextlib.contextmanager
-def _server(bench: Bench, mac: bool) -> Iterator[str]:
+def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
     """The authorizer as production runs it: its own process, pool and HSM (the bench's
-    keystore), on loopback; checking the terminals' MACs, or not (`mac`)."""
+    keystore), on loopback; checking the terminals' MACs, or not (`mac`); keeping its
+    per-request metrics, or not (`metrics`)."""
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
         port = probe.getsockname()[1]
     env = {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROPPED},
-           "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1", **bench.keys.server_env(mac)}
+           "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1",
+           **bench.keys.server_env(mac, metrics)}
     log_path = bench.workdir / "server.log"
     with log_path.open("a") as log:
         proc = subprocess.Popen(

@@ -1,6 +1,6 @@
-"""What `hdfpay bench` prints and writes: the table, the cost of MACs, the checks afterwards (ledger
-balanced, every purchase the tools made in the database and no other, no message refused with 63)
-and the JSON results."""
+"""What `hdfpay bench` prints and writes: the table, the cost of MACs and of the server's metrics,
+the checks afterwards (ledger balanced, every purchase the tools made in the database and no other,
+no message refused with 63) and the JSON results."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ledger.invariants import ledger_violations
 if TYPE_CHECKING:
     from authorizer.bench import Bench, Run
 
-TABLE_ROW = "{:>9} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}"
+LABEL_WIDTH = 15                      # "1000 no metrics", the widest label
+TABLE_ROW = "{:>%d} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}" % LABEL_WIDTH
 KSN_REFUSED = "63"                    # replay protection refused the message: a bench bug
 FORGED = "error:ForgedResponse"       # the server's answer did not carry a valid MAC
 
@@ -28,60 +29,101 @@ def report_run(bench: Bench, index: int, run: Run, e2e: dict, pgb: dict) -> None
     """A table row, then where the CPU went (what limits a 2-core machine) and odd answers."""
     ratio = e2e["tps"] / pgb["tps"] if pgb["tps"] else 0.0
     bench.runs.append({"index": index, "concurrency": run.concurrency, "hot": run.hot,
-                       "mac": run.mac, "e2e": e2e, "pgbench": pgb, "ratio": round(ratio, 3)})
-    label = f"{run.concurrency}{' hot' if run.hot else ''}{'' if run.mac else ' no MAC'}"
+                       "mac": run.mac, "metrics": run.metrics, "e2e": e2e, "pgbench": pgb,
+                       "ratio": round(ratio, 3)})
+    label = (f"{run.concurrency}{' hot' if run.hot else ''}{'' if run.mac else ' no MAC'}"
+             f"{'' if run.metrics else ' no metrics'}")
     print(TABLE_ROW.format(
         label, f"{e2e['tps']:.0f}", f"{e2e['p50_ms']:.2f}", f"{e2e['p99_ms']:.2f}",
         f"{pgb['tps']:.0f}", f"{pgb['p50_ms']:.2f}", f"{pgb['p99_ms']:.2f}", f"{ratio:.2f}"))
     cpu = [", ".join(f"{k} {v:.1f}" for k, v in result["cpu_s"].items()) for result in (e2e, pgb)]
     others = {k: v for k, v in e2e["rc"].items() if k != "00"}
-    print(f"{'':>9}   CPU s: e2e {cpu[0]} | pgbench {cpu[1]}"
+    print(f"{'':>{LABEL_WIDTH}}   CPU s: e2e {cpu[0]} | pgbench {cpu[1]}"
           + (f" | e2e answers other than 00: {others}" if others else ""), flush=True)
+
+
+def top_run(bench: Bench) -> dict:
+    """The reference: the uniform run at the highest concurrency, MACs and metrics on."""
+    return next(r for r in bench.runs if r["mac"] and r["metrics"] and not r["hot"]
+                and r["concurrency"] == max(bench.options.concurrency))
+
+
+def _per_request_ms(result: dict, cpu: float) -> float:
+    return round(cpu * 1000 / result["answered"], 3) if result.get("answered") else 0.0
+
+
+def _cost_pct(on: dict, off: dict) -> float:
+    """How much slower `on` ran than `off`, in percent of `off`'s tps."""
+    return round((1 - on["tps"] / off["tps"]) * 100, 1) if off["tps"] else 0.0
+
+
+def _cost_row(label: str, on: dict, off: dict) -> None:
+    """A table row: on minus off, tps in percent, latencies in milliseconds."""
+    (e_on, p_on), (e_off, p_off) = (on["e2e"], on["pgbench"]), (off["e2e"], off["pgbench"])
+    print(TABLE_ROW.format(
+        label, f"{-_cost_pct(e_on, e_off):+.1f}%", f"{e_on['p50_ms'] - e_off['p50_ms']:+.2f}",
+        f"{e_on['p99_ms'] - e_off['p99_ms']:+.2f}", f"{-_cost_pct(p_on, p_off):+.1f}%",
+        f"{p_on['p50_ms'] - p_off['p50_ms']:+.2f}", f"{p_on['p99_ms'] - p_off['p99_ms']:+.2f}", ""))
 
 
 def report_mac_cost(bench: Bench) -> None:
     """MACs on against MACs off at the highest concurrency: a table row (on minus off), where
     the CPU went per request, and bench.mac_cost for the JSON and the last lines."""
-    on = next(r for r in bench.runs if r["mac"] and not r["hot"]
-              and r["concurrency"] == max(bench.options.concurrency))
-    off = next(r for r in bench.runs if not r["mac"])
-
-    def per_request_ms(result: dict, cpu: float) -> float:
-        return round(cpu * 1000 / result["answered"], 3) if result.get("answered") else 0.0
-
-    def cost_pct(tool: str) -> float:
-        return round((1 - on[tool]["tps"] / off[tool]["tps"]) * 100, 1) if off[tool]["tps"] else 0.0
-
+    on, off = top_run(bench), next(r for r in bench.runs if not r["mac"])
     e_on, e_off, p_on, p_off = on["e2e"], off["e2e"], on["pgbench"], off["pgbench"]
     cost = bench.mac_cost = {
         "concurrency": on["concurrency"], "mac_on_tps": e_on["tps"], "mac_off_tps": e_off["tps"],
-        "mac_cost_pct": cost_pct("e2e"),
+        "mac_cost_pct": _cost_pct(e_on, e_off),
         "mac_on_p50_ms": e_on["p50_ms"], "mac_off_p50_ms": e_off["p50_ms"],
         "mac_on_p99_ms": e_on["p99_ms"], "mac_off_p99_ms": e_off["p99_ms"],
-        "server_cpu_ms_per_request_on": per_request_ms(e_on, e_on["cpu_s"]["server"]),
-        "server_cpu_ms_per_request_off": per_request_ms(e_off, e_off["cpu_s"]["server"]),
-        "client_cpu_ms_per_request_on": per_request_ms(e_on, e_on["client_cpu_s"]),
-        "client_cpu_ms_per_request_off": per_request_ms(e_off, e_off["client_cpu_s"]),
+        "server_cpu_ms_per_request_on": _per_request_ms(e_on, e_on["cpu_s"]["server"]),
+        "server_cpu_ms_per_request_off": _per_request_ms(e_off, e_off["cpu_s"]["server"]),
+        "client_cpu_ms_per_request_on": _per_request_ms(e_on, e_on["client_cpu_s"]),
+        "client_cpu_ms_per_request_off": _per_request_ms(e_off, e_off["client_cpu_s"]),
         "pgbench_ksn_on_tps": p_on["tps"], "pgbench_ksn_off_tps": p_off["tps"],
-        "pgbench_ksn_cost_pct": cost_pct("pgbench")}
-    print(TABLE_ROW.format(
-        "MAC cost", f"{-cost['mac_cost_pct']:+.1f}%", f"{e_on['p50_ms'] - e_off['p50_ms']:+.2f}",
-        f"{e_on['p99_ms'] - e_off['p99_ms']:+.2f}", f"{-cost['pgbench_ksn_cost_pct']:+.1f}%",
-        f"{p_on['p50_ms'] - p_off['p50_ms']:+.2f}", f"{p_on['p99_ms'] - p_off['p99_ms']:+.2f}", ""))
-    print(f"{'':>9}   MACs on minus off at {on['concurrency']} clients (pgbench: the KSN check "
-          f"alone); CPU ms per request: server {cost['server_cpu_ms_per_request_on']:.3f} on, "
+        "pgbench_ksn_cost_pct": _cost_pct(p_on, p_off)}
+    _cost_row("MAC cost", on, off)
+    print(f"{'':>{LABEL_WIDTH}}   MACs on minus off at {on['concurrency']} clients (pgbench: "
+          f"the KSN check alone); CPU ms per request: server "
+          f"{cost['server_cpu_ms_per_request_on']:.3f} on, "
           f"{cost['server_cpu_ms_per_request_off']:.3f} off | load generator "
           f"{cost['client_cpu_ms_per_request_on']:.3f} on, "
           f"{cost['client_cpu_ms_per_request_off']:.3f} off", flush=True)
 
 
+def report_metrics_cost(bench: Bench) -> None:
+    """Metrics on against off (MACs on both) at the highest concurrency: a table row (on minus
+    off), the server's CPU per request, and bench.metrics_cost for the JSON and the last lines.
+    pgbench does the same work in both runs: its difference is the drift between two runs."""
+    on, off = top_run(bench), next(r for r in bench.runs if not r["metrics"])
+    e_on, e_off, p_on, p_off = on["e2e"], off["e2e"], on["pgbench"], off["pgbench"]
+    cost = bench.metrics_cost = {
+        "concurrency": on["concurrency"], "metrics_on_tps": e_on["tps"],
+        "metrics_off_tps": e_off["tps"], "metrics_cost_pct": _cost_pct(e_on, e_off),
+        "metrics_on_p50_ms": e_on["p50_ms"], "metrics_off_p50_ms": e_off["p50_ms"],
+        "metrics_on_p99_ms": e_on["p99_ms"], "metrics_off_p99_ms": e_off["p99_ms"],
+        "server_cpu_ms_per_request_on": _per_request_ms(e_on, e_on["cpu_s"]["server"]),
+        "server_cpu_ms_per_request_off": _per_request_ms(e_off, e_off["cpu_s"]["server"]),
+        "pgbench_beside_on_tps": p_on["tps"], "pgbench_beside_off_tps": p_off["tps"],
+        "pgbench_drift_pct": _cost_pct(p_on, p_off)}
+    _cost_row("metrics cost", on, off)
+    print(f"{'':>{LABEL_WIDTH}}   metrics on minus off at {on['concurrency']} clients (pgbench: "
+          f"same work, i.e. run-to-run drift); server CPU ms per request "
+          f"{cost['server_cpu_ms_per_request_on']:.3f} on, "
+          f"{cost['server_cpu_ms_per_request_off']:.3f} off", flush=True)
+
+
 def final_lines(bench: Bench) -> None:
-    """The MAC cost, then last the uniform run at the highest concurrency with MACs on."""
+    """The MAC and metrics costs, then last the uniform run at the highest concurrency with MACs
+    and metrics on."""
     cost = bench.mac_cost
     print(f"mac_on_tps={cost['mac_on_tps']:.0f} mac_off_tps={cost['mac_off_tps']:.0f} "
           f"mac_cost_pct={cost['mac_cost_pct']:.1f}")
-    final = next(r for r in bench.runs if r["mac"] and not r["hot"]
-                 and r["concurrency"] == max(bench.options.concurrency))
+    cost = bench.metrics_cost
+    print(f"metrics_on_tps={cost['metrics_on_tps']:.0f} "
+          f"metrics_off_tps={cost['metrics_off_tps']:.0f} "
+          f"metrics_cost_pct={cost['metrics_cost_pct']:.1f}")
+    final = top_run(bench)
     e2e, pgb = final["e2e"], final["pgbench"]
     print(f"e2e_tps={e2e['tps']:.0f} pgbench_tps={pgb['tps']:.0f} "
           f"ratio={final['ratio']:.2f} p50_ms={e2e['p50_ms']:.2f} "
@@ -94,8 +136,7 @@ async def verify(bench: Bench) -> list[str]:
     refused with 63 (a refused message stores nothing: a pgbench run missing rows had some); and
     every bench key's counter was checked at the highest concurrency."""
     keys = bench.keys
-    top_run = next(r["index"] for r in bench.runs if r["mac"] and not r["hot"]
-                   and r["concurrency"] == max(bench.options.concurrency))
+    top_index = top_run(bench)["index"]
     async with connection(bench.dsn) as conn:
         violations = [f"VIOLATION {rule}: {detail}"
                       for rule, detail in await ledger_violations(conn)]
@@ -105,7 +146,7 @@ async def verify(bench: Bench) -> list[str]:
             keys.terminals)
         checked = await conn.fetchval(
             "SELECT count(*) FROM terminal_keys WHERE terminal_id = ANY($1::text[])"
-            " AND last_counter > $2", keys.terminals, counter_start(top_run))
+            " AND last_counter > $2", keys.terminals, counter_start(top_index))
     print("\n".join(violations) if violations else "ledger balanced")
     stored: dict[str, Counter] = defaultdict(Counter)
     for row in rows:
@@ -138,7 +179,7 @@ async def verify(bench: Bench) -> list[str]:
           f"approvals reconciled: {approved} in the database = {counted} counted by the tools")
     if checked != len(keys.terminals):
         refused.append(f"only {checked} of {len(keys.terminals)} bench keys had their KSN counter "
-                       f"checked from run {top_run} on")
+                       f"checked from run {top_index} on")
     print("\n".join(refused) if refused else
           f"no message refused with {KSN_REFUSED}; KSN counters checked on all "
           f"{len(keys.terminals)} bench keys")
@@ -156,8 +197,10 @@ def results(bench: Bench, problems: list[str]) -> dict:
                         "embedded_cluster": bench.own_cluster,
                         "server_pool_size": bench.settings.db_pool_size,
                         "pgbench_query_mode": PGBENCH_QUERY_MODE,
-                        "terminal_authentication": "dukpt (runs with mac false: none)"},
+                        "terminal_authentication": "dukpt (runs with mac false: none)",
+                        "server_metrics": "on (runs with metrics false: HDFPAY_METRICS=off)"},
             "seed_seconds": bench.seed_s, "provision_seconds": keys.provision_s, "bdk": keys.bdk,
             "terminals": {"e2e": keys.e2e_terminals, "pgbench": keys.pgbench_terminals},
-            "hot_cards": bench.hot_cards, "mac_cost": bench.mac_cost, "runs": bench.runs,
+            "hot_cards": bench.hot_cards, "mac_cost": bench.mac_cost,
+            "metrics_cost": bench.metrics_cost, "runs": bench.runs,
             "problems": problems}
