@@ -204,6 +204,13 @@ def cmd_bench(args, settings: Settings) -> int:
     return run_bench(options, settings)
 
 
+def cmd_loadtest(args, settings: Settings) -> int:
+    from authorizer.loadtest import LoadtestOptions, run_loadtest
+    return run_loadtest(LoadtestOptions(scenario=args.scenario, users=args.users,
+                                        seconds=args.seconds, cards=args.cards,
+                                        output=args.output, think_ms=args.think_ms), settings)
+
+
 def _override(settings: Settings, **changes) -> Settings:
     import dataclasses
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
@@ -261,6 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[1, 16, 64], help="comma-separated client concurrencies (default 1,16,64)")
     p.add_argument("--output", default="bench-results.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("loadtest", help="a locust scenario (peak, hot-card, reversal-storm, "
+                                        "decline-mix) on a throwaway database, then the ledger checked")
+    p.add_argument("scenario", choices=["peak", "hot-card", "reversal-storm", "decline-mix"])
+    p.add_argument("--users", type=int, default=10, help="locust users, one terminal each (default 10)")
+    p.add_argument("--seconds", type=int, default=30, help="run time (default 30)")
+    p.add_argument("--cards", type=int, default=100_000, help="cards to seed (default 100000)")
+    p.add_argument("--think-ms", type=int, default=0,
+                   help="a cashier's mean pause between sales (default 0: back to back)")
+    p.add_argument("--output", default="loadtest-results",
+                   help="directory for locust's CSV and HTML report (default ./loadtest-results)")
+    p.set_defaults(func=cmd_loadtest)
     return parser
 
 

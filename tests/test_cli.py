@@ -18,7 +18,8 @@ from terminal_protocol.client import TerminalClient
 from conftest import ACTIVE_TERMINAL
 
 COMMAND_TIMEOUT_S = 120
-SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals"]
+SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
+               "loadtest"]
 
 
 def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):
