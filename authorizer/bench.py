@@ -28,7 +28,6 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import uvloop
 
@@ -39,7 +38,7 @@ from authorizer.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snaps
 from authorizer.bench_report import (TABLE_ROW, final_lines, report_mac_cost,
                                      report_metrics_cost, report_run, results, verify)
 from authorizer.config import Settings
-from authorizer.database import connection
+from authorizer.database import connection, recreate_database
 from authorizer.demo import PARIS, demo_business_time
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
@@ -138,7 +137,7 @@ def _bench_database(settings: Settings, options: BenchOptions, seconds: int,
                     workdir: Path) -> Iterator[Bench]:
     """A database nobody else uses, so that the figures and the final counts are ours alone."""
     if settings.database_url:
-        dsn = uvloop.run(_fresh_database(settings.database_url))
+        dsn = uvloop.run(recreate_database(settings.database_url, BENCH_DATABASE))
         yield Bench(dsn, find_server_binaries() / "pgbench", workdir, False, settings, options,
                     seconds)
         return
@@ -148,14 +147,6 @@ def _bench_database(settings: Settings, options: BenchOptions, seconds: int,
         yield Bench(dsn, cluster.tool("pgbench"), workdir, True, settings, options, seconds)
     finally:
         cluster.stop()
-
-
-async def _fresh_database(dsn: str) -> str:
-    """On someone else's server, work in a database of our own, recreated each run."""
-    async with connection(dsn) as conn:
-        await conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + BENCH_DATABASE))
 
 
 def _bench(bench: Bench) -> int:

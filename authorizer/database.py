@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -41,6 +42,15 @@ async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+async def recreate_database(dsn: str, name: str) -> str:
+    """On someone else's server (DATABASE_URL), a database of our own for a throwaway run (demo,
+    bench, loadtest), dropped and created again each time; returns its DSN."""
+    async with connection(dsn) as conn:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

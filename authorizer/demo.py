@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from authorizer.config import Settings
-from authorizer.database import connection
+from authorizer.database import connection, recreate_database
 from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
 from authorizer.server import running_server
 from hsm.software_backend import SoftwareHsm
@@ -70,18 +70,6 @@ def demo_environment(database_url: str | None) -> Iterator[tuple[str, SoftwareHs
         remove_cluster(workdir)
 
 
-async def _fresh_database(dsn: str, own_cluster: bool) -> str:
-    """On someone else's server, work in a database of our own, recreated each run."""
-    if own_cluster:
-        return dsn
-    async with connection(dsn) as conn:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
-    from urllib.parse import urlsplit, urlunsplit
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + DEMO_DATABASE))
-
-
 class Till:
     """Prints each step as the cashier sees it."""
 
@@ -116,7 +104,9 @@ async def run_demo(settings: Settings, out=print) -> int:
     school_year = business_time.year if business_time.month >= 7 else business_time.year - 1
     out("Carte Génération #HDF — démonstration du serveur d'autorisation")
     with demo_environment(settings.database_url) as (base_dsn, hsm):
-        dsn = await _fresh_database(base_dsn, own_cluster=settings.database_url is None)
+        # On someone else's server, a database of our own; our throwaway cluster is all ours.
+        dsn = (await recreate_database(base_dsn, DEMO_DATABASE) if settings.database_url
+               else base_dsn)
         async with connection(dsn) as conn:
             await migrate(conn)
             await pin_clock(conn, business_time)

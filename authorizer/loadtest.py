@@ -27,7 +27,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import uvloop
 
@@ -35,7 +34,7 @@ from authorizer.bench import _server
 from authorizer.bench_keys import MAX_BENCH_TERMINALS, BenchKeys, provision_bench_terminals
 from authorizer.bench_load import BenchError
 from authorizer.config import Settings
-from authorizer.database import connection
+from authorizer.database import connection, recreate_database
 from authorizer.demo import PARIS, demo_business_time
 from ledger.clock import pin_clock
 from ledger.demo_region import DEMO_RELOAD_CENTS_BY_KIND, seed_demo_region
@@ -180,20 +179,13 @@ def _keep_server_log(workdir: Path, output: Path) -> None:
 def _database(settings: Settings, workdir: Path) -> Iterator[str]:
     """A database nobody else uses: the counts afterwards are the run's alone."""
     if settings.database_url:
-        yield uvloop.run(_fresh_database(settings.database_url))
+        yield uvloop.run(recreate_database(settings.database_url, LOADTEST_DATABASE))
         return
     cluster = EmbeddedPostgres(workdir / "pgdata")
     try:
         yield cluster.start()
     finally:
         cluster.stop()
-
-
-async def _fresh_database(dsn: str) -> str:
-    async with connection(dsn) as conn:
-        await conn.execute(f"DROP DATABASE IF EXISTS {LOADTEST_DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {LOADTEST_DATABASE}")
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + LOADTEST_DATABASE))
 
 
 async def _prepare(run: LoadRun) -> None:
