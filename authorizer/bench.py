@@ -220,7 +220,7 @@ def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
         probe.bind((LOOPBACK, 0))
         port = probe.getsockname()[1]
     env = {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROPPED},
-           "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1",
+           "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1", "HDFPAY_DRAIN_NOTICE_MS": "0",
            **bench.keys.server_env(mac, metrics)}
     log_path = bench.workdir / "server.log"
     with log_path.open("a") as log:

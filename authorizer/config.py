@@ -44,6 +44,9 @@ class Settings:
     terminal_authentication: str
     # Off only to measure what metrics cost on the hot path (hdfpay bench).
     metrics_enabled: bool
+    # After SIGTERM, how long /readyz says no while the server still serves, so that the load
+    # balancer stops sending before the listener closes.
+    drain_notice_ms: int
     tls_cert_file: str | None
     tls_key_file: str | None
     allow_plain_http: bool
@@ -77,6 +80,7 @@ class Settings:
             request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 4000, 1, 60_000),
             terminal_authentication=os.environ.get("HDFPAY_TERMINAL_AUTHENTICATION", "dukpt"),
             metrics_enabled=os.environ.get("HDFPAY_METRICS", "on") != "off",
+            drain_notice_ms=_int_env("HDFPAY_DRAIN_NOTICE_MS", 5000, 0, 60_000),
             tls_cert_file=os.environ.get("HDFPAY_TLS_CERT") or None,
             tls_key_file=os.environ.get("HDFPAY_TLS_KEY") or None,
             allow_plain_http=os.environ.get("HDFPAY_ALLOW_PLAIN_HTTP", "") == "1",

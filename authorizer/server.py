@@ -138,7 +138,10 @@ async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=
     async with running_server(settings, dsn, hsm) as server:
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         await stop.wait()
-        # /readyz turns false first, so that a load balancer stops sending; leaving the context
-        # then stops accepting and lets in-flight requests finish (SHUTDOWN_GRACE_S at most).
+        # /readyz turns false first and the server keeps serving for the drain notice, so that a
+        # load balancer stops sending; leaving the context then stops accepting and lets
+        # in-flight requests finish (SHUTDOWN_GRACE_S at most).
         server.app[READINESS].start_draining()
+        announce(f"draining: /readyz says no for {settings.drain_notice_ms} ms, then stopping")
+        await asyncio.sleep(settings.drain_notice_ms / 1000)
         announce("stopping: finishing requests in flight")

@@ -3,6 +3,7 @@ cluster's lifecycle, serve, reload, check and the demo."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,9 +11,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
 from authorizer.cli import build_parser
+from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 
 from conftest import ACTIVE_TERMINAL
@@ -123,23 +126,58 @@ async def test_serve_refuses_an_unmigrated_database(pg_cluster, keystore_env, hs
         await admin.close()
 
 
-async def test_serve_answers_terminals_and_stops_on_sigterm(dsn, keystore_env, keys_for):
+async def test_serve_drains_on_sigterm_and_finishes_what_is_in_flight(dsn, conn, keystore_env,
+                                                                     keys_for):
+    """SIGTERM: /readyz says no while the server still serves, the purchase in flight is answered,
+    then the process exits 0."""
     process = subprocess.Popen(
         [sys.executable, "-m", "authorizer.cli", "serve", "--port", "0"],
-        env={**os.environ, **keystore_env, "DATABASE_URL": dsn}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        env={**os.environ, **keystore_env, "DATABASE_URL": dsn, "HDFPAY_DRAIN_NOTICE_MS": "2000"},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         banner = process.stdout.readline()
-        assert "listening on http://127.0.0.1:" in banner, process.stderr.read()
+        assert "listening on http://127.0.0.1:" in banner
         url = banner.split("listening on ")[1].split("/v1/")[0]
         async with TerminalClient(url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
-            assert (await client.purchase(bytes.fromhex("04000000000005"), 1_00)).rc == "00"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=COMMAND_TIMEOUT_S) == 0
+            assert (await client.purchase(card_uid(5), 1_00)).rc == "00"
+            lock = conn.transaction()
+            await lock.start()
+            await conn.execute("SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
+                               " JOIN cards c ON c.beneficiary_id = w.beneficiary_id"
+                               " WHERE c.uid = $1 FOR UPDATE OF a", card_uid(5))
+            in_flight = asyncio.ensure_future(client.purchase(card_uid(5), 2_00))
+            await _until(lambda: _lock_waiters(dsn))
+            process.send_signal(signal.SIGTERM)
+            await _until(lambda: _readiness(url, 503))
+            await lock.rollback()
+            assert (await in_flight).rc == "00"
+        assert await asyncio.to_thread(process.wait, COMMAND_TIMEOUT_S) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def _until(predicate, timeout_s: float = 20.0) -> None:
+    """Wait for a condition in another process, bounded in time."""
+    async with asyncio.timeout(timeout_s):
+        while not await predicate():
+            await asyncio.sleep(0.02)
+
+
+async def _lock_waiters(dsn: str) -> bool:
+    watcher = await asyncpg.connect(dsn)
+    try:
+        return await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE"
+                                      " wait_event_type = 'Lock' AND datname = current_database()") > 0
+    finally:
+        await watcher.close()
+
+
+async def _readiness(url: str, status: int) -> bool:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/readyz") as reply:
+            return reply.status == status
 
 
 def test_demo_runs_a_till_session_in_french():
