@@ -42,6 +42,7 @@ from authorizer.bench_keys import load_terminal_keys
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError
+from terminal_protocol.response_codes import APPROVED_CODES
 from terminal_protocol.terminal_keys import ForgedResponse
 
 # Beneficiary numbers whose card is opposed (lost, stolen, damaged): i % OPPOSITION_EVERY.
@@ -52,7 +53,6 @@ BENCH_AMOUNT_CENTS_MAX = 500
 # Beyond deadline + one request timeout, a run that has not finished is abandoned.
 RUN_OVERRUN_GRACE_S = 5.0
 # Response codes that debit the wallet (full and partial approval).
-APPROVED_CODES = ("00", "10")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # pgbench has no loop: a declined card number is re-drawn this many times, then replaced by the
 # first approvable card (a 0.05^7 chance, so the draw stays uniform for all practical purposes).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -13,8 +14,10 @@ class ConfigError(ValueError):
     """A setting is present but unusable; the message names it."""
 
 
-def _int_env(name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = os.environ.get(name)
+def int_from_env(name: str, default: int, minimum: int, maximum: int,
+                 environ: Mapping[str, str] = os.environ) -> int:
+    """A bounded integer setting; absent or empty means the default."""
+    raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
@@ -71,16 +74,16 @@ class Settings:
         return cls(
             database_url=os.environ.get("DATABASE_URL") or None,
             host=os.environ.get("HDFPAY_HOST", "127.0.0.1"),
-            port=_int_env("HDFPAY_PORT", 8080, 0, 65535),
-            max_purchase_amount_cents=_int_env("HDFPAY_MAX_PURCHASE_AMOUNT_CENTS", 300_00, 1, 10_000_000),
-            db_pool_size=_int_env("HDFPAY_DB_POOL_SIZE", 8, 1, 100),
-            pool_acquire_timeout_ms=_int_env("HDFPAY_POOL_ACQUIRE_TIMEOUT_MS", 1000, 1, 60_000),
-            db_statement_timeout_ms=_int_env("HDFPAY_DB_STATEMENT_TIMEOUT_MS", 2000, 1, 60_000),
-            max_in_flight_requests=_int_env("HDFPAY_MAX_IN_FLIGHT_REQUESTS", 512, 1, 100_000),
-            request_timeout_ms=_int_env("HDFPAY_REQUEST_TIMEOUT_MS", 4000, 1, 60_000),
+            port=int_from_env("HDFPAY_PORT", 8080, 0, 65535),
+            max_purchase_amount_cents=int_from_env("HDFPAY_MAX_PURCHASE_AMOUNT_CENTS", 300_00, 1, 10_000_000),
+            db_pool_size=int_from_env("HDFPAY_DB_POOL_SIZE", 8, 1, 100),
+            pool_acquire_timeout_ms=int_from_env("HDFPAY_POOL_ACQUIRE_TIMEOUT_MS", 1000, 1, 60_000),
+            db_statement_timeout_ms=int_from_env("HDFPAY_DB_STATEMENT_TIMEOUT_MS", 2000, 1, 60_000),
+            max_in_flight_requests=int_from_env("HDFPAY_MAX_IN_FLIGHT_REQUESTS", 512, 1, 100_000),
+            request_timeout_ms=int_from_env("HDFPAY_REQUEST_TIMEOUT_MS", 4000, 1, 60_000),
             terminal_authentication=os.environ.get("HDFPAY_TERMINAL_AUTHENTICATION", "dukpt"),
             metrics_enabled=os.environ.get("HDFPAY_METRICS", "on") != "off",
-            drain_notice_ms=_int_env("HDFPAY_DRAIN_NOTICE_MS", 5000, 0, 60_000),
+            drain_notice_ms=int_from_env("HDFPAY_DRAIN_NOTICE_MS", 5000, 0, 60_000),
             tls_cert_file=os.environ.get("HDFPAY_TLS_CERT") or None,
             tls_key_file=os.environ.get("HDFPAY_TLS_KEY") or None,
             allow_plain_http=os.environ.get("HDFPAY_ALLOW_PLAIN_HTTP", "") == "1",

@@ -31,7 +31,7 @@ from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
-from terminal_protocol.cashier_display import cashier_lines
+from terminal_protocol.cashier_display import cashier_lines, masked_uid
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.ksn_counter import MemoryCounter
 from terminal_protocol.terminal_keys import TerminalKeys
@@ -47,11 +47,6 @@ def demo_business_time(now: dt.datetime) -> dt.datetime:
     if now.month in (5, 6):
         return now.replace(month=9, day=1, hour=10, minute=0, second=0, microsecond=0)
     return now.replace(microsecond=0)
-
-
-def mask_uid(uid: bytes) -> str:
-    text = uid.hex().upper()
-    return text[:2] + "•" * (len(text) - 6) + text[-4:]
 
 
 @contextlib.contextmanager
@@ -89,7 +84,7 @@ class Till:
 
     async def sale(self, uid: bytes, amount_cents: int, partial_ok: bool = True, **kw) -> Response:
         response = await self.client.purchase(uid, amount_cents, partial_ok=partial_ok, **kw)
-        return self.show(f"Vente {format_euros(amount_cents)} · carte {mask_uid(uid)}", response)
+        return self.show(f"Vente {format_euros(amount_cents)} · carte {masked_uid(uid)}", response)
 
 
 async def _balance(conn: asyncpg.Connection, uid: bytes, school_year: int) -> int:
@@ -152,7 +147,7 @@ async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connec
         student = card_uid(5)
         await till.sale(student, 23_90)
         request = client.purchase_request(student, 12_40)
-        till.show(f"Vente {format_euros(12_40)} · carte {mask_uid(student)}",
+        till.show(f"Vente {format_euros(12_40)} · carte {masked_uid(student)}",
                            await client.send(request))
         replay = await client.send(request)
         out(f"  (même message renvoyé après une coupure : réponse identique, code {replay.rc}, "

@@ -13,11 +13,12 @@ import msgspec
 
 from authorizer.metrics import Metrics
 from ledger.authorization_store import MessageOrigin
+from terminal_protocol.cashier_display import masked_uid
 from terminal_protocol.messages import Purchase, Request
+from terminal_protocol.response_codes import APPROVED_CODES
 
 # Terminals whose partner category is remembered; a terminal is looked up once.
 MAX_CACHED_TERMINALS = 100_000
-APPROVED_CODES = ("00", "10")
 REPLAY_CODE = "63"
 
 log = logging.getLogger("hdfpay.authorizations")
@@ -29,10 +30,6 @@ class _Outcome(msgspec.Struct):
 
 
 _outcome = msgspec.json.Decoder(_Outcome)
-
-
-def mask_uid(card_uid: str) -> str:
-    return card_uid[:2] + "…" + card_uid[-4:]
 
 
 class PartnerCategories:
@@ -75,7 +72,7 @@ class OutcomeRecorder:
             "request_id": getattr(request, "request_id", None), "terminal": origin.terminal_id,
             "type": message_type, "rc": outcome.rc, "http_status": status,
             "approved_cents": outcome.approved_cents, "latency_ms": round(elapsed_s * 1000, 2),
-            "card": mask_uid(request.card_uid) if isinstance(request, Purchase) else None}})
+            "card": masked_uid(request.card_uid) if isinstance(request, Purchase) else None}})
 
     async def _count(self, origin: MessageOrigin, request: Request | None, message_type: str,
                      outcome: _Outcome, elapsed_s: float) -> None:

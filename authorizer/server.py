@@ -28,7 +28,6 @@ from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
 SHUTDOWN_GRACE_S = 10.0
-TERMINAL_ENDPOINT = web.AppKey("terminal_endpoint", TerminalEndpoint)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
 
@@ -77,7 +76,6 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
     # Slack above the largest valid message so that aiohttp itself never buffers more.
     app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1,
                           middlewares=[_json_http_errors])
-    app[TERMINAL_ENDPOINT] = endpoint
     app[METRICS] = metrics
     app.router.add_post(TERMINAL_PATH, endpoint.handle)
     app.router.add_get("/healthz", _healthz)

@@ -47,12 +47,10 @@ class TerminalEndpoint:
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
         self.in_flight = 0
-        self.shed_total = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def handle(self, request: web.Request) -> web.Response:
         if self.in_flight >= self._max_in_flight:
-            self.shed_total += 1
             self._metrics.shed.inc()
             return _error(503, "91", "server busy, retry later")
         self.in_flight += 1

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from authorizer.config import ConfigError, int_from_env
+
 KEY_FILE_VARIABLE = "HDFPAY_LOADTEST_KEY_FILE"
 TERMINALS_VARIABLE = "HDFPAY_LOADTEST_TERMINALS"
 JOURNAL_DIR_VARIABLE = "HDFPAY_LOADTEST_JOURNAL_DIR"
@@ -114,13 +116,7 @@ def _terminals(text: str, known: list[str]) -> tuple[TerminalSlot, ...]:
 
 
 def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = environ.get(name, "")
-    if raw == "":
-        return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise LoadConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise LoadConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+        return int_from_env(name, default, low, high, environ)
+    except ConfigError as error:
+        raise LoadConfigError(str(error)) from None

@@ -35,14 +35,13 @@ from load_config import LoadConfig, TerminalSlot, load_config
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError, decode_response, encode_request
 from terminal_protocol.messages import Purchase, Refund, Request, Response, Reversal
-from terminal_protocol.response_codes import describe
+from terminal_protocol.response_codes import APPROVED_CODES, describe
 from terminal_protocol.terminal_keys import ForgedResponse, TerminalKeys
 from terminal_protocol.transport import (JSON_CONTENT_TYPE, KSN_HEADER, MAC_HEADER,
                                          TERMINAL_ID_HEADER, TERMINAL_PATH)
 
 log = logging.getLogger("hdfpay.loadtest")
 
-APPROVED_CODES = frozenset({"00", "10"})
 # Never a normal outcome: the system failed the terminal (or the load test is wrong).
 FAILURE_CODES = frozenset({"30", "63", "91", "96"})
 # The purchase may or may not be recorded: the terminal must void it (PROTOCOL.md).

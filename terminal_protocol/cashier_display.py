@@ -7,6 +7,12 @@ from terminal_protocol.messages import Response
 from terminal_protocol.response_codes import describe
 
 
+def masked_uid(uid: bytes | str) -> str:
+    """A card UID as screens and logs may show it: first byte and last two, never whole."""
+    text = uid.hex().upper() if isinstance(uid, bytes) else uid.upper()
+    return text[:2] + "•" * (len(text) - 6) + text[-4:]
+
+
 def cashier_lines(response: Response) -> list[str]:
     """Two or three short lines: the verdict, then what to do or the new balance."""
     code = describe(response.rc)

@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Union
 
 import msgspec
 
+from terminal_protocol.response_codes import APPROVED_CODES
+
 PROTOCOL_VERSION = 1
 # A format bound, far above any business limit (those answer 61): 1,000,000.00 €.
 AMOUNT_CENTS_MAX_ACCEPTED = 100_000_000
@@ -74,4 +76,4 @@ class Response(msgspec.Struct, frozen=True):
 
     @property
     def approved(self) -> bool:
-        return self.rc in ("00", "10")
+        return self.rc in APPROVED_CODES

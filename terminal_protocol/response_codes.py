@@ -35,6 +35,8 @@ _CODES = [
 ]
 
 RESPONSE_CODES: dict[str, ResponseCode] = {c.code: c for c in _CODES}
+# The codes that moved money for a purchase: full and partial approval.
+APPROVED_CODES = tuple(c.code for c in _CODES if c.approved)
 
 
 def describe(code: str) -> ResponseCode:

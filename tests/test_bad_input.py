@@ -11,7 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from authorizer.server import TERMINAL_ENDPOINT, running_server
+from authorizer.server import METRICS, running_server
 from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
@@ -173,7 +173,7 @@ async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings
             assert (status, answer["rc"]) == (503, "91")      # at once, before authentication
             with pytest.raises(ForgedResponse):               # so a terminal reverses it
                 await other.purchase(card_uid(6), 1_00)
-            assert server.app[TERMINAL_ENDPOINT].shed_total == 2
+            assert server.app[METRICS].registry.get_sample_value("hdfpay_requests_shed_total") == 2
             await lock.rollback()
             assert (await blocked).rc == "00"
     finally:

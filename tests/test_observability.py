@@ -96,5 +96,5 @@ async def test_one_json_line_per_authorization_with_the_card_masked(server, clie
     line = json.loads(JsonLineFormatter().format(records[0]))
     assert line["request_id"] == response.request_id and line["rc"] == "00"
     assert line["terminal"] == ACTIVE_TERMINAL and line["latency_ms"] > 0
-    assert line["card"] == "04…0005"
+    assert line["card"] == "04••••••••0005"
     assert card_uid(5).hex().upper() not in caplog.text.upper()
