@@ -61,7 +61,7 @@ class OutcomeRecorder:
 
     async def record(self, origin: MessageOrigin, request: Request | None, status: int,
                      answer: bytes, elapsed_s: float) -> None:
-        message_type = type(request).__name__.lower() if request is not None else "invalid"
+        message_type = type(request).__struct_config__.tag if request is not None else "invalid"
         try:
             outcome = _outcome.decode(answer)
         except msgspec.MsgspecError:

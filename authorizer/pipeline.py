@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ledger.authorization_store import AuthorizationStore, MessageOrigin
 from terminal_protocol.codec import request_fingerprint
-from terminal_protocol.messages import Purchase, Refund, Request, Reversal
+import msgspec
+
+from terminal_protocol.messages import BatchClose, Purchase, Refund, Request, Reversal
 
 
 class AuthorizationPipeline:
@@ -28,4 +30,8 @@ class AuthorizationPipeline:
                 return await self._store.refund(
                     origin, request.request_id, fingerprint, request.stan,
                     request.original_rrn, request.amount_cents)
+            case BatchClose():
+                return await self._store.batch_close(
+                    origin, request.request_id, fingerprint, request.stan,
+                    msgspec.json.encode(request.totals).decode())
         raise AssertionError(f"unhandled message {type(request).__name__}")

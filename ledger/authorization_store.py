@@ -30,6 +30,7 @@ class LedgerFailure(RuntimeError):
 _PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 _REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5, $6, $7)"
 _REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8)"
+_BATCH_CLOSE = "SELECT close_terminal_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class AuthorizationStore:
         return await self._call(_REFUND, origin.terminal_id, request_id, fingerprint, stan,
                                 original_rrn, amount_cents, origin.initial_key_id,
                                 origin.ksn_counter)
+
+    async def batch_close(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
+                          stan: int, terminal_totals_json: str) -> bytes:
+        return await self._call(_BATCH_CLOSE, origin.terminal_id, request_id, fingerprint, stan,
+                                terminal_totals_json, origin.initial_key_id, origin.ksn_counter)
 
     async def _call(self, sql: str, *args) -> bytes:
         for _ in range(IDEMPOTENCY_ATTEMPTS):

@@ -22,7 +22,8 @@ from terminal_protocol.transport import (
     JSON_CONTENT_TYPE, KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH,
 )
 from terminal_protocol.messages import (
-    PROTOCOL_VERSION, STAN_MAX, Purchase, Refund, Request, Response, Reversal,
+    PROTOCOL_VERSION, STAN_MAX, BatchClose, BatchTotals, Purchase, Refund, Request, Response,
+    Reversal,
 )
 
 # The terminal gives up after this long and must reverse the purchase (see PROTOCOL.md).
@@ -88,6 +89,14 @@ class TerminalClient:
     async def refund(self, original_rrn: str, amount_cents: int, *,
                      request_id: str | None = None) -> Response:
         return await self.send(self.refund_request(original_rrn, amount_cents, request_id=request_id))
+
+    def batch_close_request(self, totals: BatchTotals, *,
+                            request_id: str | None = None) -> BatchClose:
+        return BatchClose(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
+                          stan=self.next_stan(), totals=totals)
+
+    async def batch_close(self, totals: BatchTotals, *, request_id: str | None = None) -> Response:
+        return await self.send(self.batch_close_request(totals, request_id=request_id))
 
     async def send(self, request: Request) -> Response:
         return decode_response(await self.send_raw(encode_request(request)))

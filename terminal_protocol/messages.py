@@ -56,7 +56,37 @@ class Refund(_Request, tag="refund"):
     amount_cents: AmountCents
 
 
-Request = Union[Purchase, Reversal, Refund]
+# A day's batch at a busy shop is a few hundred messages; these bound what a batch may claim.
+BATCH_COUNT_MAX = 1_000_000
+BATCH_TOTAL_CENTS_MAX = 10_000_000_000
+BatchCount = Annotated[int, msgspec.Meta(ge=0, le=BATCH_COUNT_MAX)]
+BatchCents = Annotated[int, msgspec.Meta(ge=0, le=BATCH_TOTAL_CENTS_MAX)]
+
+
+class BatchTotals(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What was approved in a batch, by message type: counts, and amounts approved in cents."""
+
+    purchases_count: BatchCount = 0
+    purchases_cents: BatchCents = 0
+    reversals_count: BatchCount = 0
+    reversals_cents: BatchCents = 0
+    refunds_count: BatchCount = 0
+    refunds_cents: BatchCents = 0
+
+
+class BatchClose(_Request, tag="batch_close"):
+    """The end of the terminal's batch: its totals, compared by the ledger with its own."""
+
+    totals: BatchTotals
+
+
+Request = Union[Purchase, Reversal, Refund, BatchClose]
+
+
+class BatchDifference(msgspec.Struct, frozen=True):
+    field: str
+    terminal: int | None
+    ledger: int
 
 
 class Response(msgspec.Struct, frozen=True):
@@ -73,6 +103,10 @@ class Response(msgspec.Struct, frozen=True):
     auth_code: str | None = None
     rrn: str | None = None
     detail: str | None = None
+    # Batch close only.
+    batch_number: int | None = None
+    ledger_totals: BatchTotals | None = None
+    differences: tuple[BatchDifference, ...] = ()
 
     @property
     def approved(self) -> bool:

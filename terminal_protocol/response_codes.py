@@ -31,6 +31,7 @@ _CODES = [
     ResponseCode("63", "security violation", "Erreur de sécurité"),
     ResponseCode("91", "system unavailable", "Service indisponible, réessayez"),
     ResponseCode("94", "duplicate", "Transaction en double"),
+    ResponseCode("95", "batch out of balance", "Clôture avec écart"),
     ResponseCode("96", "system malfunction", "Erreur système, réessayez"),
 ]
 

@@ -1,0 +1,93 @@
+-- Batch close (the terminal's end of day): the terminal sends the counts and totals of its batch,
+-- that is every message it sent since its previous close; the ledger counts the same from what it
+-- approved and answers in balance (00) or out of balance (95, ISO 8583's "reconcile error") with
+-- the differences. The batch closes either way: an out-of-balance batch is for the region's staff
+-- to look into, with both sets of totals kept here. A batch close is a terminal message like any
+-- other (MAC'd, KSN checked, replayed byte for byte on a retry), hence its row in authorizations.
+
+ALTER TABLE authorizations DROP CONSTRAINT authorizations_message_type_check;
+ALTER TABLE authorizations ADD CONSTRAINT authorizations_message_type_check
+    CHECK (message_type IN ('PURCHASE', 'REVERSAL', 'REFUND', 'BATCH_CLOSE'));
+
+CREATE TABLE terminal_batches (
+    id                      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    terminal_id             text    NOT NULL REFERENCES terminals,
+    batch_number            integer NOT NULL CHECK (batch_number > 0),
+    -- The batch is the terminal's authorizations with first_authorization_id <= id < close_authorization_id.
+    first_authorization_id  bigint  NOT NULL,
+    close_authorization_id  bigint  NOT NULL UNIQUE REFERENCES authorizations,
+    terminal_totals         jsonb   NOT NULL,
+    ledger_totals           jsonb   NOT NULL,
+    in_balance              boolean NOT NULL,
+    closed_at               timestamptz NOT NULL,
+    UNIQUE (terminal_id, batch_number)
+);
+
+-- Counts and totals in cents of what the ledger approved for one terminal in an id range.
+CREATE FUNCTION batch_totals(p_terminal_id text, p_from_id bigint, p_below_id bigint)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'purchases_count', count(*) FILTER (WHERE message_type = 'PURCHASE'),
+        'purchases_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'PURCHASE'), 0),
+        'reversals_count', count(*) FILTER (WHERE message_type = 'REVERSAL'),
+        'reversals_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'REVERSAL'), 0),
+        'refunds_count', count(*) FILTER (WHERE message_type = 'REFUND'),
+        'refunds_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'REFUND'), 0))
+      FROM authorizations
+     WHERE terminal_id = p_terminal_id AND id >= p_from_id AND id < p_below_id
+       AND request_hash IS NOT NULL AND amount_approved_cents > 0
+$$;
+
+CREATE FUNCTION close_terminal_batch(
+    p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
+    p_terminal_totals jsonb, p_initial_key_id bytea, p_ksn_counter bigint
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_now        timestamptz := business_now();
+    f            record;
+    v_auth_id    bigint;
+    v_from_id    bigint;
+    v_number     integer;
+    v_ledger     jsonb;
+    v_diffs      jsonb;
+    v_rc         text;
+    v_response   text;
+BEGIN
+    SELECT * INTO f FROM open_terminal_message('batch_close', p_terminal_id, p_request_id,
+                                               p_request_hash, p_stan, NULL, p_initial_key_id,
+                                               p_ksn_counter);
+    IF f.early_response IS NOT NULL THEN
+        RETURN f.early_response;
+    END IF;
+    -- One close at a time per terminal (also serialised by its KSN row when MACs are on).
+    PERFORM 1 FROM terminals WHERE id = p_terminal_id FOR UPDATE;
+
+    SELECT coalesce(max(close_authorization_id) + 1, 0), coalesce(max(batch_number), 0) + 1
+      INTO v_from_id, v_number
+      FROM terminal_batches WHERE terminal_id = p_terminal_id;
+
+    INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan,
+                                response_code, created_at, response)
+    VALUES (p_terminal_id, p_request_id, 'BATCH_CLOSE', p_request_hash, p_stan, '00', v_now, '')
+    RETURNING id INTO v_auth_id;
+
+    v_ledger := batch_totals(p_terminal_id, v_from_id, v_auth_id);
+    SELECT coalesce(jsonb_agg(jsonb_build_object('field', l.key, 'terminal', t.value, 'ledger', l.value)
+                              ORDER BY l.key), '[]'::jsonb)
+      INTO v_diffs
+      FROM jsonb_each(v_ledger) l
+      LEFT JOIN jsonb_each(p_terminal_totals) t ON t.key = l.key
+     WHERE t.value IS DISTINCT FROM l.value;
+    v_rc := CASE WHEN jsonb_array_length(v_diffs) = 0 THEN '00' ELSE '95' END;
+
+    v_response := json_strip_nulls(json_build_object(
+        'v', 1, 'type', 'batch_close', 'request_id', p_request_id, 'stan', p_stan, 'rc', v_rc,
+        'batch_number', v_number, 'ledger_totals', v_ledger, 'differences', v_diffs))::text;
+    UPDATE authorizations SET response_code = v_rc, response = v_response WHERE id = v_auth_id;
+    INSERT INTO terminal_batches (terminal_id, batch_number, first_authorization_id,
+                                  close_authorization_id, terminal_totals, ledger_totals,
+                                  in_balance, closed_at)
+    VALUES (p_terminal_id, v_number, v_from_id, v_auth_id, p_terminal_totals, v_ledger,
+            v_rc = '00', v_now);
+    RETURN v_response;
+END $$;
