@@ -18,6 +18,10 @@ from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_dat
 from ledger.migrate import MigrationError, migrate
 from ledger.reload import ReloadRefused, UnknownBeneficiary, reload_wallet
 from terminal_protocol.amounts import AmountError, format_euros, parse_euros
+from terminal_protocol.agent.agent_config import AgentConfigError
+from terminal_protocol.agent.cli import add_terminal_commands
+from terminal_protocol.agent.local_store import StoreLocked
+from terminal_protocol.agent.sealed_state import SealedStateError
 
 DEFAULT_SEED_BENEFICIARIES = 1000
 # The school year a reload or a seed is for: the current one, or in May and June (its wallet
@@ -280,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="loadtest-results",
                    help="directory for locust's CSV and HTML report (default ./loadtest-results)")
     p.set_defaults(func=cmd_loadtest)
+
+    add_terminal_commands(sub)
     return parser
 
 
@@ -294,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         return args.func(args, settings)
     except (ConfigError, EmbeddedDatabaseError, SchemaNotReady, MigrationError, UnknownBeneficiary,
-            AmountError, UsageError, ProvisioningError, HsmError, ReloadRefused) as exc:
+            AmountError, UsageError, ProvisioningError, HsmError, ReloadRefused,
+            AgentConfigError, SealedStateError, StoreLocked) as exc:
         print(f"hdfpay: error: {exc}", file=sys.stderr)
         return 2
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -32,7 +32,7 @@ from terminal_protocol.terminal_keys import TerminalKeys
 
 # Registered once for every module: the HSM fixtures (SoftHSM2 token, both backends), pcscd with
 # virtual cards, and terminal agents.
-pytest_plugins = ["hsm_fixtures", "pcsc_fixtures"]
+pytest_plugins = ["hsm_fixtures", "pcsc_fixtures", "agent_fixtures"]
 
 PARIS = ZoneInfo("Europe/Paris")
 TEST_SCHOOL_YEAR = 2026

@@ -22,7 +22,7 @@ from conftest import ACTIVE_TERMINAL
 
 COMMAND_TIMEOUT_S = 120
 SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
-               "loadtest"]
+               "loadtest", "terminal"]
 
 
 def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):

@@ -1,0 +1,182 @@
+"""The terminal agent's cashier operations: sale, void, refund, totals, batch close.
+
+Every message goes through one lock (a terminal's KSN counter allows one message in flight) and
+is written to the journal before it leaves. A purchase without a MAC'd answer in time is never
+taken as approved: its reversal is queued on disk before the cashier is told, and the outbox
+sender delivers it, after a restart if need be (PROTOCOL.md, "Timeouts and retries").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from typing import Protocol
+
+from terminal_protocol.agent import cashier_texts as texts
+from terminal_protocol.agent.cashier_texts import Outcome
+from terminal_protocol.agent.journal import Journal, SentMessage
+from terminal_protocol.agent.local_store import LocalStore
+from terminal_protocol.agent.outbox import Outbox, OutboxSender
+from terminal_protocol.amounts import format_euros
+from terminal_protocol.cashier_display import masked_uid
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.codec import decode_request, decode_response, encode_request
+from terminal_protocol.messages import Request, Response
+
+# The server could not decide: the purchase may or may not be recorded, so reverse it.
+UNDECIDED_CODES = frozenset({"91", "96"})
+DEFAULT_TAP_TIMEOUT_MS = 60_000
+# A slower sender pass than this at batch close means the line is down: refuse to close.
+CLOSE_FLUSH_TIMEOUT_MS = 15_000
+
+log = logging.getLogger("hdfpay.terminal")
+
+
+class Reader(Protocol):
+    def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None) -> bytes: ...
+
+
+class TerminalAgent:
+    def __init__(self, client: TerminalClient, reader: Reader, store: LocalStore, *,
+                 max_sale_cents: int, tap_timeout_ms: int = DEFAULT_TAP_TIMEOUT_MS) -> None:
+        self._client = client
+        self._reader = reader
+        self.journal = Journal(store)
+        self.outbox = Outbox(store, self.journal)
+        self._sender = OutboxSender(self.outbox, self._send)
+        self._send_lock = asyncio.Lock()
+        self._operation_lock = asyncio.Lock()   # one cashier operation at a time
+        self._tap_cancel = threading.Event()
+        self._max_sale_cents = max_sale_cents
+        self._tap_timeout_ms = tap_timeout_ms
+        self._sender_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Reverse what a previous run left on the wire, then start delivering the outbox."""
+        for request_id in self.journal.purchases_in_flight():
+            log.warning("purchase %s was in flight when the agent stopped: reversing it", request_id)
+            self._queue_reversal(request_id, unanswered=True)
+        self._sender_task = asyncio.create_task(self._sender.run(), name="outbox-sender")
+
+    async def stop(self) -> None:
+        self.cancel_tap()
+        if self._sender_task is not None:
+            self._sender_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender_task
+
+    def cancel_tap(self) -> None:
+        """Stop waiting for a card (the cashier pressed Annuler)."""
+        self._tap_cancel.set()
+
+    async def sale(self, amount_cents: int) -> Outcome:
+        if not 0 < amount_cents <= self._max_sale_cents:
+            return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
+        async with self._operation_lock:
+            if self.journal.unanswered_close() is not None:
+                return texts.refused("Clôture en attente de réponse : relancez la clôture d'abord")
+            self._tap_cancel.clear()
+            try:
+                uid = await asyncio.to_thread(self._reader.wait_for_uid, self._tap_timeout_ms,
+                                              self._tap_cancel)
+            except Exception as exc:
+                return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
+            request = self._client.purchase_request(uid, amount_cents, partial_ok=True)
+            body = encode_request(request)
+            self.journal.record_sending(SentMessage(request.request_id, "purchase", body,
+                                                    amount_cents, masked_uid(uid)))
+            try:
+                response = await self._send(body)
+            except Exception as exc:
+                log.warning("purchase %s without answer (%s): reversing it", request.request_id,
+                            type(exc).__name__)
+                response = None
+            if response is None or response.rc in UNDECIDED_CODES:
+                self._queue_reversal(request.request_id, unanswered=True)
+                return texts.sale_without_answer(amount_cents, request.request_id)
+            self.journal.record_answer(request.request_id, response)
+            return texts.answered(response, amount_cents)
+
+    async def void_last(self) -> Outcome:
+        async with self._operation_lock:
+            sale = self.journal.last_voidable_sale()
+            if sale is None:
+                return texts.refused("Aucune vente à annuler dans ce lot")
+            return await self._deliver_now(self._queue_reversal(sale["request_id"]),
+                                           sale["approved_cents"])
+
+    async def refund(self, original_rrn: str, amount_cents: int) -> Outcome:
+        if not 0 < amount_cents <= self._max_sale_cents:
+            return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
+        async with self._operation_lock:
+            try:
+                request = self._client.refund_request(original_rrn, amount_cents)
+            except Exception:
+                return texts.refused("Référence invalide : les 12 chiffres du ticket")
+            self.outbox.enqueue(SentMessage(request.request_id, "refund", encode_request(request),
+                                            amount_cents, original_rrn=original_rrn))
+            return await self._deliver_now(request, amount_cents)
+
+    def totals(self) -> Outcome:
+        return texts.totals(self.journal.batch_totals(), len(self.outbox.pending()))
+
+    async def close_batch(self) -> Outcome:
+        async with self._operation_lock:
+            try:
+                left = await asyncio.wait_for(self._sender.deliver_due(everything=True),
+                                              CLOSE_FLUSH_TIMEOUT_MS / 1000)
+            except asyncio.TimeoutError:
+                left = len(self.outbox.pending())
+            if left:
+                return texts.refused(f"Clôture impossible : {left} opération(s) en attente d'envoi",
+                                     "Vérifiez la connexion puis recommencez")
+            pending_close = self.journal.unanswered_close()
+            if pending_close is None:
+                totals = self.journal.batch_totals()
+                request = self._client.batch_close_request(totals)
+                body = encode_request(request)
+                self.journal.record_sending(SentMessage(request.request_id, "batch_close", body))
+                request_id = request.request_id
+            else:   # same bytes as the close that got no answer
+                request_id, body = pending_close["request_id"], pending_close["body"]
+                totals = decode_request(body).totals
+            try:
+                response, raw = await self._send_with_body(body)
+            except Exception:
+                return texts.refused("Pas de réponse du serveur : clôture non faite, recommencez")
+            if response.rc in ("00", "95"):
+                self.journal.close_batch(request_id, response, raw)
+            return texts.batch_closed(response, totals)
+
+    def status(self) -> dict:
+        return {"outbox": self.outbox.counts(), "pending": len(self.outbox.pending()),
+                "batch": self.journal.open_batch_id()}
+
+    def _queue_reversal(self, original_request_id: str, *, unanswered: bool = False) -> Request:
+        request = self._client.reversal_request(original_request_id)
+        self.outbox.enqueue(SentMessage(request.request_id, "reversal", encode_request(request),
+                                        original_request_id=original_request_id),
+                            unanswered_purchase=original_request_id if unanswered else None)
+        return request
+
+    async def _deliver_now(self, request: Request, amount_cents: int) -> Outcome:
+        """Send an outbox item at once for the cashier; left queued when there is no answer."""
+        await self._sender.deliver(request.request_id)
+        row = self.journal.message(request.request_id)
+        if row["state"] != "answered":
+            return texts.queued(row["kind"], amount_cents, request.request_id)
+        response = Response(v=1, type=row["kind"], rc=row["rc"], request_id=row["request_id"],
+                            approved_cents=row["approved_cents"], balance_cents=row["balance_cents"],
+                            rrn=row["rrn"])
+        return texts.answered(response, amount_cents)
+
+    async def _send(self, body: bytes) -> Response:
+        return (await self._send_with_body(body))[0]
+
+    async def _send_with_body(self, body: bytes) -> tuple[Response, bytes]:
+        async with self._send_lock:
+            raw = await self._client.send_raw(body)
+        return decode_response(raw), raw
+

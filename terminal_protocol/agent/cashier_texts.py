@@ -1,0 +1,108 @@
+"""What the agent tells the cashier, in French, beyond a server's answer (cashier_display)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from terminal_protocol.amounts import format_euros
+from terminal_protocol.cashier_display import cashier_lines
+from terminal_protocol.messages import BatchTotals, Response
+from terminal_protocol.response_codes import APPROVED_CODES
+
+PRESENT_CARD = "Présentez la carte"
+
+# Field names of the batch totals, as the cashier reads them.
+_TOTAL_LABELS = {
+    "purchases_count": "ventes (nombre)", "purchases_cents": "ventes (montant)",
+    "reversals_count": "annulations (nombre)", "reversals_cents": "annulations (montant)",
+    "refunds_count": "remboursements (nombre)", "refunds_cents": "remboursements (montant)",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one cashier operation: what to show, and the figures a till program needs.
+
+    status: approved, partial, declined, no_answer, queued, refused (nothing sent), card_error,
+    in_balance, out_of_balance, totals."""
+
+    status: str
+    lines: tuple[str, ...]
+    rc: str | None = None
+    requested_cents: int = 0
+    approved_cents: int = 0
+    collect_cents: int = 0          # still to collect from the customer by another means
+    balance_cents: int | None = None
+    rrn: str | None = None
+    request_id: str | None = None
+    details: dict = field(default_factory=dict)
+
+
+def answered(response: Response, requested_cents: int) -> Outcome:
+    status = ("partial" if response.rc == "10" else "approved") if response.rc in APPROVED_CODES \
+        else "declined"
+    collect = requested_cents - response.approved_cents if response.type == "purchase" else 0
+    return Outcome(status, tuple(cashier_lines(response)), response.rc, requested_cents,
+                   response.approved_cents, collect, response.balance_cents, response.rrn,
+                   response.request_id)
+
+
+def sale_without_answer(amount_cents: int, request_id: str) -> Outcome:
+    return Outcome("no_answer", (
+        "PAS DE RÉPONSE DU SERVEUR : vente annulée",
+        "Ne remettez pas la marchandise. L'annulation est enregistrée et sera transmise.",
+        f"Montant à encaisser par un autre moyen : {format_euros(amount_cents)}",
+    ), requested_cents=amount_cents, collect_cents=amount_cents, request_id=request_id)
+
+
+def queued(kind: str, amount_cents: int, request_id: str) -> Outcome:
+    what = "Annulation" if kind == "reversal" else "Remboursement"
+    return Outcome("queued", (
+        f"{what.upper()} ENREGISTRÉ{'E' if kind == 'reversal' else ''} : {format_euros(amount_cents)}",
+        "Le serveur ne répond pas : l'opération sera transmise dès que possible.",
+    ), requested_cents=amount_cents, request_id=request_id)
+
+
+def refused(*lines: str) -> Outcome:
+    return Outcome("refused", tuple(lines))
+
+
+def card_error(message_fr: str) -> Outcome:
+    return Outcome("card_error", ("LECTURE DE LA CARTE IMPOSSIBLE", message_fr))
+
+
+def totals(batch: BatchTotals, pending: int) -> Outcome:
+    net = batch.purchases_cents - batch.reversals_cents - batch.refunds_cents
+    lines = [
+        f"Ventes : {batch.purchases_count}  {format_euros(batch.purchases_cents)}",
+        f"Annulations : {batch.reversals_count}  {format_euros(batch.reversals_cents)}",
+        f"Remboursements : {batch.refunds_count}  {format_euros(batch.refunds_cents)}",
+        f"Net du jour : {format_euros(net)}",
+    ]
+    if pending:
+        lines.append(f"{pending} opération(s) en attente d'envoi au serveur")
+    return Outcome("totals", tuple(lines), approved_cents=net,
+                   details={"totals": _as_dict(batch), "pending": pending})
+
+
+def batch_closed(response: Response, sent: BatchTotals) -> Outcome:
+    if response.rc == "00":
+        return Outcome("in_balance", (f"CLÔTURE N° {response.batch_number} : totaux concordants",),
+                       "00", details={"batch_number": response.batch_number, "totals": _as_dict(sent)})
+    if response.rc != "95":
+        return Outcome("declined", tuple(cashier_lines(response)), response.rc)
+    lines = [f"CLÔTURE N° {response.batch_number} : ÉCART avec le serveur",
+             "Le lot est clos ; signalez l'écart à la Région :"]
+    for difference in response.differences:
+        label = _TOTAL_LABELS.get(difference.field, difference.field)
+        money = difference.field.endswith("_cents")
+        show = (lambda v: format_euros(v or 0)) if money else (lambda v: str(v))
+        lines.append(f"  {label} : terminal {show(difference.terminal)}, serveur {show(difference.ledger)}")
+    return Outcome("out_of_balance", tuple(lines), "95", details={
+        "batch_number": response.batch_number, "totals": _as_dict(sent),
+        "differences": [{"field": d.field, "terminal": d.terminal, "ledger": d.ledger}
+                        for d in response.differences]})
+
+
+def _as_dict(batch: BatchTotals) -> dict[str, int]:
+    return {name: getattr(batch, name) for name in batch.__struct_fields__}

@@ -1,0 +1,64 @@
+"""The agent's configuration and its local store: clear errors, and one agent per store."""
+
+from __future__ import annotations
+
+import pytest
+
+from terminal_protocol.agent.agent_config import AgentConfig, AgentConfigError
+from terminal_protocol.agent.local_store import LocalStore, StoreLocked
+from terminal_protocol.agent.outbox import OUTBOX_MAX_RETRY_MS, retry_delay_ms
+
+GOOD = 'server_url = "https://auth.example:8443"\nterminal_id = "P1-T1"\nstate_dir = "/var/lib/t"\n'
+
+
+def _load(tmp_path, text: str, environ: dict | None = None) -> AgentConfig:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return AgentConfig.load(path, environ or {})
+
+
+def test_a_minimal_file_gets_the_defaults(tmp_path):
+    config = _load(tmp_path, GOOD)
+    assert (config.answer_timeout_ms, config.max_sale_cents, config.reader) == (5000, 300_00, None)
+    assert config.journal_file.name == "journal.sqlite"
+
+
+def test_the_environment_overrides_the_file(tmp_path):
+    config = _load(tmp_path, GOOD, {"HDFPAY_TERMINAL_READER": "Virtual PCD 00 01",
+                                    "HDFPAY_TERMINAL_ANSWER_TIMEOUT_MS": "2500"})
+    assert (config.reader, config.answer_timeout_ms) == ("Virtual PCD 00 01", 2500)
+
+
+@pytest.mark.parametrize("text, environ, message", [
+    ('terminal_id = "T"\nstate_dir = "/x"\n', {}, "server_url is required"),
+    (GOOD + "answer_timeout_ms = 10\n", {}, "answer_timeout_ms (" ),
+    (GOOD, {"HDFPAY_TERMINAL_MAX_SALE_CENTS": "lots"}, "HDFPAY_TERMINAL_MAX_SALE_CENTS"),
+    (GOOD + "colour = 1\n", {}, "unknown key(s) colour"),
+    (GOOD.replace("https://auth.example:8443", "http://auth.example"), {}, "must use https"),
+    ("server_url = [", {}, "agent.toml"),
+])
+def test_bad_settings_are_named(tmp_path, text, environ, message):
+    with pytest.raises(AgentConfigError, match=None) as error:
+        _load(tmp_path, text, environ)
+    assert message in str(error.value)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(AgentConfigError, match="not found"):
+        AgentConfig.load(tmp_path / "absent.toml", {})
+
+
+def test_a_second_agent_cannot_open_the_same_store(tmp_path):
+    first = LocalStore(tmp_path / "journal.sqlite")
+    try:
+        with pytest.raises(StoreLocked):
+            LocalStore(tmp_path / "journal.sqlite")
+    finally:
+        first.close()
+    LocalStore(tmp_path / "journal.sqlite").close()         # free again once closed
+
+
+def test_retries_back_off_to_a_ceiling():
+    delays = [retry_delay_ms(attempt) for attempt in range(12)]
+    assert delays[:3] == [1000, 2000, 4000]
+    assert delays == sorted(delays) and max(delays) == OUTBOX_MAX_RETRY_MS

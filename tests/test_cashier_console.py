@@ -1,0 +1,75 @@
+"""The cashier's screen as a shop installs and uses it: `hdfpay terminal init` from the TR-31
+block, then `hdfpay terminal run` driven through its standard input, a card on the reader."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from ledger.demo_region import card_uid
+
+from agent_fixtures import AGENT_ENV, TEST_ANSWER_TIMEOUT_MS, free_port
+from conftest import CROWD_TERMINALS, balance_of
+from pcsc_fixtures import READER_0
+
+CARD = card_uid(14)
+CONSOLE_TIMEOUT_S = 60
+
+
+def _config_file(tmp_path, server_url: str, terminal: str):
+    state_dir = tmp_path / "till"
+    path = tmp_path / "till.toml"
+    path.write_text(f'server_url = "{server_url}"\nterminal_id = "{terminal}"\n'
+                    f'state_dir = "{state_dir}"\nreader = "{READER_0}"\n'
+                    f"answer_timeout_ms = {TEST_ANSWER_TIMEOUT_MS}\ntill_api_port = {free_port()}\n")
+    return path, state_dir
+
+
+async def _hdfpay(*args: str, stdin: bytes = b"", env: dict | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "authorizer.cli", *args, env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(stdin), CONSOLE_TIMEOUT_S)
+    return process.returncode, output.decode()
+
+
+async def test_install_then_sell_and_read_the_totals(server, deliveries, pcscd, virtual_card,
+                                                     conn, tmp_path):
+    terminal = CROWD_TERMINALS[4]
+    config, state_dir = _config_file(tmp_path, server.url, terminal)
+    delivered, transport_key = deliveries[terminal]
+    code, output = await _hdfpay(
+        "terminal", "init", "--config", str(config), "--key-block", delivered.key_block,
+        env={**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex()})
+    assert code == 0, output
+    assert f"key {delivered.initial_key_id.hex().upper()} installed" in output
+    sealed = (state_dir / "dukpt-state.sealed").read_bytes()
+    assert transport_key not in sealed and delivered.key_block.encode() not in sealed
+
+    before = await balance_of(conn, CARD)
+    virtual_card(0).insert(CARD)
+    code, output = await _hdfpay("terminal", "run", "--config", str(config),
+                                 stdin=b"1\n12,50\n1\nabc\n4\nq\n", env=AGENT_ENV)
+    assert code == 0, output
+    assert "Présentez la carte" in output
+    assert "ACCEPTÉ  12,50\u00a0€" in output
+    assert "Montant invalide : 'abc' (exemple : 12,50)" in output
+    assert "Ventes : 1  12,50\u00a0€" in output
+    assert await balance_of(conn, CARD) == before - 12_50
+
+
+async def test_init_refuses_a_wrong_transport_key_and_a_second_install(server, deliveries,
+                                                                       tmp_path):
+    terminal = CROWD_TERMINALS[5]
+    config, _ = _config_file(tmp_path, server.url, terminal)
+    delivered, transport_key = deliveries[terminal]
+    init = ("terminal", "init", "--config", str(config), "--key-block", delivered.key_block)
+    wrong = bytes(b ^ 1 for b in transport_key).hex()
+    code, output = await _hdfpay(*init, env={**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": wrong})
+    assert code != 0 and "hdfpay: error:" in output and "Traceback" not in output
+    good = {**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex()}
+    assert (await _hdfpay(*init, env=good))[0] == 0
+    code, output = await _hdfpay(*init, env=good)
+    assert code != 0 and "already holds a terminal state" in output

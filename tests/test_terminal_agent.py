@@ -1,0 +1,136 @@
+"""The terminal agent end to end: a virtual card on a vpcd reader, read through the real pcscd,
+a purchase signed with sealed future keys, the real server and PostgreSQL behind it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.demo_region import card_uid
+
+from terminal_protocol.agent.runtime import running_agent
+
+from agent_fixtures import AGENT_ENV
+from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, balance_of, set_balance
+from flaky_link import FlakyLink, server_port
+from pcsc_fixtures import READER_1
+
+CARD = card_uid(11)
+OTHER_CARD = card_uid(12)
+LOST = card_uid(1)
+
+
+async def _purchases(conn, terminal: str = ACTIVE_TERMINAL):
+    return await conn.fetch(
+        "SELECT c.uid, a.amount_approved_cents, a.amount_reversed_cents, a.response_code"
+        " FROM authorizations a LEFT JOIN cards c ON c.id = a.card_id"
+        " WHERE a.terminal_id = $1 AND a.message_type = 'PURCHASE' ORDER BY a.id", terminal)
+
+
+async def test_a_tap_is_an_approved_purchase(agent_for, virtual_card, conn):
+    before = await balance_of(conn, CARD)
+    virtual_card(0).insert(CARD)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        outcome = await agent.sale(12_50)
+    assert (outcome.status, outcome.rc, outcome.approved_cents) == ("approved", "00", 12_50)
+    assert outcome.lines[0].startswith("ACCEPTÉ") and "12,50" in outcome.lines[0]
+    assert outcome.balance_cents == before - 12_50 == await balance_of(conn, CARD)
+    assert [(r["uid"], r["amount_approved_cents"]) for r in await _purchases(conn)] == [(CARD, 12_50)]
+
+
+async def test_an_opposed_card_is_declined_in_french(agent_for, virtual_card, conn):
+    virtual_card(0).insert(LOST)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        outcome = await agent.sale(5_00)
+    assert (outcome.status, outcome.rc, outcome.approved_cents) == ("declined", "41", 0)
+    assert outcome.lines == ("REFUSÉ : Carte déclarée perdue (code 41)",)
+
+
+async def test_short_funds_give_a_partial_approval_and_the_rest_to_collect(agent_for, virtual_card, conn):
+    await set_balance(conn, CARD, 7_30)
+    virtual_card(0).insert(CARD)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        outcome = await agent.sale(20_00)
+    assert (outcome.status, outcome.approved_cents, outcome.collect_cents) == ("partial", 7_30, 12_70)
+    assert "Reste à encaisser par un autre moyen : 12,70\u00a0€" in outcome.lines
+    assert await balance_of(conn, CARD) == 0
+
+
+async def test_the_named_reader_is_the_one_read(agent_for, virtual_card, conn):
+    virtual_card(0).insert(OTHER_CARD)
+    virtual_card(1).insert(CARD)
+    async with agent_for(ACTIVE_TERMINAL, reader=READER_1) as agent:
+        outcome = await agent.sale(1_00)
+    assert outcome.status == "approved"
+    assert [r["uid"] for r in await _purchases(conn)] == [CARD]
+
+
+async def test_a_card_lifted_mid_read_sends_nothing(agent_for, virtual_card, conn):
+    card = virtual_card(0)
+    card.vanish_on_get_uid = True
+    card.insert(CARD)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        outcome = await agent.sale(3_00)
+    assert outcome.status == "card_error" and card.vanished.is_set()
+    assert outcome.lines[0] == "LECTURE DE LA CARTE IMPOSSIBLE"
+    assert await _purchases(conn) == []
+
+
+async def test_void_refund_totals_and_an_in_balance_close(agent_for, virtual_card, conn):
+    before = await balance_of(conn, CARD)
+    virtual_card(0).insert(CARD)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        first = await agent.sale(10_00)
+        second = await agent.sale(4_00)
+        voided = await agent.void_last()
+        refunded = await agent.refund(first.rrn, 2_50)
+        nothing_to_void = await agent.void_last()                   # the last sale is voided
+        totals = agent.totals()
+        closed = await agent.close_batch()
+        after_close = agent.totals()
+    assert (voided.status, voided.approved_cents) == ("approved", 4_00)
+    assert voided.lines[0].startswith("ANNULATION ACCEPTÉE")
+    assert (refunded.status, refunded.approved_cents) == ("approved", 2_50)
+    assert nothing_to_void.status == "refused"
+    assert totals.details["totals"] == {
+        "purchases_count": 2, "purchases_cents": 14_00, "reversals_count": 1,
+        "reversals_cents": 4_00, "refunds_count": 1, "refunds_cents": 2_50}
+    assert "Net du jour : 7,50\u00a0€" in totals.lines
+    assert (closed.status, closed.details["batch_number"]) == ("in_balance", 1)
+    assert after_close.details["totals"]["purchases_count"] == 0
+    assert second.approved_cents == 4_00
+    assert await balance_of(conn, CARD) == before - 10_00 + 2_50
+
+
+async def test_a_late_answer_is_reversed_not_kept(agent_config, pcscd, virtual_card, server, conn):
+    """The server approves but its answer never arrives: the agent reverses the purchase."""
+    link = await FlakyLink("127.0.0.1", server_port(server)).start()
+    try:
+        before = await balance_of(conn, CARD)
+        virtual_card(0).insert(CARD)
+        config = agent_config(CROWD_TERMINALS[0], url=link.url)
+        async with running_agent(config, environ=AGENT_ENV) as agent:
+            link.mode = "deaf"
+            outcome = await agent.sale(9_00)
+            assert outcome.status == "no_answer" and outcome.collect_cents == 9_00
+            assert await balance_of(conn, CARD) == before - 9_00       # approved, answer lost
+            link.mode = "forward"
+            closed = await agent.close_batch()                           # flushes the outbox
+            assert agent.status()["pending"] == 0
+        assert closed.status == "in_balance", closed.lines
+        purchase, = await _purchases(conn, CROWD_TERMINALS[0])
+        assert (purchase["amount_approved_cents"], purchase["amount_reversed_cents"]) == (9_00, 9_00)
+        assert await balance_of(conn, CARD) == before
+    finally:
+        await link.close()
+
+
+async def test_the_agent_reads_again_after_pcscd_restarts(agent_for, pcscd, virtual_card, conn):
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        card = virtual_card(0)
+        card.insert(CARD)
+        assert (await agent.sale(1_00)).status == "approved"
+        card.remove()
+        pcscd.restart()
+        card.insert(CARD)
+        assert (await agent.sale(2_00)).status == "approved"
+    assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [1_00, 2_00]
