@@ -9,6 +9,7 @@ import sys
 import asyncpg
 import uvloop
 
+from authorizer import cli_cards, cli_operators, cli_school_year, cli_settlement
 from authorizer.config import ConfigError, Settings
 from authorizer.database import SchemaNotReady, check_schema, connection, database_dsn
 from authorizer.provisioning import ProvisioningError
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="loadtest-results",
                    help="directory for locust's CSV and HTML report (default ./loadtest-results)")
     p.set_defaults(func=cmd_loadtest)
+
+    for area in (cli_operators, cli_school_year, cli_cards, cli_settlement):
+        area.add_commands(sub)
     return parser
 
 
