@@ -30,8 +30,9 @@ from terminal_protocol.client import TerminalClient
 from terminal_protocol.ksn_counter import MemoryCounter
 from terminal_protocol.terminal_keys import TerminalKeys
 
-# The HSM fixtures (SoftHSM2 token, both backends), registered once for every module.
-pytest_plugins = ["hsm_fixtures"]
+# Registered once for every module: the HSM fixtures (SoftHSM2 token, both backends) and
+# authenticated clients of the operator API.
+pytest_plugins = ["hsm_fixtures", "operator_fixtures"]
 
 PARIS = ZoneInfo("Europe/Paris")
 TEST_SCHOOL_YEAR = 2026
