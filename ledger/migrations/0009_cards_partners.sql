@@ -67,7 +67,7 @@ BEGIN
         RAISE EXCEPTION 'an opposition reason is LOST, STOLEN, DAMAGED or DEFECTIVE (got %)',
             coalesce(p_reason, 'nothing') USING ERRCODE = 'HD422';
     END IF;
-    SELECT * INTO v_card FROM cards WHERE id = p_card_id FOR UPDATE;
+    SELECT * INTO v_card FROM cards WHERE id = p_card_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no card %', p_card_id USING ERRCODE = 'HD404';
     END IF;
@@ -127,7 +127,9 @@ BEGIN
     IF p_fee_cents IS NULL OR p_fee_cents < 0 THEN
         RAISE EXCEPTION 'a replacement fee is zero or more cents' USING ERRCODE = 'HD422';
     END IF;
-    SELECT * INTO v_old FROM cards WHERE id = p_card_id FOR UPDATE;
+    -- NO KEY UPDATE, not UPDATE: a purchase holding the wallet row takes KEY SHARE on the card
+    -- (its authorization's foreign key); FOR UPDATE would wait on it while it waits on us.
+    SELECT * INTO v_old FROM cards WHERE id = p_card_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no card %', p_card_id USING ERRCODE = 'HD404';
     END IF;
