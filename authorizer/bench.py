@@ -221,6 +221,7 @@ def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
         port = probe.getsockname()[1]
     env = {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROPPED},
            "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1", "HDFPAY_DRAIN_NOTICE_MS": "0",
+           "HDFPAY_OPS_PORT": "0",  # the operator listener on a free port, never 8081
            **bench.keys.server_env(mac, metrics)}
     log_path = bench.workdir / "server.log"
     with log_path.open("a") as log:

@@ -9,6 +9,7 @@ import sys
 import asyncpg
 import uvloop
 
+from authorizer import cli_cards, cli_operators, cli_school_year, cli_settlement
 from authorizer.config import ConfigError, Settings
 from authorizer.database import SchemaNotReady, check_schema, connection, database_dsn
 from authorizer.provisioning import ProvisioningError
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_loadtest)
 
     add_terminal_commands(sub)
+    for area in (cli_operators, cli_school_year, cli_cards, cli_settlement):
+        area.add_commands(sub)
     return parser
 
 

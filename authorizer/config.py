@@ -8,6 +8,7 @@ from typing import Mapping
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+DEFAULT_OPS_PORT = 8081
 
 
 class ConfigError(ValueError):
@@ -53,9 +54,23 @@ class Settings:
     tls_cert_file: str | None
     tls_key_file: str | None
     allow_plain_http: bool
+    # The operator listener (login, accounts, region operations): its own address and pool, so
+    # that bulk work never holds up a till. ops_port None: DEFAULT_OPS_PORT, or a free port
+    # when the terminal listener takes one (port 0: tests, the demo), so that throwaway
+    # servers never collide on a fixed port.
+    ops_host: str = "127.0.0.1"
+    ops_port: int | None = None
+    ops_db_pool_size: int = 4
+
+    @property
+    def ops_listen_port(self) -> int:
+        if self.ops_port is not None:
+            return self.ops_port
+        return 0 if self.port == 0 else DEFAULT_OPS_PORT
 
     def check_transport(self) -> None:
-        """Plain HTTP and unauthenticated terminals only on loopback, unless explicitly allowed."""
+        """Plain HTTP and unauthenticated terminals only on loopback, unless explicitly allowed;
+        the operator listener (passwords, tokens) under the same rule."""
         loopback = self.host in LOOPBACK_HOSTS
         if self.terminal_authentication not in ("dukpt", "none"):
             raise ConfigError("HDFPAY_TERMINAL_AUTHENTICATION must be 'dukpt' or 'none'")
@@ -68,6 +83,14 @@ class Settings:
         if not self.tls_cert_file and not loopback and not self.allow_plain_http:
             raise ConfigError(f"listening on {self.host} without TLS: set HDFPAY_TLS_CERT and "
                               "HDFPAY_TLS_KEY (or HDFPAY_ALLOW_PLAIN_HTTP=1 behind a TLS proxy)")
+        if (not self.tls_cert_file and self.ops_host not in LOOPBACK_HOSTS
+                and not self.allow_plain_http):
+            raise ConfigError(f"operator listener on {self.ops_host} without TLS: set "
+                              "HDFPAY_TLS_CERT and HDFPAY_TLS_KEY (or HDFPAY_ALLOW_PLAIN_HTTP=1 "
+                              "behind a TLS proxy)")
+        if self.ops_listen_port != 0 and self.ops_listen_port == self.port:
+            raise ConfigError(f"HDFPAY_OPS_PORT and HDFPAY_PORT are both {self.port}: the "
+                              "operator and terminal listeners need a port each")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -87,4 +110,8 @@ class Settings:
             tls_cert_file=os.environ.get("HDFPAY_TLS_CERT") or None,
             tls_key_file=os.environ.get("HDFPAY_TLS_KEY") or None,
             allow_plain_http=os.environ.get("HDFPAY_ALLOW_PLAIN_HTTP", "") == "1",
+            ops_host=os.environ.get("HDFPAY_OPS_HOST") or "127.0.0.1",
+            ops_port=(int_from_env("HDFPAY_OPS_PORT", DEFAULT_OPS_PORT, 0, 65535)
+                      if os.environ.get("HDFPAY_OPS_PORT") else None),
+            ops_db_pool_size=int_from_env("HDFPAY_OPS_DB_POOL_SIZE", 4, 1, 100),
         )

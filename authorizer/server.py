@@ -14,8 +14,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authorizer.config import Settings
-from authorizer.database import create_pool
+from authorizer.database import APPLICATION_NAME, create_pool
 from authorizer.metrics import Metrics
+from authorizer.openapi import OPENAPI_PATH
+from authorizer.ops_app import build_ops_app
 from authorizer.outcomes import OutcomeRecorder, PartnerCategories
 from authorizer.readiness import Readiness
 from authorizer.pipeline import AuthorizationPipeline
@@ -92,31 +94,53 @@ async def _exposition(request: web.Request) -> web.Response:
 
 @dataclass
 class RunningServer:
-    url: str
+    url: str                  # the terminal listener
     app: web.Application
+    ops_url: str = ""         # the operator listener (login, accounts, region operations)
+    ops_app: web.Application | None = None
+
+
+@contextlib.asynccontextmanager
+async def _listening(app: web.Application, host: str, port: int,
+                     tls: ssl.SSLContext | None) -> AsyncIterator[str]:
+    """The app served on host:port (0: a free port) until exit; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        if ":" in bound_host:
+            bound_host = f"[{bound_host}]"
+        yield f"{'https' if tls else 'http'}://{bound_host}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
+async def create_ops_pool(dsn: str, size: int) -> asyncpg.Pool:
+    """The operator API's own connections: long bulk statements there never take a
+    connection the terminals need. asyncpg's default reset, since handlers use transactions."""
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, server_settings={
+        "application_name": f"{APPLICATION_NAME}-ops"})
 
 
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings, dsn: str,
                          hsm: Hsm | None = None) -> AsyncIterator[RunningServer]:
-    """Pool, app and listening socket; all closed on exit. Port 0 picks a free port."""
+    """Both listeners, each with its pool; all closed on exit. Port 0 picks a free port."""
     settings.check_transport()
     tls = _tls_context(settings)
-    pool = await create_pool(dsn, settings.db_pool_size)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(dsn, settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        ops_pool = await create_ops_pool(dsn, settings.ops_db_pool_size)
+        stack.push_async_callback(ops_pool.close)
         app = build_app(settings, pool, hsm)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        scheme = "https" if tls else "http"
-        try:
-            yield RunningServer(url=f"{scheme}://{host}:{port}", app=app)
-        finally:
-            await runner.cleanup()
-    finally:
-        await pool.close()
+        url = await stack.enter_async_context(_listening(app, settings.host, settings.port, tls))
+        ops_app = build_ops_app(settings, ops_pool)
+        ops_url = await stack.enter_async_context(
+            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))
+        yield RunningServer(url=url, app=app, ops_url=ops_url, ops_app=ops_app)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -135,6 +159,8 @@ async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=
         loop.add_signal_handler(sig, stop.set)
     async with running_server(settings, dsn, hsm) as server:
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
+        announce(f"hdfpay operator API listening on {server.ops_url}/v1/ops/ "
+                 f"(OpenAPI: {server.ops_url}{OPENAPI_PATH})")
         await stop.wait()
         # /readyz turns false first and the server keeps serving for the drain notice, so that a
         # load balancer stops sending; leaving the context then stops accepting and lets

@@ -31,8 +31,8 @@ from terminal_protocol.ksn_counter import MemoryCounter
 from terminal_protocol.terminal_keys import TerminalKeys
 
 # Registered once for every module: the HSM fixtures (SoftHSM2 token, both backends), pcscd with
-# virtual cards, and terminal agents.
-pytest_plugins = ["hsm_fixtures", "pcsc_fixtures", "agent_fixtures"]
+# virtual cards, terminal agents, and authenticated clients of the operator API.
+pytest_plugins = ["hsm_fixtures", "pcsc_fixtures", "agent_fixtures", "operator_fixtures"]
 
 PARIS = ZoneInfo("Europe/Paris")
 TEST_SCHOOL_YEAR = 2026

@@ -1,0 +1,53 @@
+"""The operator listener's application: its own port, pool and body limit, apart from the
+terminals' (a slow CSV upload or a bulk job must never hold up a till). Every area mounts its
+routes here; every answer, errors included, is JSON."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from aiohttp import web
+
+from authorizer.config import Settings
+from authorizer.openapi import OPENAPI_DOCUMENT, area_modules, build_openapi_document
+from authorizer.operator_auth import POOL, resolve_operator
+
+log = logging.getLogger("hdfpay.ops")
+# Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
+# (authorizer.ops_requests.JSON_BODY_MAX_BYTES).
+OPS_MAX_BODY_BYTES = 8 * 1024 * 1024
+# The database going away mid-request: 503, the client may retry.
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                asyncpg.OperatorInterventionError)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413) in JSON too, and no traceback ever sent."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": message}, status=exc.status, headers=headers)
+    except _UNAVAILABLE as exc:
+        log.warning("operator request: database unavailable", extra={"fields": {
+            "path": request.path, "error": type(exc).__name__}})
+        return web.json_response({"error": "database unavailable: retry shortly"}, status=503)
+    except Exception:
+        log.exception("operator request failed", extra={"fields": {"path": request.path}})
+        return web.json_response({"error": "internal error"}, status=500)
+
+
+def build_ops_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
+    """Routes of every area, then the OpenAPI document built once from what they declare."""
+    app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
+                          middlewares=[json_errors, resolve_operator])
+    app[POOL] = pool
+    for area in area_modules():
+        area.add_routes(app)
+    app[OPENAPI_DOCUMENT] = build_openapi_document()
+    return app

@@ -1,0 +1,63 @@
+"""Expiry on 1 May: what is left in a closed school year's wallets moves to the expired-funds
+account (expire_school_year() in migration 0007), audited in the same transaction.
+
+Run by a systemd timer (deploy/systemd/hdfpay-expiry.timer) and by hand. Idempotent: a second
+run finds nothing left, so the timer may fire every day of May and after a missed boot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import json
+
+import asyncpg
+
+from ledger.audit import append_audit
+
+
+class ExpiryRefused(ValueError):
+    """The school year's wallets are still open (before 1 May 00:00 Europe/Paris)."""
+
+
+@dataclass(frozen=True)
+class ExpiryRun:
+    at: object
+    actor: str
+    wallets_expired: int
+    expired_cents: int
+
+
+@dataclass(frozen=True)
+class ExpiryResult:
+    school_year: int
+    wallets_expired: int
+    expired_cents: int
+
+
+async def last_closed_school_year(conn: asyncpg.Connection) -> int:
+    """The most recent school year whose wallets have closed (business time, Europe/Paris)."""
+    return await conn.fetchval(
+        "SELECT CASE WHEN business_now() >= wallet_closes_at(y) THEN y ELSE y - 1 END"
+        " FROM (SELECT school_year_of(business_now() AT TIME ZONE 'Europe/Paris') AS y) now")
+
+
+async def expire_school_year(conn: asyncpg.Connection, school_year: int, *, actor: str) -> ExpiryResult:
+    """Move every remaining balance of `school_year` to expired funds; refused before 1 May."""
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM expire_school_year($1)", school_year)
+            await append_audit(conn, actor=actor, action="expiry.run",
+                               subject=f"school_year:{school_year}",
+                               after={"wallets_expired": row["wallets_expired"],
+                                      "expired_cents": row["expired_cents"]})
+    except asyncpg.CheckViolationError as exc:
+        raise ExpiryRefused(str(exc)) from None
+    return ExpiryResult(school_year, row["wallets_expired"], row["expired_cents"])
+
+
+async def expiry_runs(conn: asyncpg.Connection, school_year: int) -> list[ExpiryRun]:
+    """The school year's expiry runs, from the audit trail (where each one is recorded)."""
+    rows = await conn.fetch("SELECT occurred_at, actor, after FROM audit_log WHERE action = 'expiry.run'"
+                            " AND subject = $1 ORDER BY id", f"school_year:{school_year}")
+    return [ExpiryRun(r["occurred_at"], r["actor"], **json.loads(r["after"])) for r in rows]

@@ -1,0 +1,294 @@
+"""Operator accounts and their sessions (migration 0006): creation with a provisional password,
+argon2id password checks with throttling, bounded sessions, password change and reset, disabling.
+
+Login gives one answer for an unknown login, a wrong password, a locked or a disabled account,
+at the same cost (an argon2 verification against a dummy hash), so that it tells nothing. Each
+attempt is charged *before* the password is checked, so a burst of parallel guesses cannot get
+past the lock. Account changes are audited in the same transaction; passwords and hashes never
+reach the audit trail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+import asyncpg
+from argon2 import PasswordHasher
+
+from ledger.audit import append_audit
+from ledger.passwords import (DEFAULT_HASHER, PASSWORD_MAX_LENGTH_CHARS, PasswordRefused,
+                              check_new_password, hash_password, provisional_password,
+                              verify_password)
+
+ROLES = ("region_operator", "establishment_staff", "partner", "auditor")
+LOGIN_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{2,63}$")
+LOGIN_FAILURES_BEFORE_LOCK = 5
+LOGIN_LOCK_MS = 15 * 60 * 1000
+SESSION_LIFETIME_MS = 8 * 3600 * 1000
+SESSION_TOKEN_BYTES = 32              # 43 URL-safe characters
+SESSION_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+MAX_ACTIVE_SESSIONS_PER_OPERATOR = 10  # older ones are revoked at the next login
+LIST_OPERATORS_MAX_ROWS = 10_000
+LOGIN_REFUSED_MESSAGE = "invalid login or password"
+
+_ACCOUNT = ("o.id, o.login, o.role, o.establishment_id, o.partner_id, o.must_change_password,"
+            " o.disabled, coalesce(o.locked_until > business_now(), false) AS locked, o.created_at")
+
+
+class OperatorError(Exception):
+    """An account request refused; the message says why, and never contains a password."""
+
+
+class LoginRefused(OperatorError):
+    def __init__(self) -> None:
+        super().__init__(LOGIN_REFUSED_MESSAGE)
+
+
+class WrongPassword(OperatorError):
+    pass
+
+
+class UnknownOperator(OperatorError):
+    pass
+
+
+class OperatorConflict(OperatorError):
+    pass
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    login: str
+    role: str
+    establishment_id: int | None
+    partner_id: int | None
+    must_change_password: bool
+    disabled: bool
+    locked: bool
+    created_at: dt.datetime
+
+    def audit_view(self) -> dict:
+        """What the audit trail keeps of an account: no secret, nothing that changes by itself."""
+        return {"login": self.login, "role": self.role, "establishment_id": self.establishment_id,
+                "partner_id": self.partner_id, "must_change_password": self.must_change_password,
+                "disabled": self.disabled}
+
+
+@dataclass(frozen=True)
+class Session:
+    id: int
+    token: str | None        # given once, at login; only its SHA-256 is stored
+    expires_at: dt.datetime
+    account: Account
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(**{field: row[field] for field in Account.__dataclass_fields__})
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def create_operator(conn: asyncpg.Connection, *, actor: str, login: str, role: str,
+                          establishment_id: int | None = None, partner_id: int | None = None,
+                          password: str | None = None,
+                          hasher: PasswordHasher = DEFAULT_HASHER) -> tuple[Account, str | None]:
+    """A new account. With no password, a provisional one is made, returned once, and must be
+    changed at first login."""
+    if not LOGIN_PATTERN.match(login):
+        raise OperatorError("a login is 3 to 64 characters: a-z first, then a-z 0-9 . _ -")
+    if role not in ROLES:
+        raise OperatorError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    if (role == "establishment_staff") != (establishment_id is not None):
+        raise OperatorError("establishment staff, and only they, need an establishment")
+    if (role == "partner") != (partner_id is not None):
+        raise OperatorError("a partner account, and only it, needs a partner")
+    provisional = provisional_password() if password is None else None
+    if password is not None:
+        _check_new(password, login)
+    password_hash = await hash_password(hasher, password or provisional)
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO operators AS o (login, role, establishment_id, partner_id, password_hash,"
+                f" must_change_password) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_ACCOUNT}",
+                login, role, establishment_id, partner_id, password_hash, password is None)
+            account = _account(row)
+            await append_audit(conn, actor=actor, action="operator.create",
+                               subject=f"operator:{login}", after=account.audit_view())
+    except asyncpg.UniqueViolationError:
+        raise OperatorConflict(f"the login {login} is taken") from None
+    except asyncpg.ForeignKeyViolationError:
+        what = "establishment" if establishment_id is not None else "partner"
+        raise OperatorError(f"no {what} {establishment_id or partner_id}") from None
+    return account, provisional
+
+
+# One attempt charged, before the password is checked: the lock, once reached, holds against
+# requests already in flight. A lock that has run out starts a fresh count.
+_CHARGE_ATTEMPT = f"""
+    WITH now AS (SELECT business_now() AS t)
+    UPDATE operators o SET
+        failed_logins = CASE WHEN o.locked_until <= now.t THEN 0 ELSE o.failed_logins END + 1,
+        locked_until = CASE WHEN (CASE WHEN o.locked_until <= now.t THEN 0
+                                       ELSE o.failed_logins END) + 1 >= $2
+                            THEN now.t + $3 * interval '1 millisecond' END
+    FROM now
+    WHERE {{key}} AND NOT o.disabled AND (o.locked_until IS NULL OR o.locked_until <= now.t)
+    RETURNING o.password_hash, {_ACCOUNT}"""
+
+
+async def _check_password(conn: asyncpg.Connection, key: str, value, password: str,
+                          hasher: PasswordHasher) -> tuple[asyncpg.Record | None, bool]:
+    row = None
+    if len(password) <= PASSWORD_MAX_LENGTH_CHARS:
+        row = await conn.fetchrow(_CHARGE_ATTEMPT.format(key=key), value,
+                                  LOGIN_FAILURES_BEFORE_LOCK, LOGIN_LOCK_MS)
+    ok = await verify_password(hasher, row["password_hash"] if row else None, password)
+    return row, ok and row is not None
+
+
+async def _current_hash(row: asyncpg.Record, password: str, hasher: PasswordHasher) -> str:
+    """After a right password: the stored hash, or a new one if the parameters changed."""
+    if hasher.check_needs_rehash(row["password_hash"]):
+        return await hash_password(hasher, password)
+    return row["password_hash"]
+
+
+def _check_new(password: str, login_name: str) -> None:
+    try:
+        check_new_password(password, login_name)
+    except PasswordRefused as exc:
+        raise OperatorError(str(exc)) from None
+
+
+async def login(conn: asyncpg.Connection, login_name: str, password: str,
+                hasher: PasswordHasher = DEFAULT_HASHER) -> Session:
+    """A new session for the right password; LoginRefused for anything else, always the same."""
+    # A login that cannot exist (CHECK on the column) costs the same query and check.
+    row, ok = await _check_password(conn, "o.login = $1", login_name.lower(), password, hasher)
+    if not ok:
+        raise LoginRefused()
+    password_hash = await _current_hash(row, password, hasher)
+    async with conn.transaction():
+        await conn.execute("UPDATE operators SET failed_logins = 0, locked_until = NULL,"
+                           " password_hash = $2 WHERE id = $1", row["id"], password_hash)
+        return await open_session(conn, row["id"])
+
+
+async def open_session(conn: asyncpg.Connection, operator_id: int) -> Session:
+    """A session for an operator whose password was just checked (or a test's account)."""
+    token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
+    async with conn.transaction():
+        await conn.execute("DELETE FROM operator_sessions WHERE operator_id = $1"
+                           " AND (revoked OR expires_at <= business_now())", operator_id)
+        session_id, expires_at = await conn.fetchrow(
+            "INSERT INTO operator_sessions (token_hash, operator_id, created_at, expires_at)"
+            " SELECT $1, $2, business_now(), business_now() + $3 * interval '1 millisecond'"
+            " RETURNING id, expires_at", token_digest(token), operator_id, SESSION_LIFETIME_MS)
+        await conn.execute(
+            "UPDATE operator_sessions SET revoked = true WHERE operator_id = $1 AND NOT revoked"
+            " AND id NOT IN (SELECT id FROM operator_sessions WHERE operator_id = $1"
+            " AND NOT revoked ORDER BY id DESC LIMIT $2)", operator_id,
+            MAX_ACTIVE_SESSIONS_PER_OPERATOR)
+        account = _account(await conn.fetchrow(f"SELECT {_ACCOUNT} FROM operators o WHERE id = $1",
+                                               operator_id))
+    return Session(session_id, token, expires_at, account)
+
+
+async def resolve_session(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> Session | None:
+    """The live session of a bearer token, in one query: unexpired, not revoked, account enabled."""
+    if not SESSION_TOKEN_PATTERN.match(token):
+        return None
+    row = await conn.fetchrow(
+        f"SELECT s.id AS session_id, s.expires_at, {_ACCOUNT} FROM operator_sessions s"
+        " JOIN operators o ON o.id = s.operator_id WHERE s.token_hash = $1 AND NOT s.revoked"
+        " AND s.expires_at > business_now() AND NOT o.disabled", token_digest(token))
+    return None if row is None else Session(row["session_id"], None, row["expires_at"], _account(row))
+
+
+async def logout(conn: asyncpg.Connection | asyncpg.Pool, session_id: int) -> None:
+    await conn.execute("UPDATE operator_sessions SET revoked = true WHERE id = $1", session_id)
+
+
+async def change_password(conn: asyncpg.Connection, session: Session, current: str, new: str,
+                          hasher: PasswordHasher = DEFAULT_HASHER) -> None:
+    """The operator's own change: the current password checked (a wrong one counts towards the
+    lock), the others of their sessions ended, this one kept."""
+    login_name = session.account.login
+    _check_new(new, login_name)
+    if new == current:
+        raise OperatorError("the new password must differ from the current one")
+    row, ok = await _check_password(conn, "o.id = $1", session.account.id, current, hasher)
+    if not ok:
+        raise WrongPassword("the current password is wrong (or the account is locked)")
+    new_hash = await hash_password(hasher, new)
+    async with conn.transaction():
+        await conn.execute("UPDATE operators SET password_hash = $2, must_change_password = false,"
+                           " failed_logins = 0, locked_until = NULL WHERE id = $1", row["id"],
+                           new_hash)
+        await conn.execute("UPDATE operator_sessions SET revoked = true WHERE operator_id = $1"
+                           " AND id <> $2", row["id"], session.id)
+        await append_audit(conn, actor=f"{row['role']}:{login_name}", action="operator.password",
+                           subject=f"operator:{login_name}",
+                           before={"must_change_password": row["must_change_password"]},
+                           after={"must_change_password": False})
+
+
+async def _enabled_account_for_update(conn: asyncpg.Connection, login_name: str) -> Account:
+    row = await conn.fetchrow(f"SELECT {_ACCOUNT} FROM operators o WHERE login = $1 FOR UPDATE",
+                              login_name)
+    if row is None:
+        raise UnknownOperator(f"no operator {login_name}")
+    account = _account(row)
+    if account.disabled:
+        raise OperatorConflict(f"operator {login_name} is disabled")
+    return account
+
+
+async def reset_password(conn: asyncpg.Connection, *, actor: str, login_name: str,
+                         hasher: PasswordHasher = DEFAULT_HASHER) -> str:
+    """A new provisional password (returned once), to change at next login; the lock lifted and
+    every session ended."""
+    provisional = provisional_password()
+    password_hash = await hash_password(hasher, provisional)
+    async with conn.transaction():
+        before = await _enabled_account_for_update(conn, login_name)
+        await conn.execute("UPDATE operators SET password_hash = $2, must_change_password = true,"
+                           " failed_logins = 0, locked_until = NULL WHERE id = $1", before.id,
+                           password_hash)
+        await conn.execute("UPDATE operator_sessions SET revoked = true WHERE operator_id = $1",
+                           before.id)
+        await append_audit(conn, actor=actor, action="operator.password_reset",
+                           subject=f"operator:{login_name}",
+                           before={"must_change_password": before.must_change_password,
+                                   "locked": before.locked},
+                           after={"must_change_password": True, "locked": False})
+    return provisional
+
+
+async def disable_operator(conn: asyncpg.Connection, *, actor: str, login_name: str) -> Account:
+    """Disabled for good (a new account is a new login): every session ends at once."""
+    async with conn.transaction():
+        before = await _enabled_account_for_update(conn, login_name)
+        row = await conn.fetchrow(f"UPDATE operators o SET disabled = true WHERE id = $1"
+                                  f" RETURNING {_ACCOUNT}", before.id)
+        await conn.execute("UPDATE operator_sessions SET revoked = true WHERE operator_id = $1",
+                           before.id)
+        after = _account(row)
+        await append_audit(conn, actor=actor, action="operator.disable",
+                           subject=f"operator:{login_name}", before=before.audit_view(),
+                           after=after.audit_view())
+    return after
+
+
+async def list_operators(conn: asyncpg.Connection | asyncpg.Pool) -> list[Account]:
+    rows = await conn.fetch(f"SELECT {_ACCOUNT} FROM operators o ORDER BY o.login LIMIT $1",
+                            LIST_OPERATORS_MAX_ROWS)
+    return [_account(row) for row in rows]
