@@ -138,7 +138,9 @@ async def _measure(url, deliveries, workdir: Path, card: VirtualCard, sales: int
     delivered, transport_key = deliveries[agent_terminal]
     FutureKeyTerminal.install_from_key_block(sealed_state(config, environ), delivered.key_block,
                                              transport_key, delivered.initial_key_id).close()
-    async with running_agent(config, environ=environ) as agent:
+    # The card stays on the reader between sales: without new_tap_per_sale=False each sale would
+    # wait for it to be lifted and placed again, i.e. for pcscd's presence poll (measured below).
+    async with running_agent(config, environ=environ, new_tap_per_sale=False) as agent:
         for _ in range(WARMUP_SALES):
             await agent.sale(SALE_AMOUNT_CENTS)
 

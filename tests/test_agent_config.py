@@ -6,7 +6,10 @@ import pytest
 
 from terminal_protocol.agent.agent_config import AgentConfig, AgentConfigError
 from terminal_protocol.agent.local_store import LocalStore, StoreLocked
-from terminal_protocol.agent.outbox import OUTBOX_MAX_RETRY_MS, retry_delay_ms
+from terminal_protocol.agent.journal import Journal, SentMessage
+from terminal_protocol.agent.outbox import (
+    OUTBOX_MAX_RETRY_MS, OUTBOX_OVERDUE_ATTEMPTS, Outbox, retry_delay_ms,
+)
 
 GOOD = 'server_url = "https://auth.example:8443"\nterminal_id = "P1-T1"\nstate_dir = "/var/lib/t"\n'
 
@@ -62,3 +65,16 @@ def test_retries_back_off_to_a_ceiling():
     delays = [retry_delay_ms(attempt) for attempt in range(12)]
     assert delays[:3] == [1000, 2000, 4000]
     assert delays == sorted(delays) and max(delays) == OUTBOX_MAX_RETRY_MS
+
+
+def test_money_owed_is_never_given_up_only_flagged_overdue(tmp_path):
+    store = LocalStore(tmp_path / "journal.sqlite")
+    try:
+        outbox = Outbox(store, Journal(store))
+        outbox.enqueue(SentMessage("reversal-0001", "reversal", b"{}", original_request_id="p-1"))
+        for attempt in range(OUTBOX_OVERDUE_ATTEMPTS * 2):
+            outbox.postpone("reversal-0001", "ClientConnectorError")
+        assert [item[0] for item in outbox.pending()] == ["reversal-0001"]
+        assert outbox.overdue() == 1 and outbox.counts() == {"pending": 1}
+    finally:
+        store.close()

@@ -261,3 +261,22 @@ def bare_get_uid_ms(reader_name: str) -> list[float]:
         scard.SCardDisconnect(card, scard.SCARD_LEAVE_CARD)
         scard.SCardReleaseContext(context)
     return timings
+
+
+def test_a_new_tap_needs_the_card_to_leave_and_come_back(pcscd, virtual_card):
+    """After a read with new_tap, the same card left on the reader is not read again."""
+    card = virtual_card(0)
+    card.insert()
+    reader = CardReader(READER_0)
+    try:
+        assert reader.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
+        with pytest.raises(TapTimeout):
+            reader.wait_for_uid(SHORT_TIMEOUT_MS, new_tap=True)
+        assert reader.wait_for_uid(TAP_TIMEOUT_MS) == card.uid      # without new_tap: read
+        card.remove()
+        wait_reader_state(READER_0, present=False)
+        card.insert()
+        assert reader.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
+        assert card.get_uid_answered == 3
+    finally:
+        reader.close()

@@ -247,3 +247,16 @@ def test_threads_never_share_a_counter(store):
         ksns = pool.map(lambda _: keys.sign_request("POST", TERMINAL_PATH, BODY)[0], range(200))
         counters = sorted(dukpt.split_ksn(ksn)[1] for ksn in ksns)
     assert counters == list(range(1, 201)) and state(store)[1] == 200
+
+
+def test_installing_the_same_key_again_keeps_its_counter(tmp_path):
+    """A repeated `terminal init --replace` (or a restore) must not reuse counters (63)."""
+    store = SealedStateFile(tmp_path / "state", key=bytes(range(32)))
+    with FutureKeyTerminal.install(store, KNOWN_INITIAL_KEY_ID, KNOWN_INITIAL_KEY) as keys:
+        for _ in range(5):
+            keys.sign_request("POST", "/v1/terminal", b"{}")
+        used = keys.last_counter
+    with FutureKeyTerminal.install(store, KNOWN_INITIAL_KEY_ID, KNOWN_INITIAL_KEY,
+                                   replace=True) as again:
+        ksn, _ = again.sign_request("POST", "/v1/terminal", b"{}")
+    assert dukpt.split_ksn(ksn)[1] > used

@@ -12,7 +12,7 @@ from terminal_protocol.agent.runtime import running_agent
 from agent_fixtures import AGENT_ENV
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, balance_of, set_balance
 from flaky_link import FlakyLink, server_port
-from pcsc_fixtures import READER_1
+from pcsc_fixtures import READER_0, READER_1, wait_reader_state
 
 CARD = card_uid(11)
 OTHER_CARD = card_uid(12)
@@ -75,12 +75,22 @@ async def test_a_card_lifted_mid_read_sends_nothing(agent_for, virtual_card, con
     assert await _purchases(conn) == []
 
 
+def _tap_again(card) -> None:
+    """Lift the card and place it again, once pcscd has seen it leave."""
+    card.remove()
+    wait_reader_state(READER_0, present=False)
+    card.insert()
+
+
 async def test_void_refund_totals_and_an_in_balance_close(agent_for, virtual_card, conn):
     before = await balance_of(conn, CARD)
-    virtual_card(0).insert(CARD)
+    card = virtual_card(0)
+    card.insert(CARD)
     async with agent_for(ACTIVE_TERMINAL) as agent:
         first = await agent.sale(10_00)
+        _tap_again(card)
         second = await agent.sale(4_00)
+        bad_reference = await agent.refund("12AB", 1_00)
         voided = await agent.void_last()
         refunded = await agent.refund(first.rrn, 2_50)
         nothing_to_void = await agent.void_last()                   # the last sale is voided
@@ -91,6 +101,7 @@ async def test_void_refund_totals_and_an_in_balance_close(agent_for, virtual_car
     assert voided.lines[0].startswith("ANNULATION ACCEPTÉE")
     assert (refunded.status, refunded.approved_cents) == ("approved", 2_50)
     assert nothing_to_void.status == "refused"
+    assert bad_reference.lines == ("Référence invalide : les 12 chiffres du ticket",)
     assert totals.details["totals"] == {
         "purchases_count": 2, "purchases_cents": 14_00, "reversals_count": 1,
         "reversals_cents": 4_00, "refunds_count": 1, "refunds_cents": 2_50}
@@ -130,7 +141,33 @@ async def test_the_agent_reads_again_after_pcscd_restarts(agent_for, pcscd, virt
         card.insert(CARD)
         assert (await agent.sale(1_00)).status == "approved"
         card.remove()
+        wait_reader_state(READER_0, present=False)
         pcscd.restart()
         card.insert(CARD)
         assert (await agent.sale(2_00)).status == "approved"
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [1_00, 2_00]
+
+
+async def test_a_close_without_answer_is_resent_before_anything_else(agent_config, pcscd,
+                                                                     virtual_card, server, conn):
+    """The server closed the batch but its answer was lost: the agent sends nothing else until
+    the same close, resent, gets its answer; the batch then balances."""
+    link = await FlakyLink("127.0.0.1", server_port(server)).start()
+    try:
+        virtual_card(0).insert(CARD)
+        config = agent_config(CROWD_TERMINALS[1], url=link.url)
+        async with running_agent(config, environ=AGENT_ENV) as agent:
+            assert (await agent.sale(3_00)).status == "approved"
+            link.mode = "deaf"
+            lost = await agent.close_batch()
+            assert lost.lines[0] == "Réponse de clôture non reçue : relancez la clôture"
+            link.mode = "forward"
+            assert (await agent.void_last()).status == "refused"
+            assert (await agent.sale(1_00)).status == "refused"
+            closed = await agent.close_batch()
+            nothing_yet = agent.totals()
+        assert (closed.status, closed.details["batch_number"]) == ("in_balance", 1)
+        assert nothing_yet.details["totals"]["purchases_count"] == 0
+        assert await conn.fetchval("SELECT count(*) FROM terminal_batches") == 1
+    finally:
+        await link.close()

@@ -80,6 +80,8 @@ async def test_a_queued_reversal_survives_kill_9_and_is_delivered_once(
             url = f"http://127.0.0.1:{config.till_api_port}/v1/sale"
             async with stranger.post(url, json={"amount": "9,00"}) as reply:
                 assert reply.status == 401
+        async with agent.session.post("/v1/sale", json={"amount": 900}) as reply:
+            assert reply.status == 400                          # cents or euros? refused
         virtual_card(0).insert(CARD)
         link.mode = "deaf"
         link.after_next_answer(link.go_down)        # the purchase is approved, then the line dies

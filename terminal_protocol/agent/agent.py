@@ -22,7 +22,9 @@ from terminal_protocol.agent.outbox import Outbox, OutboxSender
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import masked_uid
 from terminal_protocol.client import TerminalClient
-from terminal_protocol.codec import decode_request, decode_response, encode_request
+from terminal_protocol.codec import (
+    ProtocolError, decode_request, decode_response, encode_request,
+)
 from terminal_protocol.messages import Request, Response
 
 # The server could not decide: the purchase may or may not be recorded, so reverse it.
@@ -35,12 +37,16 @@ log = logging.getLogger("hdfpay.terminal")
 
 
 class Reader(Protocol):
-    def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None) -> bytes: ...
+    def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None, *,
+                     new_tap: bool = False) -> bytes: ...
 
 
 class TerminalAgent:
     def __init__(self, client: TerminalClient, reader: Reader, store: LocalStore, *,
-                 max_sale_cents: int, tap_timeout_ms: int = DEFAULT_TAP_TIMEOUT_MS) -> None:
+                 max_sale_cents: int, tap_timeout_ms: int = DEFAULT_TAP_TIMEOUT_MS,
+                 new_tap_per_sale: bool = True) -> None:
+        """`new_tap_per_sale` False lets a card left on the reader pay again without being lifted:
+        only for measuring latency without pcscd's 400 ms presence poll (loadtest/bench_tap)."""
         self._client = client
         self._reader = reader
         self.journal = Journal(store)
@@ -51,6 +57,7 @@ class TerminalAgent:
         self._tap_cancel = threading.Event()
         self._max_sale_cents = max_sale_cents
         self._tap_timeout_ms = tap_timeout_ms
+        self._new_tap_per_sale = new_tap_per_sale
         self._sender_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -76,16 +83,18 @@ class TerminalAgent:
             return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
         async with self._operation_lock:
             if self.journal.unanswered_close() is not None:
-                return texts.refused("Clôture en attente de réponse : relancez la clôture d'abord")
+                return _close_first()
             self._tap_cancel.clear()
             try:
                 uid = await asyncio.to_thread(self._reader.wait_for_uid, self._tap_timeout_ms,
-                                              self._tap_cancel)
+                                              self._tap_cancel, new_tap=self._new_tap_per_sale)
             except Exception as exc:
                 return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
             request = self._client.purchase_request(uid, amount_cents, partial_ok=True)
             body = encode_request(request)
-            self.journal.record_sending(SentMessage(request.request_id, "purchase", body,
+            # A purchase is never resent (a reversal follows it instead), so the journal keeps
+            # no copy of its bytes, and with them no whole card UID.
+            self.journal.record_sending(SentMessage(request.request_id, "purchase", b"",
                                                     amount_cents, masked_uid(uid)))
             try:
                 response = await self._send(body)
@@ -101,6 +110,8 @@ class TerminalAgent:
 
     async def void_last(self) -> Outcome:
         async with self._operation_lock:
+            if self.journal.unanswered_close() is not None:
+                return _close_first()
             sale = self.journal.last_voidable_sale()
             if sale is None:
                 return texts.refused("Aucune vente à annuler dans ce lot")
@@ -111,16 +122,20 @@ class TerminalAgent:
         if not 0 < amount_cents <= self._max_sale_cents:
             return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
         async with self._operation_lock:
-            try:
-                request = self._client.refund_request(original_rrn, amount_cents)
-            except Exception:
+            if self.journal.unanswered_close() is not None:
+                return _close_first()
+            request = self._client.refund_request(original_rrn, amount_cents)
+            try:   # msgspec checks the patterns on decoding, not when a struct is built
+                decode_request(encode_request(request))
+            except ProtocolError:
                 return texts.refused("Référence invalide : les 12 chiffres du ticket")
             self.outbox.enqueue(SentMessage(request.request_id, "refund", encode_request(request),
                                             amount_cents, original_rrn=original_rrn))
             return await self._deliver_now(request, amount_cents)
 
     def totals(self) -> Outcome:
-        return texts.totals(self.journal.batch_totals(), len(self.outbox.pending()))
+        return texts.totals(self.journal.batch_totals(), len(self.outbox.pending()),
+                            self.outbox.overdue())
 
     async def close_batch(self) -> Outcome:
         async with self._operation_lock:
@@ -145,14 +160,15 @@ class TerminalAgent:
             try:
                 response, raw = await self._send_with_body(body)
             except Exception:
-                return texts.refused("Pas de réponse du serveur : clôture non faite, recommencez")
+                return texts.refused("Réponse de clôture non reçue : relancez la clôture",
+                                     "Aucune vente avant la réponse du serveur")
             if response.rc in ("00", "95"):
                 self.journal.close_batch(request_id, response, raw)
             return texts.batch_closed(response, totals)
 
     def status(self) -> dict:
         return {"outbox": self.outbox.counts(), "pending": len(self.outbox.pending()),
-                "batch": self.journal.open_batch_id()}
+                "overdue": self.outbox.overdue(), "batch": self.journal.open_batch_id()}
 
     def _queue_reversal(self, original_request_id: str, *, unanswered: bool = False) -> Request:
         request = self._client.reversal_request(original_request_id)
@@ -180,3 +196,6 @@ class TerminalAgent:
             raw = await self._client.send_raw(body)
         return decode_response(raw), raw
 
+
+def _close_first() -> Outcome:
+    return texts.refused("Clôture en attente de réponse : relancez la clôture d'abord")

@@ -59,6 +59,10 @@ class CardRemoved(CardReaderError):
     message_fr = "Carte retirée trop tôt : présentez-la à nouveau"
 
 
+# pcsc-lite keeps a per-reader count of card insertions and removals in the event state's high word.
+EVENT_COUNT_SHIFT = 16
+
+
 class CardUnreadable(CardReaderError):
     message_fr = "Carte illisible : présentez-la à nouveau"
 
@@ -85,6 +89,7 @@ class CardReader:
         self.status_poll_ms = status_poll_ms
         self.context_restarts = 0  # how many times a lost context was replaced (for metrics)
         self._context: int | None = None
+        self._events_at_last_read: int | None = None
 
     def readers(self) -> list[str]:
         """The reader names pcscd lists now (a context lost to a pcscd restart is replaced once)."""
@@ -95,15 +100,25 @@ class CardReader:
                 self._lose_context()
         raise ServiceUnavailable("pcscd is not answering")
 
-    def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None) -> bytes:
-        """Wait for a card on the reader (one already there counts) and return its UID."""
+    def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None, *,
+                     new_tap: bool = False) -> bytes:
+        """Wait for a card on the reader and return its UID. A card already there counts,
+        unless `new_tap`: then the card read last time must have left the reader since (pcscd
+        counts insertions and removals in the high word of the event state), so a card left
+        on the reader after a sale is not charged again by the next one."""
         deadline = time.monotonic() + timeout_ms / 1000
+        already_read = self._events_at_last_read if new_tap else None
         while True:
-            reader = self._wait_for_state(scard.SCARD_STATE_PRESENT, deadline, cancel)
-            if reader is None:
+            found = self._wait_for_state(
+                scard.SCARD_STATE_PRESENT, deadline, cancel,
+                accept=lambda state: state >> EVENT_COUNT_SHIFT != already_read)
+            if found is None:
                 raise TapTimeout(f"no card within {timeout_ms} ms")
+            reader, event_state = found
             try:
-                return self._read_uid(reader)
+                uid = self._read_uid(reader)
+                self._events_at_last_read = event_state >> EVENT_COUNT_SHIFT
+                return uid
             except _ServiceLost as lost:
                 self._lose_context()  # the card may still be there: wait and read again
                 _raise_if_past(deadline, lost)
@@ -116,10 +131,10 @@ class CardReader:
     def close(self) -> None:
         self._drop_context()
 
-    def _wait_for_state(self, wanted: int, deadline: float,
-                        cancel: threading.Event | None) -> str | None:
-        """Block on SCardGetStatusChange in short slices until the reader shows `wanted`;
-        returns the reader's name, or None at the deadline."""
+    def _wait_for_state(self, wanted: int, deadline: float, cancel: threading.Event | None,
+                        accept=lambda event_state: True) -> tuple[str, int] | None:
+        """Block on SCardGetStatusChange in short slices until the reader shows `wanted` (and
+        `accept` agrees); returns (reader name, event state), or None at the deadline."""
         known_state, reader = scard.SCARD_STATE_UNAWARE, None
         while True:
             if cancel is not None and cancel.is_set():
@@ -141,8 +156,8 @@ class CardReader:
                 event_state = states[0][1]
                 if event_state & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_IGNORE):
                     raise NoReader(f"reader {reader!r} was unplugged")
-                if event_state & wanted:
-                    return reader
+                if event_state & wanted and accept(event_state):
+                    return reader, event_state
                 known_state = event_state & ~scard.SCARD_STATE_CHANGED
             if time.monotonic() >= deadline:
                 return None

@@ -71,7 +71,7 @@ def card_error(message_fr: str) -> Outcome:
     return Outcome("card_error", ("LECTURE DE LA CARTE IMPOSSIBLE", message_fr))
 
 
-def totals(batch: BatchTotals, pending: int) -> Outcome:
+def totals(batch: BatchTotals, pending: int, overdue: int = 0) -> Outcome:
     net = batch.purchases_cents - batch.reversals_cents - batch.refunds_cents
     lines = [
         f"Ventes : {batch.purchases_count}  {format_euros(batch.purchases_cents)}",
@@ -81,8 +81,10 @@ def totals(batch: BatchTotals, pending: int) -> Outcome:
     ]
     if pending:
         lines.append(f"{pending} opération(s) en attente d'envoi au serveur")
+    if overdue:
+        lines.append(f"{overdue} en attente depuis plus d'une heure : appelez l'assistance de la Région")
     return Outcome("totals", tuple(lines), approved_cents=net,
-                   details={"totals": _as_dict(batch), "pending": pending})
+                   details={"totals": _as_dict(batch), "pending": pending, "overdue": overdue})
 
 
 def batch_closed(response: Response, sent: BatchTotals) -> Outcome:

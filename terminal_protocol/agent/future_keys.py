@@ -19,6 +19,7 @@ answer stay in memory, and each is dropped once its answer is checked.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hmac
 import struct
 import threading
@@ -84,6 +85,14 @@ class FutureKeyTerminal:
         try:
             if store.exists() and not replace:
                 raise StateExists(f"{store.path} already holds a terminal state")
+            if store.exists():
+                # The same key installed again (a repeated command, a restore) carries on from
+                # its last counter: starting over would reuse counters the server refuses (63).
+                # An old state that cannot be read is simply replaced.
+                with contextlib.suppress(SealedStateError):
+                    old_key_id, old_last, _ = _decode(store.read(), store)
+                    if old_key_id == initial_key_id:
+                        last_counter = max(last_counter, old_last)
             registers = registers_after(initial_key_id, initial_key, last_counter)
             store.write(_encode(initial_key_id, last_counter, registers))
         except BaseException:

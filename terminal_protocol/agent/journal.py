@@ -84,7 +84,7 @@ class Journal:
         """Purchases written but never answered: the agent died while they were on the wire."""
         return [row[0] for row in self._db.execute(
             "SELECT request_id FROM messages WHERE kind = 'purchase' AND state = 'sending'"
-            " ORDER BY created_at")]
+            " ORDER BY rowid")]
 
     def unanswered_close(self) -> sqlite3.Row | None:
         """A batch close sent without an answer: it must be resent, same bytes, before anything
@@ -98,7 +98,7 @@ class Journal:
         the very last sale may be voided, never an earlier one."""
         row = self._db.execute(
             "SELECT * FROM messages WHERE kind = 'purchase' AND batch_id = ?"
-            " ORDER BY created_at DESC, rowid DESC LIMIT 1", (self.open_batch_id(),)).fetchone()
+            " ORDER BY rowid DESC LIMIT 1", (self.open_batch_id(),)).fetchone()
         if row is None or row["state"] != "answered" or row["approved_cents"] <= 0:
             return None
         voided = self._db.execute(

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  REAL NOT NULL,
     last_error       TEXT,
-    state            TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'abandoned'))
+    state            TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done'))
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 """

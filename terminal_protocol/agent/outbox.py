@@ -17,13 +17,16 @@ from terminal_protocol.agent.journal import Journal, SentMessage
 from terminal_protocol.agent.local_store import LocalStore
 from terminal_protocol.messages import Response
 
-# Answers that say "try again later": the server could not decide (91, 96) or the message was
-# refused before it was read (63: a KSN the server had not expected, e.g. after a restore).
-RETRYABLE_CODES = frozenset({"63", "91", "96"})
+# Answers that say "try again later": the server could not decide (91, 96), the message was
+# refused before it was read (63: a KSN the server had not expected, e.g. after a restore), or
+# the terminal is not allowed now (58: revoked or unknown; a suspended one may still reverse).
+RETRYABLE_CODES = frozenset({"58", "63", "91", "96"})
 OUTBOX_FIRST_RETRY_MS = 1_000
 OUTBOX_MAX_RETRY_MS = 60_000
-# About 33 hours at the maximum interval; then the item waits for the region's support.
-OUTBOX_MAX_ATTEMPTS = 2_000
+# Money owed to a student is never given up: past this many attempts (about an hour) the item is
+# shown as overdue to the cashier, who calls the region's support; retries go on.
+OUTBOX_OVERDUE_ATTEMPTS = 60
+SENDER_FAILURE_PAUSE_MS = 5_000
 
 log = logging.getLogger("hdfpay.terminal.outbox")
 
@@ -56,7 +59,12 @@ class Outbox:
         return [tuple(row) for row in self._store.db.execute(
             "SELECT o.request_id, m.body, o.attempts, o.next_attempt_at FROM outbox o"
             " JOIN messages m USING (request_id) WHERE o.state = 'pending'"
-            " ORDER BY m.created_at, m.rowid")]
+            " ORDER BY m.rowid")]          # rowid, not the wall clock, which may step back
+
+    def overdue(self) -> int:
+        return self._store.db.execute(
+            "SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts >= ?",
+            (OUTBOX_OVERDUE_ATTEMPTS,)).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         return dict(self._store.db.execute("SELECT state, count(*) FROM outbox GROUP BY state"))
@@ -72,13 +80,13 @@ class Outbox:
         with self._store.transaction() as db:
             attempts = db.execute("SELECT attempts FROM outbox WHERE request_id = ?",
                                   (request_id,)).fetchone()[0] + 1
-            state = "abandoned" if attempts >= OUTBOX_MAX_ATTEMPTS else "pending"
-            db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
-                       " state = ? WHERE request_id = ?",
+            db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?"
+                       " WHERE request_id = ?",
                        (attempts, time.time() + retry_delay_ms(attempts) / 1000, error[:200],
-                        state, request_id))
-        if state == "abandoned":
-            log.error("outbox item %s abandoned after %d attempts: %s", request_id, attempts, error)
+                        request_id))
+        if attempts == OUTBOX_OVERDUE_ATTEMPTS:
+            log.error("outbox item %s still unanswered after %d attempts: %s", request_id,
+                      attempts, error)
 
 
 class OutboxSender:
@@ -123,7 +131,12 @@ class OutboxSender:
         everything = True
         while True:
             self._outbox.changed.clear()
-            await self.deliver_due(everything=everything)
+            try:
+                await self.deliver_due(everything=everything)
+            except Exception:   # e.g. a full disk: the queue is still on disk, try again later
+                log.exception("outbox pass failed")
+                await asyncio.sleep(SENDER_FAILURE_PAUSE_MS / 1000)
+                continue
             everything = False
             pending = self._outbox.pending()
             wait_s = (max(0.0, min(due for *_, due in pending) - time.time())

@@ -48,7 +48,8 @@ def client_ssl_context(config: AgentConfig) -> ssl.SSLContext | None:
 
 @contextlib.asynccontextmanager
 async def running_agent(config: AgentConfig, *, reader=None,
-                        environ: Mapping[str, str] = os.environ) -> AsyncIterator[TerminalAgent]:
+                        environ: Mapping[str, str] = os.environ,
+                        **agent_options) -> AsyncIterator[TerminalAgent]:
     """The agent, started (outbox delivery running) until the block exits."""
     from terminal_protocol.agent.future_keys import FutureKeyTerminal
 
@@ -69,7 +70,7 @@ async def running_agent(config: AgentConfig, *, reader=None,
                                   timeout_ms=config.answer_timeout_ms,
                                   ssl_context=client_ssl_context(config)) as client:
             agent = TerminalAgent(client, reader, store, max_sale_cents=config.max_sale_cents,
-                                  tap_timeout_ms=config.tap_timeout_ms)
+                                  tap_timeout_ms=config.tap_timeout_ms, **agent_options)
             await agent.start()
             try:
                 yield agent

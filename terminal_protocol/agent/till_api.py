@@ -104,8 +104,11 @@ async def _json(request: web.Request) -> dict:
 
 async def _amount(request: web.Request, body: dict | None = None) -> int:
     body = body if body is not None else await _json(request)
+    amount = body.get("amount")
+    if not isinstance(amount, str):   # a number is ambiguous: 250 cents or 250 euros?
+        raise _bad_request("« amount » : un texte en euros, par exemple \"12,50\"")
     try:
-        return parse_euros(str(body.get("amount", "")))
+        return parse_euros(amount)
     except AmountError as exc:
         raise _bad_request(str(exc)) from None
 
