@@ -105,3 +105,18 @@ async def test_refund_once_the_wallet_window_is_over(client, conn):
     assert (await client.refund(sale.rrn, 5_00)).rc == "54"
     await pin_clock(conn, paris(2027, 4, 30, 23, 59, 59))
     assert (await client.refund(sale.rrn, 5_00)).rc == "00"
+
+
+async def test_a_suspended_terminal_may_still_reverse_but_not_sell(client, conn):
+    """A purchase whose answer was lost just before the shop was suspended must still be
+    reversible: the reversal only gives the student's money back."""
+    before = await balance_of(conn, CARD)
+    sale = client.purchase_request(CARD, 6_00)
+    assert (await client.send(sale)).rc == "00"
+    await conn.execute("UPDATE terminals SET status = 'SUSPENDED' WHERE id = $1", client.terminal_id)
+    assert (await client.purchase(CARD, 1_00)).rc == "58"
+    reversal = await client.reversal(sale.request_id)
+    assert (reversal.rc, reversal.approved_cents) == ("00", 6_00)
+    assert await balance_of(conn, CARD) == before
+    await conn.execute("UPDATE terminals SET status = 'REVOKED' WHERE id = $1", client.terminal_id)
+    assert (await client.reversal(sale.request_id)).rc == "58"
