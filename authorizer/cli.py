@@ -10,12 +10,14 @@ import asyncpg
 import uvloop
 
 from authorizer import cli_cards, cli_operators, cli_school_year, cli_settlement
+from authorizer.cli_support import cli_actor
 from authorizer.config import ConfigError, Settings
 from authorizer.database import SchemaNotReady, check_schema, connection, database_dsn
 from authorizer.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
 from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
+from ledger.audit import append_audit
 from ledger.migrate import MigrationError, migrate
 from ledger.reload import ReloadRefused, UnknownBeneficiary, reload_wallet
 from terminal_protocol.amounts import AmountError, format_euros, parse_euros
@@ -98,16 +100,19 @@ def cmd_terminals(args, settings: Settings) -> int:
                 return
             if args.action in ("activate", "suspend", "revoke"):
                 status = {"activate": "ACTIVE", "suspend": "SUSPENDED", "revoke": "REVOKED"}[args.action]
-                await provisioning.set_terminal_status(conn, args.terminal_id, status)
+                await provisioning.set_terminal_status(conn, args.terminal_id, status,
+                                                       actor=cli_actor())
                 print(f"terminal {args.terminal_id}: {status}")
                 return
             with contextlib.closing(open_hsm_from_env()) as hsm:
                 if args.action == "add":
                     if args.partner is None:
                         raise UsageError("'terminals add' needs --partner")
-                    delivered = await provisioning.add_terminal(conn, hsm, args.terminal_id, args.partner)
+                    delivered = await provisioning.add_terminal(conn, hsm, args.terminal_id,
+                                                                args.partner, actor=cli_actor())
                 else:
-                    delivered = await provisioning.rotate_terminal_key(conn, hsm, args.terminal_id)
+                    delivered = await provisioning.rotate_terminal_key(conn, hsm, args.terminal_id,
+                                                                       actor=cli_actor())
         _print_delivery(delivered)
 
     with database_dsn(settings.database_url) as dsn:
@@ -174,7 +179,15 @@ def cmd_reload(args, settings: Settings) -> int:
         async with connection(dsn) as conn:
             await check_schema(conn)
             year = args.school_year or await conn.fetchval(RELOAD_SCHOOL_YEAR_SQL)
-            result = await reload_wallet(conn, args.dossier, year, amount_cents, args.reference)
+            async with conn.transaction():
+                result = await reload_wallet(conn, args.dossier, year, amount_cents, args.reference)
+                if not result.already_done:
+                    await append_audit(conn, actor=cli_actor(), action="wallet.reload",
+                                       subject=f"beneficiary:{args.dossier}",
+                                       after={"school_year": year, "amount_cents": amount_cents,
+                                              "reference": args.reference,
+                                              "credited_cents": result.credited_cents,
+                                              "fee_recovered_cents": result.fee_recovered_cents})
         if result.already_done:
             print(f"already reloaded (same reference): nothing credited; balance "
                   f"{format_euros(result.balance_cents)}")

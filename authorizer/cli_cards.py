@@ -4,12 +4,9 @@ geolocation. Every change is audited as "cli:<unix user>"."""
 
 from __future__ import annotations
 
-import getpass
-import sys
 
-import uvloop
 
-from authorizer.database import check_schema, connection, database_dsn
+from authorizer.cli_support import cli_actor as _actor, run_on_database
 from ledger import card_requests, cards, partners
 from ledger.cards import REPLACEMENT_FEE_CENTS, Refused
 from terminal_protocol.amounts import format_euros
@@ -21,23 +18,9 @@ DEFAULT_SEARCH_RADIUS_KM = 10.0
 METRES_PER_KM = 1000
 
 
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
 def _run(settings, work) -> int:
     """Run work(conn) on the database; the ledger's refusals become a message and exit code 2."""
-    async def main() -> None:
-        async with connection(dsn) as conn:
-            await check_schema(conn)
-            await work(conn)
-    try:
-        with database_dsn(settings.database_url) as dsn:
-            uvloop.run(main())
-    except Refused as exc:
-        print(f"hdfpay: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_on_database(settings, work, (Refused,))
 
 
 def _print_card(card: cards.Card) -> None:

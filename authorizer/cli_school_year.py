@@ -3,14 +3,12 @@ year's operations from the command line, audited as "cli:<unix user>"."""
 
 from __future__ import annotations
 
-import getpass
 import sys
 import time
 from pathlib import Path
 
-import uvloop
 
-from authorizer.database import check_schema, connection, database_dsn
+from authorizer.cli_support import cli_actor, run_on_database
 from ledger.bulk_reload import (BULK_RELOAD_CHUNK_ROWS, BulkReloadRefused, BulkReloadRun,
                                 latest_run, reload_school_year, run_bulk_reload)
 from ledger.expiry import ExpiryRefused, expire_school_year, last_closed_school_year
@@ -29,23 +27,9 @@ class _Refused(ValueError):
     pass
 
 
-def cli_actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
 def _with_database(settings, work) -> int:
     """Run `work(conn)` on a checked schema; the area's refusals become a plain error, exit 2."""
-    async def main() -> int:
-        async with connection(dsn) as conn:
-            await check_schema(conn)
-            return await work(conn) or 0
-
-    try:
-        with database_dsn(settings.database_url) as dsn:
-            return uvloop.run(main())
-    except (*EXPECTED_ERRORS, _Refused) as exc:
-        print(f"hdfpay: error: {exc}", file=sys.stderr)
-        return 2
+    return run_on_database(settings, work, (*EXPECTED_ERRORS, _Refused))
 
 
 async def _establishment_id(conn, uai: str | None) -> int | None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
-import sys
 from pathlib import Path
 
 import asyncpg
-import uvloop
 
-from authorizer.database import check_schema, connection, database_dsn
+from authorizer.cli_support import cli_actor as _actor, run_on_database
 from authorizer.payout_files import BankAccount, PayoutError, payout_files, set_payee, write_payout_files
 from ledger import reports
 from ledger.settlement import (SettlementRefused, UnknownRun, get_run, list_runs, run_lines,
@@ -21,10 +18,6 @@ from terminal_protocol.response_codes import APPROVED_CODES, describe
 
 DEFAULT_REPORT_DAYS = 7
 LISTED_RUNS_ROWS = 20
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
 
 
 def _day(text: str) -> dt.date:
@@ -42,16 +35,8 @@ def euros(cents: int) -> str:
 
 def _run_command(settings, main) -> int:
     """Open the database, run `main(conn)`; expected refusals become one line on stderr."""
-    async def wrapped() -> int:
-        async with connection(dsn) as conn:
-            await check_schema(conn)
-            return await main(conn) or 0
-    try:
-        with database_dsn(settings.database_url) as dsn:
-            return uvloop.run(wrapped())
-    except (SettlementRefused, UnknownRun, PayoutError, reports.ReportRefused) as exc:
-        print(f"hdfpay: error: {exc}", file=sys.stderr)
-        return 2
+    return run_on_database(settings, main,
+                           (SettlementRefused, UnknownRun, PayoutError, reports.ReportRefused))
 
 
 def cmd_settle(args, settings) -> int:

@@ -16,6 +16,10 @@ import asyncpg
 
 from authorizer.key_aliases import BDK_ID_BYTES, bdk_alias, bdk_id_of, kbpk_alias
 from hsm.interface import Hsm, HsmError, KeyInfo, KeyUsage, UnknownKey
+from ledger.audit import append_audit
+
+# The audit trail's name for provisioning done by the program itself (seeding, tests).
+SYSTEM_ACTOR = "system:hdfpay"
 
 
 class ProvisioningError(RuntimeError):
@@ -49,7 +53,7 @@ def new_bdk(hsm: Hsm) -> KeyInfo:
 
 
 async def add_terminal(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
-                       partner_id: int) -> DeliveredKey:
+                       partner_id: int, *, actor: str = SYSTEM_ACTOR) -> DeliveredKey:
     """A PENDING terminal of the partner, with a new transport key and its first initial key."""
     async with conn.transaction():
         if await conn.fetchval("SELECT status FROM partners WHERE id = $1", partner_id) is None:
@@ -62,10 +66,12 @@ async def add_terminal(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
         _destroy_stale(hsm, kbpk_alias(terminal_id))
         kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
         delivered = await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+        await _audit_delivery(conn, actor, "terminal.add", delivered, {"partner_id": partner_id})
     return dataclasses.replace(delivered, transport_key=transport_key)
 
 
-async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str) -> DeliveredKey:
+async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str, *,
+                              actor: str = SYSTEM_ACTOR) -> DeliveredKey:
     """A new initial key under the current BDK, wrapped under the terminal's KBPK. The old key
     keeps working until the terminal's first message under the new one: no downtime. A terminal
     whose KBPK this HSM does not hold (or can no longer wrap with) gets a new transport key,
@@ -74,7 +80,9 @@ async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: s
         async with conn.transaction():
             await _lock_rotatable(conn, terminal_id)
             kbpk = hsm.key_info(kbpk_alias(terminal_id))
-            return await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+            delivered = await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+            await _audit_delivery(conn, actor, "terminal.rotate_key", delivered, {})
+            return delivered
     except HsmError:
         pass   # rolled back: no KBPK here, or (PKCS#11) its clear value is no longer held
     async with conn.transaction():
@@ -82,7 +90,17 @@ async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: s
         _destroy_stale(hsm, kbpk_alias(terminal_id))
         kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
         delivered = await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+        await _audit_delivery(conn, actor, "terminal.rotate_key", delivered,
+                              {"new_transport_key": True})
     return dataclasses.replace(delivered, transport_key=transport_key)
+
+
+async def _audit_delivery(conn: asyncpg.Connection, actor: str, action: str,
+                          delivered: DeliveredKey, extra: dict) -> None:
+    """Key ids and check values only: the audit trail never holds key material."""
+    await append_audit(conn, actor=actor, action=action, subject=f"terminal:{delivered.terminal_id}",
+                       after={"initial_key_id": delivered.initial_key_id.hex().upper(),
+                              "transport_key_kcv": delivered.kbpk.kcv, **extra})
 
 
 async def _lock_rotatable(conn: asyncpg.Connection, terminal_id: str) -> None:
@@ -91,12 +109,18 @@ async def _lock_rotatable(conn: asyncpg.Connection, terminal_id: str) -> None:
         raise ProvisioningError(f"terminal {terminal_id} is {'unknown' if status is None else 'revoked'}")
 
 
-async def set_terminal_status(conn: asyncpg.Connection, terminal_id: str, status: str) -> None:
+async def set_terminal_status(conn: asyncpg.Connection, terminal_id: str, status: str, *,
+                              actor: str = SYSTEM_ACTOR) -> None:
     """ACTIVE (activate, resume), SUSPENDED, or REVOKED (final: declined with 58 for good)."""
-    updated = await conn.fetchval("UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id",
-                                  terminal_id, status)
-    if updated is None:
-        raise ProvisioningError(f"no terminal {terminal_id}")
+    async with conn.transaction():
+        before = await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE",
+                                     terminal_id)
+        if before is None:
+            raise ProvisioningError(f"no terminal {terminal_id}")
+        await conn.execute("UPDATE terminals SET status = $2 WHERE id = $1", terminal_id, status)
+        await append_audit(conn, actor=actor, action="terminal.status",
+                           subject=f"terminal:{terminal_id}", before={"status": before},
+                           after={"status": status})
 
 
 async def provision_unkeyed_terminals(conn: asyncpg.Connection, hsm: Hsm) -> dict[str, tuple[DeliveredKey, bytes]]:

@@ -54,3 +54,28 @@ async def test_tampering_is_found(conn, tamper, finding):
     report = await verify_audit(conn)
     assert not report.intact
     assert any(problem.startswith(finding) for problem in report.problems), report.problems
+
+
+async def test_the_head_only_follows_the_log(conn):
+    """Resetting the head to hide rows deleted at the end needs its trigger disabled too."""
+    await _three_actions(conn)
+    for statement in ("UPDATE audit_head SET last_id = 2, last_hash = (SELECT row_hash FROM audit_log WHERE id = 2)",
+                      "DELETE FROM audit_head", "TRUNCATE audit_head"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+    assert (await verify_audit(conn)).intact
+
+
+async def test_terminal_changes_are_audited_without_key_material(conn, hsm):
+    from authorizer.provisioning import add_terminal, rotate_terminal_key, set_terminal_status
+    delivered = await add_terminal(conn, hsm, "AUDIT-T1", 1, actor="cli:alice")
+    await set_terminal_status(conn, "AUDIT-T1", "ACTIVE", actor="cli:alice")
+    rotated = await rotate_terminal_key(conn, hsm, "AUDIT-T1", actor="cli:bob")
+    rows = await conn.fetch("SELECT actor, action, before, after::text AS after FROM audit_log"
+                            " WHERE subject = 'terminal:AUDIT-T1' ORDER BY id")
+    assert [(r["actor"], r["action"]) for r in rows] == [
+        ("cli:alice", "terminal.add"), ("cli:alice", "terminal.status"),
+        ("cli:bob", "terminal.rotate_key")]
+    assert rotated.initial_key_id.hex().upper() in rows[2]["after"]
+    assert delivered.transport_key.hex().upper() not in "".join(r["after"].upper() for r in rows)
+    assert (await verify_audit(conn)).intact

@@ -3,7 +3,6 @@ a purchase signed with sealed future keys, the real server and PostgreSQL behind
 
 from __future__ import annotations
 
-import pytest
 
 from ledger.demo_region import card_uid
 

@@ -1,0 +1,39 @@
+"""What every `hdfpay` command of the region's operations shares: who the audit trail names, and
+running one piece of work on the checked database with expected refusals printed plainly."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from typing import Awaitable, Callable
+
+import asyncpg
+import uvloop
+
+from authorizer.database import check_schema, connection, database_dsn
+
+
+def cli_actor() -> str:
+    """The audit trail's name for whoever runs the command: the effective unix user."""
+    try:
+        return f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
+    except KeyError:
+        return f"cli:uid-{os.geteuid()}"
+
+
+def run_on_database(settings, work: Callable[[asyncpg.Connection], Awaitable[int | None]],
+                    refusals: tuple[type[BaseException], ...]) -> int:
+    """Run `work(conn)` on a checked schema; the area's `refusals` become one line on stderr
+    and exit code 2."""
+    async def main() -> int:
+        async with connection(dsn) as conn:
+            await check_schema(conn)
+            return await work(conn) or 0
+
+    try:
+        with database_dsn(settings.database_url) as dsn:
+            return uvloop.run(main())
+    except refusals as exc:
+        print(f"hdfpay: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,117 @@
+-- Two fixes from the review of the region's operations.
+--
+-- 1. audit_head may only move forward, one row at a time, onto the hash of the row just appended:
+--    resetting it (to hide rows deleted at the end of the trail) now needs its trigger disabled
+--    as well, which `hdfpay audit verify --expect-head` then shows against a head written down
+--    earlier.
+-- 2. replace_card locks the wallet row before appending to the audit trail (see below).
+
+CREATE FUNCTION guard_audit_head() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' OR NEW.last_id <> OLD.last_id + 1
+       OR NEW.last_hash IS DISTINCT FROM (SELECT row_hash FROM audit_log WHERE id = NEW.last_id) THEN
+        RAISE EXCEPTION 'audit_head only follows append_audit()' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER audit_head_follows_the_log BEFORE INSERT OR UPDATE OR DELETE ON audit_head
+    FOR EACH ROW EXECUTE FUNCTION guard_audit_head();
+CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_audit_change();
+
+CREATE OR REPLACE FUNCTION replace_card(p_card_id bigint, p_reason text, p_new_uid bytea,
+                             p_new_card_number text, p_fee_cents bigint, p_actor text)
+RETURNS card_replacements LANGUAGE plpgsql AS $$
+DECLARE
+    v_now      timestamptz := business_now();
+    v_local    timestamp   := v_now AT TIME ZONE 'Europe/Paris';
+    v_year     integer     := school_year_of(v_local);
+    v_old      cards;
+    v_new      cards;
+    v_reason   text;
+    v_was      text;
+    v_fee      bigint := 0;
+    v_taken    bigint := 0;
+    v_wallet   bigint;
+    v_balance  bigint;
+    v_pending  bigint;
+    v_row      card_replacements;
+BEGIN
+    IF p_fee_cents IS NULL OR p_fee_cents < 0 THEN
+        RAISE EXCEPTION 'a replacement fee is zero or more cents' USING ERRCODE = 'HD422';
+    END IF;
+    -- NO KEY UPDATE, not UPDATE: a purchase holding the wallet row takes KEY SHARE on the card
+    -- (its authorization's foreign key); FOR UPDATE would wait on it while it waits on us.
+    SELECT * INTO v_old FROM cards WHERE id = p_card_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no card %', p_card_id USING ERRCODE = 'HD404';
+    END IF;
+    v_was := v_old.status;
+    IF EXISTS (SELECT 1 FROM card_replacements WHERE old_card_id = p_card_id) THEN
+        RAISE EXCEPTION 'card % was already replaced (by card %)', p_card_id,
+            (SELECT new_card_id FROM card_replacements WHERE old_card_id = p_card_id) USING ERRCODE = 'HD409';
+    END IF;
+    IF v_old.status = 'ACTIVE' THEN
+        IF p_reason IS NULL THEN
+            RAISE EXCEPTION 'card % is active: say why it is replaced (LOST, STOLEN, DAMAGED or DEFECTIVE)',
+                p_card_id USING ERRCODE = 'HD422';
+        END IF;
+        v_reason := p_reason;
+    ELSE
+        IF p_reason IS NOT NULL AND p_reason <> v_old.status THEN
+            RAISE EXCEPTION 'card % is opposed as %, not %: an opposition cannot be changed',
+                p_card_id, v_old.status, p_reason USING ERRCODE = 'HD409';
+        END IF;
+        v_reason := v_old.status;
+    END IF;
+    -- Serialise with reload_wallet() (it takes the same lock) and other replacements.
+    PERFORM 1 FROM beneficiaries WHERE id = v_old.beneficiary_id FOR UPDATE;
+    IF NOT EXISTS (SELECT 1 FROM rights WHERE beneficiary_id = v_old.beneficiary_id AND school_year = v_year) THEN
+        RAISE EXCEPTION 'the beneficiary''s rights for school year %-% are not renewed: the establishment must renew them before the card is replaced',
+            v_year, v_year + 1 USING ERRCODE = 'HD409';
+    END IF;
+    IF EXISTS (SELECT 1 FROM card_requests WHERE card_uid = p_new_uid OR card_number = p_new_card_number) THEN
+        RAISE EXCEPTION 'that UID or card number belongs to a card printed for a first-card request'
+            USING ERRCODE = 'HD409';
+    END IF;
+    -- The wallet row before anything that appends to the audit trail (oppose_card does): the
+    -- expiry locks wallets and then appends, so the other order could deadlock with it.
+    SELECT w.account_id, a.credits_posted - a.debits_posted INTO v_wallet, v_balance
+      FROM wallets w JOIN accounts a ON a.id = w.account_id
+     WHERE w.beneficiary_id = v_old.beneficiary_id AND w.school_year = v_year
+       FOR UPDATE OF a;
+    IF v_old.status = 'ACTIVE' THEN
+        v_old := oppose_card(p_card_id, v_reason, p_actor);
+    END IF;
+    v_new := issue_card(v_old.beneficiary_id, p_new_uid, p_new_card_number, v_now);
+
+    IF v_reason <> 'DEFECTIVE' THEN
+        v_fee := p_fee_cents;
+    END IF;
+    IF v_fee > 0 AND in_wallet_window(v_local) THEN
+        v_taken := least(v_fee, greatest(coalesce(v_balance, 0), 0));
+        IF v_taken > 0 THEN
+            UPDATE accounts SET debits_posted = debits_posted + v_taken WHERE id = v_wallet;
+            INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, reference, created_at)
+            SELECT 'REPLACEMENT_FEE', v_wallet, id, v_taken, 'replacement:' || v_new.id, v_now
+              FROM accounts WHERE kind = 'FEE_INCOME';
+        END IF;
+    END IF;
+    IF v_fee - v_taken > 0 THEN
+        INSERT INTO pending_fees (beneficiary_id, amount_cents, reason, created_at)
+        VALUES (v_old.beneficiary_id, v_fee - v_taken,
+                format('replacement of card %s (%s) by card %s', v_old.id, v_reason, v_new.id), v_now)
+        RETURNING id INTO v_pending;
+    END IF;
+
+    INSERT INTO card_replacements VALUES (v_old.id, v_new.id, v_reason, v_year, v_fee, v_taken,
+                                          v_fee - v_taken, v_pending, p_actor, v_now)
+    RETURNING * INTO v_row;
+    PERFORM append_audit(p_actor, 'card.replace', 'card:' || v_old.id,
+                         jsonb_build_object('status', v_was, 'balance_cents', v_balance),
+                         jsonb_build_object('new_card_id', v_new.id, 'reason', v_reason,
+                                            'fee_cents', v_fee, 'fee_taken_cents', v_taken,
+                                            'fee_pending_cents', v_fee - v_taken));
+    RETURN v_row;
+END $$;
