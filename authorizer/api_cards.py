@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import math
+import re
 
 from aiohttp import web
 
 from authorizer.api_cards_openapi import (CARD_PATH, DEFAULT_SEARCH_RADIUS_M, OPENAPI_PATHS,
                                           OPENAPI_SCHEMAS, PARTNERS_PATH, REQUESTS_PATH)
 from authorizer.operator_auth import Role, json_error, require
-from authorizer.ops_requests import acquire, read_json_object
+from authorizer.ops_requests import acquire, path_id, read_json_object
 from ledger import card_requests, cards, partners
 from ledger.cards import Conflict, Invalid, NotFound, OutOfScope, Refused
 
@@ -59,10 +61,6 @@ def _field(body: dict, name: str, kind: type, *, required: bool = False):
     if not ok:
         raise json_error(web.HTTPBadRequest, f"{name} must be a {'number' if kind is float else kind.__name__}")
     return value
-
-
-def _int_path(request: web.Request, name: str) -> int:
-    return int(request.match_info[name])   # the route's pattern admits digits only
 
 
 async def get_card(request: web.Request) -> web.Response:
@@ -119,7 +117,7 @@ async def get_request(request: web.Request) -> web.Response:
     operator = require(request, REGION, AUDITOR, STAFF)
     async with acquire(request) as conn:
         with _answers():
-            found = await card_requests.get(conn, _int_path(request, "request_id"))
+            found = await card_requests.get(conn, path_id(request, "request_id"))
     if operator.role is STAFF and found.establishment_id != operator.establishment_id:
         raise json_error(web.HTTPForbidden, "this request is not for a student of your establishment")
     return web.json_response({"card_request": _json(found)})
@@ -132,7 +130,7 @@ async def advance_request(request: web.Request) -> web.Response:
     async with acquire(request) as conn, conn.transaction():
         with _answers():
             moved = await card_requests.advance(
-                conn, _int_path(request, "request_id"), _field(body, "state", str, required=True),
+                conn, path_id(request, "request_id"), _field(body, "state", str, required=True),
                 actor=operator.actor, reason=_field(body, "reason", str),
                 card_uid=cards.parse_uid(uid_text) if uid_text else None,
                 card_number=_field(body, "card_number", str),
@@ -161,7 +159,7 @@ async def add_partner(request: web.Request) -> web.Response:
 
 async def get_partner(request: web.Request) -> web.Response:
     operator = require(request, REGION, AUDITOR, PARTNER)
-    partner_id = _int_path(request, "partner_id")
+    partner_id = path_id(request, "partner_id")
     if operator.role is PARTNER and operator.partner_id != partner_id:
         raise json_error(web.HTTPForbidden, "a partner account sees its own shop only")
     async with acquire(request) as conn:
@@ -179,7 +177,7 @@ async def update_partner(request: web.Request) -> web.Response:
     fields = {name: _field(body, name, kind) for name, kind in _PARTNER_FIELDS}
     async with acquire(request) as conn, conn.transaction():
         with _answers():
-            updated = await partners.update_partner(conn, _int_path(request, "partner_id"),
+            updated = await partners.update_partner(conn, path_id(request, "partner_id"),
                                                     actor=operator.actor, **fields)
     return web.json_response({"partner": _json(updated)})
 
@@ -189,7 +187,7 @@ async def set_partner_status(request: web.Request) -> web.Response:
     status = _field(await read_json_object(request), "status", str, required=True)
     async with acquire(request) as conn, conn.transaction():
         with _answers():
-            updated = await partners.set_partner_status(conn, _int_path(request, "partner_id"),
+            updated = await partners.set_partner_status(conn, path_id(request, "partner_id"),
                                                         status, actor=operator.actor)
     return web.json_response({"partner": _json(updated)})
 
@@ -200,7 +198,12 @@ async def partners_near(request: web.Request) -> web.Response:
     try:
         point = float(query["lat"]), float(query["lon"])
         radius_m = float(query.get("radius_m", DEFAULT_SEARCH_RADIUS_M))
-        limit_rows = int(query.get("limit", partners.DEFAULT_SEARCH_RESULTS_ROWS))
+        limit_text = query.get("limit", str(partners.DEFAULT_SEARCH_RESULTS_ROWS))
+        if not all(map(math.isfinite, (*point, radius_m))):
+            raise ValueError("not a finite number")
+        if not re.fullmatch(r"[0-9]{1,9}", limit_text):     # ASCII digits, unlike int()
+            raise ValueError("not an integer")
+        limit_rows = int(limit_text)
     except (KeyError, ValueError):
         raise json_error(web.HTTPBadRequest, "lat and lon are numbers; radius_m a number of "
                          "metres, limit an integer") from None
@@ -222,13 +225,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(CARD_PATH + "/replacement", replace)
     app.router.add_post(REQUESTS_PATH, submit_request)
     app.router.add_get(REQUESTS_PATH, list_requests)
-    app.router.add_get(REQUESTS_PATH + r"/{request_id:\d{1,18}}", get_request)
-    app.router.add_post(REQUESTS_PATH + r"/{request_id:\d{1,18}}/transitions", advance_request)
+    # Ids in ASCII digits (\d would admit any script's); path_id() bounds them.
+    app.router.add_get(REQUESTS_PATH + "/{request_id:[0-9]+}", get_request)
+    app.router.add_post(REQUESTS_PATH + "/{request_id:[0-9]+}/transitions", advance_request)
     app.router.add_get(PARTNERS_PATH, list_partners)
     app.router.add_post(PARTNERS_PATH, add_partner)
     app.router.add_get(PARTNERS_PATH + "/near", partners_near)
-    app.router.add_get(PARTNERS_PATH + r"/{partner_id:\d{1,9}}", get_partner)
-    app.router.add_patch(PARTNERS_PATH + r"/{partner_id:\d{1,9}}", update_partner)
-    app.router.add_post(PARTNERS_PATH + r"/{partner_id:\d{1,9}}/status", set_partner_status)
+    app.router.add_get(PARTNERS_PATH + "/{partner_id:[0-9]+}", get_partner)
+    app.router.add_patch(PARTNERS_PATH + "/{partner_id:[0-9]+}", update_partner)
+    app.router.add_post(PARTNERS_PATH + "/{partner_id:[0-9]+}/status", set_partner_status)
 
 

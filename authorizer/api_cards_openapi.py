@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from authorizer.openapi import operation, path_parameter, schema_ref
 from authorizer.operator_auth import Role
+from authorizer.ops_requests import MAX_ID
 from ledger import card_requests, cards, partners
 
 CARD_PATH = "/v1/ops/cards/{card}"
@@ -21,8 +22,8 @@ _TIME, _NULL_STR, _NULL_INT = ({"type": "string", "format": "date-time"}, {"type
 _REASON = {"enum": [r.lower() for r in cards.OPPOSITION_REASONS] + list(cards.OPPOSITION_REASONS)}
 _CARD = path_parameter("card", "card number (16 digits), or dossier number for that "
                        "beneficiary's current card", "^[0-9A-Za-z]{6,20}$")
-_REQUEST_ID = path_parameter("request_id", "the card request's id", r"^\d{1,18}$")
-_PARTNER_ID = path_parameter("partner_id", "the partner's id", r"^\d{1,9}$")
+_REQUEST_ID = path_parameter("request_id", f"the card request's id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
+_PARTNER_ID = path_parameter("partner_id", f"the partner's id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
 
 
 def _QUERY(name: str, schema: dict, text: str, required: bool = False) -> dict:  # noqa: N802

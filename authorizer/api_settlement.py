@@ -12,7 +12,7 @@ from aiohttp import web
 
 from authorizer.openapi import operation, path_parameter, schema_ref
 from authorizer.operator_auth import Role, json_error, require
-from authorizer.ops_requests import acquire, read_json_object
+from authorizer.ops_requests import MAX_ID, acquire, path_id, read_json_object
 from authorizer.payout_files import (BankAccount, PayoutError, kept_payout_files, payout_files,
                                      set_payee)
 from ledger import reports, settlement
@@ -26,6 +26,9 @@ REPORTS_PATH = "/v1/ops/reports"
 DEFAULT_PARTNER_DAYS = 31
 FILE_TYPES = {"csv": "text/csv", "pain001": "application/xml"}
 REPORT_KINDS = ("volumes", "declines", "funds")
+# Dates the API takes (query or body): a sane range, far from date.min/max (date arithmetic
+# near them overflows) and from PostgreSQL's infinities.
+MIN_DAY, MAX_DAY = dt.date(2000, 1, 1), dt.date(2199, 12, 31)
 __all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes"]
 
 
@@ -33,13 +36,12 @@ def _day(value: str | None, name: str) -> dt.date | None:
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except (TypeError, ValueError):
         raise json_error(web.HTTPBadRequest, f"{name} must be a date, YYYY-MM-DD") from None
-
-
-def _int_path(request: web.Request, name: str) -> int:
-    return int(request.match_info[name])          # the route's pattern admits digits only
+    if not MIN_DAY <= day <= MAX_DAY:
+        raise json_error(web.HTTPBadRequest, f"{name} must be a date from {MIN_DAY} to {MAX_DAY}")
+    return day
 
 
 async def _period(request: web.Request, conn, default_days: int | None) -> reports.Period:
@@ -47,12 +49,14 @@ async def _period(request: web.Request, conn, default_days: int | None) -> repor
     last = _day(request.query.get("to"), "to") or await conn.fetchval(
         "SELECT (business_now() AT TIME ZONE 'Europe/Paris')::date")
     first = _day(request.query.get("from"), "from")
-    if first is None and default_days is not None:
-        first = last - dt.timedelta(days=default_days - 1)
     try:
+        if first is None and default_days is not None:
+            first = last - dt.timedelta(days=default_days - 1)
         return reports.Period(first, last).check()
     except reports.ReportRefused as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
+    except OverflowError:
+        raise json_error(web.HTTPBadRequest, "the period is out of range") from None
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -79,7 +83,7 @@ async def get_run(request: web.Request) -> web.Response:
     require(request, REGION, AUDITOR)
     async with acquire(request) as conn:
         try:
-            run = await settlement.get_run(conn, _int_path(request, "run_id"))
+            run = await settlement.get_run(conn, path_id(request, "run_id"))
         except settlement.UnknownRun as exc:
             raise json_error(web.HTTPNotFound, str(exc)) from None
         lines = await settlement.run_lines(conn, run.run_id)
@@ -89,7 +93,7 @@ async def get_run(request: web.Request) -> web.Response:
 async def make_payout_files(request: web.Request) -> web.Response:
     operator = require(request, REGION)
     body = await read_json_object(request) if request.body_exists else {}
-    run_id = _int_path(request, "run_id")
+    run_id = path_id(request, "run_id")
     async with acquire(request) as conn:
         try:
             kept = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM payout_files WHERE run_id = $1)", run_id)
@@ -113,7 +117,7 @@ async def make_payout_files(request: web.Request) -> web.Response:
 def download_payout_file(kind: str):
     async def handler(request: web.Request) -> web.Response:
         require(request, REGION, AUDITOR)
-        return await _download(request, _int_path(request, "run_id"), kind)
+        return await _download(request, path_id(request, "run_id"), kind)
     return handler
 
 
@@ -131,7 +135,7 @@ async def _download(request: web.Request, run_id: int, kind: str) -> web.Respons
 
 async def partner_settlement(request: web.Request) -> web.Response:
     operator = require(request, REGION, AUDITOR, PARTNER)
-    partner_id = _int_path(request, "partner_id")
+    partner_id = path_id(request, "partner_id")
     if operator.role is PARTNER and operator.partner_id != partner_id:
         raise json_error(web.HTTPForbidden, "forbidden: a partner sees only its own settlement")
     async with acquire(request) as conn:
@@ -145,7 +149,7 @@ async def put_payee(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     async with acquire(request) as conn:
         try:
-            account = await set_payee(conn, _int_path(request, "partner_id"), name=body.get("name"),
+            account = await set_payee(conn, path_id(request, "partner_id"), name=body.get("name"),
                                       iban=body.get("iban"), bic=body.get("bic"), actor=operator.actor)
         except PayoutError as exc:
             status = web.HTTPNotFound if str(exc).startswith("no partner") else web.HTTPBadRequest
@@ -186,14 +190,14 @@ async def _report(request: web.Request, kind: str) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register this area's routes on the operator application."""
-    run = RUNS_PATH + r"/{run_id:\d{1,18}}"
+    run = RUNS_PATH + "/{run_id:[0-9]+}"            # ASCII digits; path_id() bounds them
     app.router.add_get(RUNS_PATH, list_runs)
     app.router.add_post(RUNS_PATH, create_run)
     app.router.add_get(run, get_run)
     app.router.add_post(run + "/payout-files", make_payout_files)
     for kind in FILE_TYPES:
         app.router.add_get(f"{run}/payout-files/{kind}", download_payout_file(kind))
-    partner = r"/v1/ops/partners/{partner_id:\d{1,9}}"
+    partner = "/v1/ops/partners/{partner_id:[0-9]+}"
     app.router.add_get(partner + "/settlement", partner_settlement)
     app.router.add_put(partner + "/payee", put_payee)
     for kind in REPORT_KINDS:
@@ -202,9 +206,10 @@ def add_routes(app: web.Application) -> None:
 
 _INT, _STR, _BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
 _DATE, _NULL_DATE = {"type": "string", "format": "date"}, {"type": ["string", "null"], "format": "date"}
-_RUN_ID = path_parameter("run_id", "settlement run id", r"^\d{1,18}$")
-_PARTNER_ID = path_parameter("partner_id", "the partner's id", r"^\d{1,9}$")
-_PERIOD = [{"name": n, "in": "query", "required": False, "schema": _DATE, "description": d}
+_DAY_IN = {**_DATE, "description": f"{MIN_DAY} to {MAX_DAY}"}   # a date the API takes
+_RUN_ID = path_parameter("run_id", f"settlement run id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
+_PARTNER_ID = path_parameter("partner_id", f"the partner's id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
+_PERIOD = [{"name": n, "in": "query", "required": False, "schema": _DAY_IN, "description": d}
            for n, d in (("from", "first Paris business day (default: a week before `to`; funds: "
                                  "the beginning)"), ("to", "last day (default: today)"))]
 _R, _A, _P = REGION.value, AUDITOR.value, PARTNER.value
@@ -237,7 +242,7 @@ OPENAPI_PATHS = {
             "settle", "Settle every closed day not yet settled, through `through_day` (default "
             "yesterday, Paris). 201: a new run; 200: already settled, nothing moved.",
             roles=(_R,), ok_status="201", errors=("BadRequest",),
-            body=_object(through_day=_DATE), ok_schema=_object(run=schema_ref("SettlementRun"), created=_BOOL))},
+            body=_object(through_day=_DAY_IN), ok_schema=_object(run=schema_ref("SettlementRun"), created=_BOOL))},
     RUN_PATH: {"get": operation("getSettlementRun", "A run and its lines (partner and day).",
                                 roles=(_R, _A), errors=("NotFound",), parameters=[_RUN_ID],
                                 ok_schema=_object(run=schema_ref("SettlementRun"), lines=_LINES))},
@@ -246,7 +251,7 @@ OPENAPI_PATHS = {
         "the body or HDFPAY_DEBTOR_*); later calls return what was made. 409: a payee's bank "
         "details are wrong.", roles=(_R,), ok_status="201", errors=("BadRequest", "NotFound", "Conflict"),
         parameters=[_RUN_ID], body=_object(debtor_name=_STR, debtor_iban=_STR, debtor_bic=_STR,
-                                           execution_date=_DATE),
+                                           execution_date=_DAY_IN),
         ok_schema=_object(run_id=_INT, message_id=_STR, payments=_INT, ctrl_sum_cents=_INT,
                           created=_BOOL, files=_object(csv=_STR, pain001=_STR)))},
     **{f"{RUN_PATH}/payout-files/{kind}": {"get": operation(

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from authorizer.config import Settings
 from authorizer.openapi import OPENAPI_DOCUMENT, area_modules, build_openapi_document
-from authorizer.operator_auth import POOL, resolve_operator
+from authorizer.operator_auth import POOL, json_error, resolve_operator
+from authorizer.ops_requests import plain_text
 
 log = logging.getLogger("hdfpay.ops")
 # Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
@@ -42,10 +43,22 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
         return web.json_response({"error": "internal error"}, status=500)
 
 
+@web.middleware
+async def plain_text_urls(request: web.Request, handler) -> web.StreamResponse:
+    """A NUL character (%00) or a lone surrogate in the path or the query is a 400 here, before
+    any handler passes it on to PostgreSQL (which would refuse it with an error)."""
+    texts = [request.path, *request.match_info.values(), *request.query.keys(),
+             *request.query.values()]
+    if not all(plain_text(text) for text in texts):
+        raise json_error(web.HTTPBadRequest, "the URL must not contain NUL characters or "
+                                             "invalid UTF-8")
+    return await handler(request)
+
+
 def build_ops_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
     """Routes of every area, then the OpenAPI document built once from what they declare."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
-                          middlewares=[json_errors, resolve_operator])
+                          middlewares=[json_errors, plain_text_urls, resolve_operator])
     app[POOL] = pool
     for area in area_modules():
         area.add_routes(app)

@@ -234,8 +234,7 @@ async def test_account_changes_are_audited_without_secrets(ops_server, ops_clien
         (f"region_operator:{me}", "operator.create", "operator:bob"),
         ("partner:bob", "operator.password", "operator:bob"),
         (f"region_operator:{me}", "operator.password_reset", "operator:bob"),
-        (f"region_operator:{me}", "operator.disable", "operator:bob"),
-        (f"region_operator:{me}", "audit.verify", "audit_log")]
+        (f"region_operator:{me}", "operator.disable", "operator:bob")]   # verifying: no row
     assert report == {"intact": True, "rows": 5, "head_id": 5, "head_hash": report["head_hash"],
                       "problems": []}
     everything = " ".join(str(value) for row in rows for value in row) + caplog.text
