@@ -3,41 +3,19 @@ with the database in hand: audited as "cli:<unix user>"."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import sys
+import argparse
 from zoneinfo import ZoneInfo
 
-import uvloop
-
-from authorizer.database import check_schema, connection, database_dsn
+from authorizer.cli_support import cli_actor, run_on_database
 from ledger import operators
-from ledger.audit import append_audit, verify_audit
+from ledger.audit import verify_audit
 
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def cli_actor() -> str:
-    """The audit trail's name for whoever runs the command: the effective unix user."""
-    try:
-        return f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
-    except KeyError:
-        return f"cli:uid-{os.geteuid()}"
-
-
 def _with_database(settings, work) -> int:
     """Run `work(conn)` on a checked schema; account refusals become a plain error, exit 2."""
-    async def main() -> int:
-        async with connection(dsn) as conn:
-            await check_schema(conn)
-            return await work(conn) or 0
-
-    try:
-        with database_dsn(settings.database_url) as dsn:
-            return uvloop.run(main())
-    except operators.OperatorError as exc:
-        print(f"hdfpay: error: {exc}", file=sys.stderr)
-        return 2
+    return run_on_database(settings, work, (operators.OperatorError, ValueError))
 
 
 def _show_provisional(login: str, password: str) -> None:
@@ -100,10 +78,8 @@ def cmd_reset_password(args, settings) -> int:
 
 def cmd_audit_verify(args, settings) -> int:
     async def work(conn) -> int:
-        report = await verify_audit(conn)
-        await append_audit(conn, actor=cli_actor(), action="audit.verify", subject="audit_log",
-                           after={"rows": report.rows, "head_id": report.head_id,
-                                  "intact": report.intact})
+        expect = bytes.fromhex(args.expect_head) if args.expect_head else None
+        report = await verify_audit(conn, expect)      # a read: not itself an audited action
         print(f"rows  {report.rows}\nhead  row {report.head_id}, hash {report.head_hash}")
         for problem in report.problems:
             print(f"PROBLEM {problem}")
@@ -141,4 +117,13 @@ def add_commands(subcommands) -> None:
     actions = p.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
     a = actions.add_parser("verify", help="recompute the hash chain; exit 1 if a row was altered, "
                                           "inserted or deleted")
+    a.add_argument("--expect-head", metavar="HASH", type=_sha256_hex,
+                   help="a head hash printed by an earlier verify (kept elsewhere): it must still be "
+                        "in the chain")
     a.set_defaults(func=cmd_audit_verify)
+
+
+def _sha256_hex(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError("64 hex digits expected")
+    return text

@@ -53,8 +53,11 @@ def _epoch_micros(moment: dt.datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-async def verify_audit(conn: asyncpg.Connection) -> AuditReport:
+async def verify_audit(conn: asyncpg.Connection, expect_hash: bytes | None = None) -> AuditReport:
+    """Recompute the chain. `expect_hash` is a head hash written down earlier (printed by a
+    previous verify): it must still be in the chain, or rows were removed or rewritten since."""
     problems: list[str] = []
+    expected_seen = expect_hash is None
     expected_previous, expected_id, count = GENESIS_HASH, 1, 0
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         cursor = conn.cursor(
@@ -71,10 +74,14 @@ async def verify_audit(conn: asyncpg.Connection) -> AuditReport:
             if computed != bytes(row["row_hash"]):
                 problems.append(f"row {row['id']}: content altered (hash mismatch)")
             expected_previous, expected_id = bytes(row["row_hash"]), row["id"] + 1
+            expected_seen = expected_seen or expected_previous == expect_hash
             if len(problems) >= 100:
                 break
         head = await conn.fetchrow("SELECT last_id, last_hash FROM audit_head")
     if head["last_id"] != expected_id - 1 or bytes(head["last_hash"]) != expected_previous:
         problems.append(f"the head says row {head['last_id']} ends the chain, the table ends at"
                         f" row {expected_id - 1} (rows deleted at the end, or head altered)")
+    if not expected_seen:
+        problems.append(f"the head recorded earlier ({expect_hash.hex()}) is no longer in the"
+                        " trail: rows were removed or rewritten since")
     return AuditReport(count, head["last_id"], bytes(head["last_hash"]).hex(), tuple(problems))

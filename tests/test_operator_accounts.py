@@ -185,13 +185,22 @@ async def test_operators_from_the_command_line(dsn, conn):
 
 
 async def test_audit_verify_from_the_command_line_finds_tampering(dsn, conn):
-    assert hdfpay(dsn, "operators", "add", "kim", "--role", "auditor").returncode == 0
+    for login in ("kim", "lou"):
+        assert hdfpay(dsn, "operators", "add", login, "--role", "auditor").returncode == 0
     intact = hdfpay(dsn, "audit", "verify")
-    assert intact.returncode == 0 and "rows  1" in intact.stdout and "audit trail intact" in intact.stdout
-    assert await conn.fetchval("SELECT action FROM audit_log WHERE id = 2") == "audit.verify"
+    assert intact.returncode == 0 and "rows  2" in intact.stdout and "audit trail intact" in intact.stdout
+    head = intact.stdout.split("hash ")[1].split()[0]
+    assert await conn.fetchval("SELECT count(*) FROM audit_log") == 2      # verifying is a read
+    # Someone with the table owner's rights removes the last row and resets the head.
     await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+    await conn.execute("ALTER TABLE audit_head DISABLE TRIGGER audit_head_follows_the_log")
+    await conn.execute("DELETE FROM audit_log WHERE id = 2")
+    await conn.execute("UPDATE audit_head SET last_id = 1,"
+                       " last_hash = (SELECT row_hash FROM audit_log WHERE id = 1)")
+    assert hdfpay(dsn, "audit", "verify").returncode == 0               # the chain alone agrees
+    anchored = hdfpay(dsn, "audit", "verify", "--expect-head", head)
+    assert anchored.returncode == 1 and "no longer in the trail" in anchored.stdout
     await conn.execute("DELETE FROM audit_log WHERE id = 1")
-    await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
     broken = hdfpay(dsn, "audit", "verify")
     assert broken.returncode == 1, broken.stderr
-    assert "PROBLEM row 2: expected row 1" in broken.stdout and "NOT intact" in broken.stdout
+    assert "the head says row 1" in broken.stdout and "NOT intact" in broken.stdout
