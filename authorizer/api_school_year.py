@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 
 from aiohttp import web
 
@@ -45,7 +46,8 @@ def _answers():
 
 def _school_year(request: web.Request) -> int:
     text = request.match_info["school_year"]
-    if not text.isdigit() or not MIN_SCHOOL_YEAR <= int(text) <= MAX_SCHOOL_YEAR:
+    # ASCII digits only: str.isdigit() also admits "²⁰²⁶", which int() then refuses.
+    if not re.fullmatch(r"[0-9]{4}", text) or not MIN_SCHOOL_YEAR <= int(text) <= MAX_SCHOOL_YEAR:
         raise json_error(web.HTTPBadRequest, f"a school year is named by its first year, "
                                              f"{MIN_SCHOOL_YEAR} to {MAX_SCHOOL_YEAR}")
     return int(text)
@@ -60,8 +62,10 @@ def _report(report: RenewalReport, operator: Operator) -> dict:
     errors = []
     for error in report.errors:
         code, message = error.code, error.message
-        if code == "other_establishment" and operator.role is STAFF:
-            # Staff learn nothing about other establishments' students.
+        if code in ("other_establishment", "unknown_dossier") and operator.role is STAFF:
+            # Staff learn nothing about other establishments' students: another establishment's
+            # dossier reads exactly as one that does not exist (code and message; the ledger
+            # leaves both out of the counts).
             code = "unknown_dossier"
             message = f"no student with dossier number {error.dossier} in your establishment"
         errors.append({"line": error.line, "code": code, "message": message, "dossier": error.dossier})

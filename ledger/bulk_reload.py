@@ -4,7 +4,10 @@ Set-based and chunked: each chunk is one call of bulk_reload_chunk() (migration 
 round trip and one transaction for up to BULK_RELOAD_CHUNK_ROWS beneficiaries. A crash loses at
 most the chunk in progress; the next run resumes the open run where its last chunk committed.
 Each beneficiary is credited at most once per school year (reference 'bulk:<year>:<id on 12
-digits>'), so running again credits only those renewed since.
+digits>'), so running again credits only those renewed since. A beneficiary who already had the
+year's credit from a manual reload without an explicit reference (ledger.reload, migration 0011)
+is skipped, and that manual reload is refused after the bulk one: the year's credit is made once,
+whichever path comes first. Manual reloads with an explicit reference (corrections) do not count.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ class RenewalReport:
     school_year: int
     file_sha256: str
     lines: int                 # student lines read (header and trailing blank lines excluded)
-    renewed: int               # renewed now, or that would be on a dry run
-    already_renewed: int
+    renewed: int               # renewed now, or that would be on a dry run (caller's scope only)
+    already_renewed: int       # of the caller's scope only
     errors: tuple[LineError, ...] = field(default=())
     applied: bool = False
 
@@ -243,8 +243,13 @@ async def renew_file(conn: asyncpg.Connection, data: bytes, *, school_year: int,
                                         f"{row['dossier']} is a student of another establishment",
                                         row["dossier"]))
         errors.sort(key=lambda e: e.line)
-        already = sum(1 for row in found if row["already"])
-        report = RenewalReport(school_year, digest, read, len(found) - already, already,
+        # Counted: only the students the caller may renew. A dossier of another establishment
+        # moves no count, exactly as a dossier that does not exist, so that the counts of a dry
+        # run tell a scoped caller nothing about other establishments' students.
+        in_scope = [row for row in found if row["beneficiary_id"] is not None
+                    and (establishment_id is None or row["establishment_id"] == establishment_id)]
+        already = sum(1 for row in in_scope if row["already"])
+        report = RenewalReport(school_year, digest, read, len(in_scope) - already, already,
                                tuple(errors))
         if errors or not apply:
             return report

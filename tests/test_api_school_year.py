@@ -123,6 +123,31 @@ async def test_a_file_dry_run_then_applied_and_errors_by_line(ops_client, conn):
         assert (status, answer["report"]["ok"], answer["report"]["already_renewed"]) == (200, True, 1)
 
 
+async def test_a_staff_dry_run_reveals_nothing_about_other_establishments(ops_client, conn):  # noqa: F811
+    """Another establishment's student, renewed or not, answers exactly as a dossier that does
+    not exist: the same counts, code and message."""
+    await pin_clock(conn, paris(YEAR + 1, 6, 20, 0, 0, 0))
+    other_unrenewed = "HDF0000021"                         # the second establishment's, like 11
+    async with ops_client(REGION) as region:
+        status, _ = await call(region, "POST", f"/v1/ops/school-years/{YEAR + 1}/renewals",
+                               {"dossier_number": OTHER_SCHOOL})
+        assert status == 201
+    answers = {}
+    async with ops_client(STAFF, establishment_id=1) as staff:
+        for dossier in (OTHER_SCHOOL, other_unrenewed, "HDF9999999"):
+            for file in (f"{dossier}\n", f"{OWN_UNRENEWED[0]}\n{dossier}\n"):
+                status, answer = await call(staff, "POST", f"/v1/ops/school-years/{YEAR + 1}/renewals/file",
+                                            file)
+                report = answer["report"]
+                assert status == 200 and "another establishment" not in json.dumps(answer)
+                errors = [(e["line"], e["code"], e["message"].replace(dossier, "…")) for e in report["errors"]]
+                answers.setdefault(dossier, []).append(
+                    (report["lines"], report["renewed"], report["already_renewed"], report["ok"], errors))
+    assert answers[OTHER_SCHOOL] == answers[other_unrenewed] == answers["HDF9999999"] == [
+        (1, 0, 0, False, [(1, "unknown_dossier", "no student with dossier number … in your establishment")]),
+        (2, 1, 0, False, [(2, "unknown_dossier", "no student with dossier number … in your establishment")])]
+
+
 async def test_amounts_then_a_bulk_reload_in_the_background(ops_client, conn):  # noqa: F811
     async with ops_client(REGION) as region, ops_client(AUDITOR) as auditor:
         status, answer = await call(region, "POST", f"{BASE}/bulk-reload")

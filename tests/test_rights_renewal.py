@@ -155,6 +155,35 @@ async def test_a_good_file_dry_run_then_applied(conn):
     assert (again.renewed, again.already_renewed) == (0, 4)
 
 
+async def test_a_scoped_dry_run_counts_only_the_callers_students(conn):
+    """Another establishment's student, renewed or not, moves the counts exactly as a dossier
+    that does not exist: not at all. Only the caller's own students are counted."""
+    await pin_clock(conn, paris(NEXT, 6, 20, 0, 0, 0))
+    school = await _establishment(conn, UNRENEWED[0])
+    other_unrenewed = "HDF0000021"
+    assert await _establishment(conn, OTHER_SCHOOL) == await _establishment(conn, other_unrenewed) != school
+    await renew_one(conn, OTHER_SCHOOL, school_year=NEXT, actor=ACTOR)           # by the region
+    await renew_one(conn, RENEWED_SAME_SCHOOL, school_year=NEXT, actor=ACTOR, establishment_id=school)
+
+    async def counts(*dossiers: str) -> tuple[int, int, int, list[str]]:
+        report = await renew_file(conn, "".join(f"{d}\n" for d in dossiers).encode(),
+                                  school_year=NEXT, actor=ACTOR, establishment_id=school)
+        return report.lines, report.renewed, report.already_renewed, [e.code for e in report.errors]
+
+    nowhere = await counts("HDF9999999")
+    assert nowhere == (1, 0, 0, ["unknown_dossier"])
+    assert await counts(OTHER_SCHOOL) == await counts(other_unrenewed) == (1, 0, 0, ["other_establishment"])
+    own = (UNRENEWED[0], RENEWED_SAME_SCHOOL)
+    assert await counts(*own) == (2, 1, 1, [])
+    for stranger in (OTHER_SCHOOL, other_unrenewed, "HDF9999999"):
+        lines, renewed, already, _ = await counts(*own, stranger)
+        assert (lines, renewed, already) == (3, 1, 1)
+    # The region (no scope) counts everyone it found, never a dossier that does not exist.
+    region = await renew_file(conn, f"{OTHER_SCHOOL}\n{other_unrenewed}\nHDF9999999\n".encode(),
+                              school_year=NEXT, actor="region_operator:x")
+    assert (region.renewed, region.already_renewed) == (1, 1)
+
+
 async def test_a_file_with_errors_is_reported_by_line_and_changes_nothing(conn):
     school = await _establishment(conn, UNRENEWED[0])
     data = "\n".join([
