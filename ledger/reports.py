@@ -110,9 +110,11 @@ class FundsReport:
 
 
 async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
-    """Funded (reloads), spent (purchases net of reversals and refunds), expired, fees, settled,
-    in the period; then, over the whole ledger in one snapshot, Σ debits = Σ credits and each
-    account kind's balance against the flows that feed it."""
+    """Funded (reloads), spent (purchases net of reversals and refunds), expired (the 1 May
+    sweeps, and the reversals made after it, which go to the expired-funds account rather than
+    back to the closed wallet), fees, settled, in the period; then, over the whole ledger in one
+    snapshot, Σ debits = Σ credits and each account kind's balance against the flows that feed
+    it."""
     period.check()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         in_period = await _flows(conn, period.first_day, period.last_day)
@@ -167,16 +169,26 @@ async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
 
 async def _flows(conn: asyncpg.Connection, first_day: dt.date | None,
                  last_day: dt.date | None) -> dict[str, int]:
+    # A reversal is classified by the account it credited: the wallet, or, once the wallet has
+    # closed (1 May, migration 0007), the expired-funds account. Any other account is left in
+    # reversals_cents only, so that it shows as a mismatch.
     row = await conn.fetchrow(f"""
-        SELECT coalesce(sum(amount_cents) FILTER (WHERE code = 'RELOAD'), 0)::bigint AS funded_cents,
-               coalesce(sum(amount_cents) FILTER (WHERE code = 'PURCHASE'), 0)::bigint AS purchases_cents,
-               coalesce(sum(amount_cents) FILTER (WHERE code = 'REVERSAL'), 0)::bigint AS reversals_cents,
-               coalesce(sum(amount_cents) FILTER (WHERE code = 'REFUND'), 0)::bigint AS refunds_cents,
-               coalesce(sum(amount_cents) FILTER (WHERE code = 'EXPIRY'), 0)::bigint AS expired_cents,
-               coalesce(sum(amount_cents) FILTER (WHERE code = 'REPLACEMENT_FEE'), 0)::bigint AS fees_cents,
-               coalesce(sum(amount_cents) FILTER (WHERE code = 'SETTLEMENT'), 0)::bigint AS settled_cents
-          FROM transfers t
+        SELECT coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'RELOAD'), 0)::bigint AS funded_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'PURCHASE'), 0)::bigint AS purchases_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'REVERSAL'), 0)::bigint AS reversals_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'REVERSAL' AND c.kind = 'WALLET'),
+                        0)::bigint AS reversals_to_wallets_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'REVERSAL' AND c.kind = 'EXPIRED_FUNDS'),
+                        0)::bigint AS reversals_to_expired_funds_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'REFUND'), 0)::bigint AS refunds_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'EXPIRY'), 0)::bigint AS expiry_sweeps_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'REPLACEMENT_FEE'), 0)::bigint AS fees_cents,
+               coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'SETTLEMENT'), 0)::bigint AS settled_cents
+          FROM transfers t JOIN accounts c ON c.id = t.credit_account_id
          WHERE $2::date IS NULL OR {_PERIOD_SQL.format(t='t')}""", first_day, last_day)
     flows = dict(row)
+    # Spent, as the merchants see it: every reversal gives the sale back, wherever it went.
     flows["spent_cents"] = flows["purchases_cents"] - flows["reversals_cents"] - flows["refunds_cents"]
+    # Expired: what went to the expired-funds account, the 1 May sweep and the voids after it.
+    flows["expired_cents"] = flows["expiry_sweeps_cents"] + flows["reversals_to_expired_funds_cents"]
     return flows

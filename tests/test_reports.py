@@ -106,6 +106,41 @@ async def test_the_funds_position_reconciles_with_the_ledger(conn):
     assert report.checks[0].left == report.checks[0].right > 0             # Σ debits = Σ credits
 
 
+async def test_a_void_after_1_may_is_expired_money_and_the_funds_still_reconcile(conn):
+    """A void before 1 May gives the money back to the wallet; a void after the wallet closed
+    (and its balance was swept) books it to the expired-funds account (migration 0007): the
+    report counts it as expired, not as money back in the wallets."""
+    from ledger.expiry import expire_school_year
+    shop = LedgerTill(conn, terminal_id(1, 1))
+    late = await shop.purchase(5, 10_00, paris(2027, 4, 30, 23, 50))
+    voided = await shop.purchase(5, 4_00, paris(2027, 4, 30, 23, 55))
+    assert (await shop.reversal(voided, paris(2027, 4, 30, 23, 58)))["rc"] == "00"
+    await pin_clock(conn, paris(2027, 5, 1, 0, 5))
+    swept = (await expire_school_year(conn, 2026, actor=ACTOR)).expired_cents
+    assert swept > 0
+    before = await reports.funds(conn, reports.Period(None, dt.date(2027, 5, 1)))
+    assert before.reconciled, [c for c in before.checks if not c.ok]
+    assert (await shop.reversal(late, paris(2027, 5, 1, 0, 10)))["rc"] == "00"
+    assert await conn.fetchval(
+        "SELECT a.kind FROM transfers t JOIN accounts a ON a.id = t.credit_account_id"
+        " WHERE t.code = 'REVERSAL' ORDER BY t.id DESC LIMIT 1") == "EXPIRED_FUNDS"
+
+    after = await reports.funds(conn, reports.Period(None, dt.date(2027, 5, 1)))
+    assert after.reconciled and after.violations == [], [c for c in after.checks if not c.ok]
+    f = after.flows
+    assert (f["reversals_cents"], f["reversals_to_wallets_cents"], f["reversals_to_expired_funds_cents"]) \
+        == (14_00, 4_00, 10_00)
+    assert (f["expiry_sweeps_cents"], f["expired_cents"]) == (swept, swept + 10_00)
+    assert after.position["expired_funds_cents"] == swept + 10_00
+    assert after.position["wallets_cents"] == before.position["wallets_cents"]   # nothing back
+    may_day = (await reports.funds(conn, reports.Period(dt.date(2027, 5, 1), dt.date(2027, 5, 1)))).flows
+    assert (may_day["reversals_to_wallets_cents"], may_day["reversals_to_expired_funds_cents"],
+            may_day["spent_cents"], may_day["expired_cents"]) == (0, 10_00, -10_00, swept + 10_00)
+    april = (await reports.funds(conn, reports.Period(dt.date(2027, 4, 30), dt.date(2027, 4, 30)))).flows
+    assert (april["reversals_to_wallets_cents"], april["reversals_to_expired_funds_cents"],
+            april["spent_cents"], april["expired_cents"]) == (4_00, 0, 10_00, 0)
+
+
 async def test_a_transfer_booked_to_the_wrong_account_is_not_reconciled(conn):
     await busy_days(conn)
     await settle(conn, actor=ACTOR, through_day=NOV_24)
