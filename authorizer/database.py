@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from pathlib import Path
 from typing import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ledger.embedded import EmbeddedPostgres, default_data_dir
+from ledger.embedded import EmbeddedPostgres, default_data_dir, remove_cluster
 from ledger.migrate import shipped_migrations
 
 APPLICATION_NAME = "hdfpay"
@@ -51,6 +53,28 @@ async def recreate_database(dsn: str, name: str) -> str:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await conn.execute(f"CREATE DATABASE {name}")
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(database_url: str | None, name: str) -> AsyncIterator[str]:
+    """A database nobody else uses, for a benchmark: `name` on DATABASE_URL's server (dropped
+    at the end), or a private cluster in a temporary directory (removed at the end)."""
+    if database_url:
+        dsn = await recreate_database(database_url, name)
+        try:
+            yield dsn
+        finally:
+            async with connection(database_url) as admin:
+                await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        return
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
+    cluster = EmbeddedPostgres(workdir / "pgdata")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        remove_cluster(workdir)
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

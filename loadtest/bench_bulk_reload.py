@@ -14,26 +14,22 @@ Then the ledger is checked and the figures written as JSON. The goal: 300,000 wa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import uvloop
 
 from authorizer.config import Settings
-from authorizer.database import connection, recreate_database
+from authorizer.database import connection, throwaway_database
 from ledger.bulk_reload import BULK_RELOAD_CHUNK_ROWS, run_bulk_reload
 from ledger.clock import pin_clock
 from ledger.demo_region import ESTABLISHMENTS
-from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 
@@ -58,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.beneficiaries < PENDING_FEE_EVERY:
         parser.error(f"--beneficiaries must be at least {PENDING_FEE_EVERY}")
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-reload-"))
-    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
-    try:
-        with _database(Settings.from_env(), workdir) as dsn:
-            results = uvloop.run(_bench(dsn, args.beneficiaries, args.chunk_rows))
-    finally:
-        remove_cluster(workdir)
+    results = uvloop.run(_bench_on_throwaway(Settings.from_env(), args.beneficiaries,
+                                             args.chunk_rows))
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {args.output}")
     r = results
@@ -75,16 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not r["problems"] else 1
 
 
-@contextlib.contextmanager
-def _database(settings: Settings, workdir: Path) -> Iterator[str]:
-    if settings.database_url:
-        yield uvloop.run(recreate_database(settings.database_url, BENCH_DATABASE))
-        return
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+async def _bench_on_throwaway(settings: Settings, beneficiaries: int, chunk_rows: int) -> dict:
+    async with throwaway_database(settings.database_url, BENCH_DATABASE) as dsn:
+        return await _bench(dsn, beneficiaries, chunk_rows)
 
 
 async def _bench(dsn: str, beneficiaries: int, chunk_rows: int) -> dict:

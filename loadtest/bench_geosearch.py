@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import AsyncIterator
 
 import asyncpg
 
 from authorizer.config import Settings
-from authorizer.database import connection, recreate_database
-from ledger.embedded import EmbeddedPostgres, remove_cluster
+from authorizer.database import connection, throwaway_database
 from ledger.migrate import migrate
 from ledger.partners import CATEGORIES, NEARBY_SQL, MAX_SEARCH_RESULTS_ROWS, search_arguments
 
@@ -168,29 +164,8 @@ async def run(dsn: str, partners: int, searches_count: int) -> dict:
     }
 
 
-@contextlib.asynccontextmanager
-async def throwaway_database(settings: Settings) -> AsyncIterator[str]:
-    """A database nobody else uses: ours on DATABASE_URL's server, or a private cluster."""
-    if settings.database_url:
-        dsn = await recreate_database(settings.database_url, BENCH_DATABASE)
-        try:
-            yield dsn
-        finally:
-            async with connection(settings.database_url) as admin:
-                await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        return
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-geo-"))
-    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-        remove_cluster(workdir)
-
-
 async def main_async(args: argparse.Namespace) -> int:
-    async with throwaway_database(Settings.from_env()) as dsn:
+    async with throwaway_database(Settings.from_env().database_url, BENCH_DATABASE) as dsn:
         result = await run(dsn, args.partners, args.searches)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     index, baseline = result["index"], result["sequential_scan"]

@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import AsyncIterator
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from authorizer.config import Settings
-from authorizer.database import connection, recreate_database
+from authorizer.database import connection, throwaway_database
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
-from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from ledger.settlement import run_lines, settle
@@ -214,31 +210,10 @@ async def run(dsn: str, transactions: int, partners: int, days: int, wallets: in
     }
 
 
-@contextlib.asynccontextmanager
-async def throwaway_database(settings: Settings) -> AsyncIterator[str]:
-    """A database nobody else uses: ours on DATABASE_URL's server, or a private cluster."""
-    if settings.database_url:
-        dsn = await recreate_database(settings.database_url, BENCH_DATABASE)
-        try:
-            yield dsn
-        finally:
-            async with connection(settings.database_url) as admin:
-                await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        return
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-settlement-"))
-    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-        remove_cluster(workdir)
-
-
 async def main_async(args: argparse.Namespace) -> int:
     print(f"seeding about {args.transactions:,} transactions over {args.partners} partners and "
           f"{args.days} days, then settling them …", flush=True)
-    async with throwaway_database(Settings.from_env()) as dsn:
+    async with throwaway_database(Settings.from_env().database_url, BENCH_DATABASE) as dsn:
         r = await run(dsn, args.transactions, args.partners, args.days, args.wallets)
     Path(args.output).write_text(json.dumps(r, indent=2) + "\n")
     print(f"seeded {r['transactions']:,} transactions in {r['seed_s']} s (PostgreSQL {r['postgres_version']})")
