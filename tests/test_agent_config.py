@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from terminal_protocol.agent.agent_config import AgentConfig, AgentConfigError
@@ -76,5 +78,21 @@ def test_money_owed_is_never_given_up_only_flagged_overdue(tmp_path):
             outbox.postpone("reversal-0001", "ClientConnectorError")
         assert [item[0] for item in outbox.pending()] == ["reversal-0001"]
         assert outbox.overdue() == 1 and outbox.counts() == {"pending": 1}
+    finally:
+        store.close()
+
+
+def test_a_store_of_schema_1_gains_the_till_reference(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    LocalStore(path).close()
+    old = sqlite3.connect(path)
+    old.executescript("DROP INDEX messages_by_till_reference;"
+                      " ALTER TABLE messages DROP COLUMN till_reference; PRAGMA user_version=1;")
+    old.close()
+    store = LocalStore(path)
+    try:
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(messages)")}
+        assert "till_reference" in columns
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         store.close()

@@ -170,3 +170,18 @@ async def test_a_close_without_answer_is_resent_before_anything_else(agent_confi
         assert await conn.fetchval("SELECT count(*) FROM terminal_batches") == 1
     finally:
         await link.close()
+
+
+async def test_a_till_retry_gets_the_first_sale_back(agent_for, virtual_card, conn):
+    """A till that sends the same sale again (its own timeout, a double click) must not debit
+    twice: the same till reference replays the first outcome, with no new tap."""
+    virtual_card(0).insert(CARD)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        first = await agent.sale(5_00, "TILL-42")
+        again = await agent.sale(5_00, "TILL-42")
+        other_amount = await agent.sale(6_00, "TILL-42")
+    assert first.status == "approved"
+    assert (again.status, again.rrn, again.approved_cents) == ("approved", first.rrn, 5_00)
+    assert again.details == {"replayed": True} and again.lines[0] == first.lines[0]
+    assert other_amount.status == "refused"
+    assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [5_00]

@@ -78,10 +78,16 @@ class TerminalAgent:
         """Stop waiting for a card (the cashier pressed Annuler)."""
         self._tap_cancel.set()
 
-    async def sale(self, amount_cents: int) -> Outcome:
+    async def sale(self, amount_cents: int, till_reference: str | None = None) -> Outcome:
+        """One sale. A till that retries with the same `till_reference` (after its own timeout,
+        a double click) gets the first sale's outcome again, with no new tap and no new debit."""
         if not 0 < amount_cents <= self._max_sale_cents:
             return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
         async with self._operation_lock:
+            if till_reference is not None:
+                earlier = self.journal.sale_by_till_reference(till_reference)
+                if earlier is not None:
+                    return texts.replayed_sale(earlier, amount_cents)
             if self.journal.unanswered_close() is not None:
                 return _close_first()
             self._tap_cancel.clear()
@@ -95,7 +101,8 @@ class TerminalAgent:
             # A purchase is never resent (a reversal follows it instead), so the journal keeps
             # no copy of its bytes, and with them no whole card UID.
             self.journal.record_sending(SentMessage(request.request_id, "purchase", b"",
-                                                    amount_cents, masked_uid(uid)))
+                                                    amount_cents, masked_uid(uid),
+                                                    till_reference=till_reference))
             try:
                 response = await self._send(body)
             except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from terminal_protocol.amounts import format_euros
@@ -53,6 +54,21 @@ def sale_without_answer(amount_cents: int, request_id: str) -> Outcome:
         "Ne remettez pas la marchandise. L'annulation est enregistrée et sera transmise.",
         f"Montant à encaisser par un autre moyen : {format_euros(amount_cents)}",
     ), requested_cents=amount_cents, collect_cents=amount_cents, request_id=request_id)
+
+
+def replayed_sale(row, amount_cents: int) -> Outcome:
+    """The outcome a sale already had, for a till that asks again with the same reference."""
+    if amount_cents != row["amount_cents"]:
+        return refused("Référence de caisse déjà utilisée pour un autre montant")
+    if row["answered_at"] is None:        # the server's answer never came: it was reversed
+        outcome = sale_without_answer(row["amount_cents"], row["request_id"])
+    else:
+        outcome = answered(Response(v=1, type="purchase", rc=row["rc"], request_id=row["request_id"],
+                                    requested_cents=row["amount_cents"],
+                                    approved_cents=row["approved_cents"],
+                                    balance_cents=row["balance_cents"], rrn=row["rrn"]),
+                           row["amount_cents"])
+    return dataclasses.replace(outcome, details={**outcome.details, "replayed": True})
 
 
 def queued(kind: str, amount_cents: int, request_id: str) -> Outcome:

@@ -24,6 +24,7 @@ class SentMessage:
     card: str | None = None                 # masked: the journal never holds a whole UID
     original_request_id: str | None = None
     original_rrn: str | None = None
+    till_reference: str | None = None
 
 
 def _now() -> str:
@@ -42,10 +43,11 @@ class Journal:
         """Within the caller's transaction."""
         db.execute(
             "INSERT INTO messages (request_id, kind, batch_id, body, card, amount_cents,"
-            " original_request_id, original_rrn, state, created_at)"
-            " VALUES (?, ?, (SELECT id FROM batches WHERE closed_at IS NULL), ?, ?, ?, ?, ?, ?, ?)",
+            " original_request_id, original_rrn, till_reference, state, created_at)"
+            " VALUES (?, ?, (SELECT id FROM batches WHERE closed_at IS NULL), ?, ?, ?, ?, ?, ?, ?, ?)",
             (message.request_id, message.kind, message.body, message.card, message.amount_cents,
-             message.original_request_id, message.original_rrn, state, _now()))
+             message.original_request_id, message.original_rrn, message.till_reference, state,
+             _now()))
 
     def record_sending(self, message: SentMessage) -> None:
         with self._store.transaction() as db:
@@ -105,6 +107,10 @@ class Journal:
             "SELECT 1 FROM messages WHERE kind = 'reversal' AND original_request_id = ?",
             (row["request_id"],)).fetchone()
         return None if voided else row
+
+    def sale_by_till_reference(self, till_reference: str) -> sqlite3.Row | None:
+        return self._db.execute("SELECT * FROM messages WHERE till_reference = ?",
+                                (till_reference,)).fetchone()
 
     def message(self, request_id: str) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM messages WHERE request_id = ?",

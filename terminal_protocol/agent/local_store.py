@@ -14,7 +14,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
     amount_cents        INTEGER,
     original_request_id TEXT,
     original_rrn        TEXT,
+    till_reference      TEXT,           -- the till's own id of a sale: a retried sale is replayed
     state               TEXT NOT NULL,
     rc                  TEXT,
     approved_cents      INTEGER NOT NULL DEFAULT 0,
@@ -84,6 +85,11 @@ class LocalStore:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer agent (schema {version})")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
+        if "till_reference" not in columns:          # a store written by schema 1
+            self.db.execute("ALTER TABLE messages ADD COLUMN till_reference TEXT")
+        self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS messages_by_till_reference"
+                        " ON messages (till_reference) WHERE till_reference IS NOT NULL")
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         with self.transaction():
             if self.db.execute("SELECT count(*) FROM batches WHERE closed_at IS NULL").fetchone()[0] == 0:

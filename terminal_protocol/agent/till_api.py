@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import hmac
+import os
+import re
 import secrets
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from terminal_protocol.amounts import AmountError, parse_euros
 TILL_API_HOST = "127.0.0.1"
 TOKEN_FILE_NAME = "till-api.token"
 MAX_BODY_BYTES = 1024
+# The till's own id of a sale: the same id sent again gets the first sale's outcome.
+TILL_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AGENT = web.AppKey("agent", TerminalAgent)
 TOKEN = web.AppKey("token", str)
 
@@ -58,8 +61,13 @@ def till_app(agent: TerminalAgent, token: str) -> web.Application:
 
 
 async def _sale(request: web.Request) -> web.Response:
-    amount = await _amount(request)
-    return _outcome(await request.app[AGENT].sale(amount))
+    body = await _json(request)
+    amount = await _amount(request, body)
+    reference = body.get("till_reference")
+    if reference is not None and not (isinstance(reference, str)
+                                      and TILL_REFERENCE.fullmatch(reference)):
+        raise _bad_request("« till_reference » : 1 à 64 caractères parmi A-Z a-z 0-9 _ -")
+    return _outcome(await request.app[AGENT].sale(amount, reference))
 
 
 async def _cancel(request: web.Request) -> web.Response:
