@@ -162,8 +162,11 @@ def _print_declines(total: int, rows: list[dict]) -> None:
 def _print_funds(report: reports.FundsReport) -> int:
     f = report.flows
     for label, key in [("funded (reloads)", "funded_cents"), ("purchases", "purchases_cents"),
-                       ("reversals", "reversals_cents"), ("refunds", "refunds_cents"),
-                       ("spent (net)", "spent_cents"), ("expired", "expired_cents"),
+                       ("reversals", "reversals_cents"),
+                       ("  back to wallets", "reversals_to_wallets_cents"),
+                       ("  to expired funds (after 1 May)", "reversals_to_expired_funds_cents"),
+                       ("refunds", "refunds_cents"), ("spent (net)", "spent_cents"),
+                       ("expired", "expired_cents"), ("  of which 1 May sweeps", "expiry_sweeps_cents"),
                        ("fees", "fees_cents"), ("settled to merchants", "settled_cents")]:
         print(f"  {label:<28} {euros(f[key]):>16} EUR")
     print("position now")
