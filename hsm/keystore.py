@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from hsm import policy
 from hsm.interface import HsmError, KeyExists, KeyInfo, KeyUsage, UnknownKey
+from hsm.private_file import replace_private_file
 
 FORMAT = "hdfpay-keystore/1"
 FILE_MODE = 0o600
@@ -187,23 +187,7 @@ class Keystore:
 
     def _write(self, document: dict) -> None:
         data = json.dumps(document, indent=1, sort_keys=True).encode()
-        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), FILE_MODE)
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_private_file(self.path, data, FILE_MODE)
 
 
 def _associated_data(info: KeyInfo, mode_of_use: str) -> bytes:

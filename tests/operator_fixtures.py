@@ -75,3 +75,27 @@ def ops_client(ops_server: str, dsn: str):
         async with aiohttp.ClientSession(base_url=ops_server, headers=headers) as session:
             yield session
     return make
+
+
+async def ops_call(session: aiohttp.ClientSession, method: str, path: str,
+                   body=None) -> tuple[int, dict]:
+    """One call of the operator API: (status, decoded JSON answer). A str body goes as CSV."""
+    kwargs = ({"data": body.encode(), "headers": {"Content-Type": "text/csv"}}
+              if isinstance(body, str) else {"json": body})
+    async with session.request(method, path, **kwargs) as reply:
+        return reply.status, await reply.json()
+
+
+async def assert_roles_refused(ops_client, endpoints) -> int:
+    """Each (method, path, body, allowed roles) answers 401 with no token and 403 to every role
+    it does not allow, always with a JSON error. Returns how many accounts the check created
+    (one audit row each), for callers that count audit rows."""
+    for role in (None, *Role):
+        async with ops_client(role) as session:
+            for method, path, body, allowed in endpoints:
+                if role in allowed:
+                    continue
+                status, answer = await ops_call(session, method, path, body)
+                assert status == (401 if role is None else 403), (role, method, path, answer)
+                assert "error" in answer
+    return len(Role)

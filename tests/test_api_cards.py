@@ -8,7 +8,7 @@ import pytest
 
 from authorizer.operator_auth import Role
 from ledger.demo_region import card_uid
-from operator_fixtures import ops_client, ops_server  # noqa: F401  (fixtures)
+from operator_fixtures import assert_roles_refused, ops_call as call
 
 from conftest import balance_of, set_balance
 
@@ -34,28 +34,16 @@ ENDPOINTS = [
 ]
 
 
-async def call(session, method, path, body=None):
-    async with session.request(method, path, json=body) as reply:
-        return reply.status, await reply.json()
 
-
-async def test_the_role_matrix(ops_client, conn):  # noqa: F811
+async def test_the_role_matrix(ops_client, conn):
     audit_rows = await conn.fetchval("SELECT count(*) FROM audit_log")
-    for role in (None, *Role):
-        async with ops_client(role) as session:
-            audit_rows += role is not None         # the fixture's account creation
-            for method, path, body, allowed in ENDPOINTS:
-                if role in allowed:
-                    continue
-                status, answer = await call(session, method, path, body)
-                assert status == (401 if role is None else 403), (role, method, path, answer)
-                assert "error" in answer
+    audit_rows += await assert_roles_refused(ops_client, ENDPOINTS)   # one account per role
     assert await conn.fetchval("SELECT count(*) FROM audit_log") == audit_rows
     assert await conn.fetchval("SELECT count(*) FROM cards WHERE status <> 'ACTIVE'") == \
         await conn.fetchval("SELECT count(*) FROM cards WHERE opposed_at IS NOT NULL")
 
 
-async def test_oppose_and_replace(ops_client, conn):  # noqa: F811
+async def test_oppose_and_replace(ops_client, conn):
     await set_balance(conn, card_uid(5), 3_00)
     async with ops_client(REGION) as region:
         status, answer = await call(region, "POST", "/v1/ops/cards/6330000000000006/opposition",
@@ -94,7 +82,7 @@ async def new_student(conn, establishment_id: int) -> str:
     return "NEW0000001"
 
 
-async def test_card_requests_with_the_establishment_scope(ops_client, conn):  # noqa: F811
+async def test_card_requests_with_the_establishment_scope(ops_client, conn):
     dossier = await new_student(conn, 1)
     async with ops_client(REGION) as region, ops_client(STAFF, establishment_id=1) as own, \
             ops_client(STAFF, establishment_id=2) as other:
@@ -124,7 +112,7 @@ async def test_card_requests_with_the_establishment_scope(ops_client, conn):  # 
         assert (await call(region, "POST", "/v1/ops/card-requests", {"dossier_number": "HDF0000005"}))[0] == 409
 
 
-async def test_partners_and_the_search(ops_client, conn):  # noqa: F811
+async def test_partners_and_the_search(ops_client, conn):
     async with ops_client(REGION) as region, ops_client(PARTNER, partner_id=2) as shop:
         body = {"name": "Librairie du Beffroi", "category": "BOOKSHOP", "address": "3 Grand-Place, Lille",
                 "latitude": 50.6372, "longitude": 3.0633}
@@ -161,7 +149,7 @@ async def test_partners_and_the_search(ops_client, conn):  # noqa: F811
 
 
 @pytest.mark.parametrize("path", ["/v1/ops/partners/abc", "/v1/ops/card-requests/abc"])
-async def test_malformed_ids_are_json_404s(ops_client, path):  # noqa: F811
+async def test_malformed_ids_are_json_404s(ops_client, path):
     async with ops_client(REGION) as region:
         status, answer = await call(region, "GET", path)
     assert status == 404 and "error" in answer

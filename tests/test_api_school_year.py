@@ -12,7 +12,7 @@ import pytest
 
 from authorizer.operator_auth import Role
 from ledger.clock import pin_clock
-from operator_fixtures import ops_client, ops_server  # noqa: F401  (fixtures)
+from operator_fixtures import assert_roles_refused, ops_call as call
 
 from conftest import TEST_SCHOOL_YEAR, paris
 
@@ -38,12 +38,6 @@ ENDPOINTS = [
 ]
 
 
-async def call(session, method, path, body=None):
-    kwargs = {"data": body.encode(), "headers": {"Content-Type": "text/csv"}} if isinstance(body, str) \
-        else {"json": body}
-    async with session.request(method, path, **kwargs) as reply:
-        return reply.status, await reply.json()
-
 
 async def _counts(conn):
     return (await conn.fetchval("SELECT count(*) FROM audit_log"),
@@ -52,21 +46,13 @@ async def _counts(conn):
             await conn.fetchval("SELECT count(*) FROM reload_programmes"))
 
 
-async def test_the_role_matrix(ops_client, conn):  # noqa: F811
+async def test_the_role_matrix(ops_client, conn):
     audit_rows, *others = await _counts(conn)
-    for role in (None, *Role):
-        async with ops_client(role) as session:
-            audit_rows += role is not None         # the fixture's account creation
-            for method, path, body, allowed in ENDPOINTS:
-                if role in allowed:
-                    continue
-                status, answer = await call(session, method, path, body)
-                assert status == (401 if role is None else 403), (role, method, path, answer)
-                assert "error" in answer
+    audit_rows += await assert_roles_refused(ops_client, ENDPOINTS)   # one account per role
     assert await _counts(conn) == (audit_rows, *others)
 
 
-async def test_staff_renew_their_own_students_only(ops_client, conn):  # noqa: F811
+async def test_staff_renew_their_own_students_only(ops_client, conn):
     async with ops_client(STAFF, establishment_id=1) as staff:
         status, answer = await call(staff, "POST", f"{BASE}/renewals", {"dossier_number": OWN_UNRENEWED[0]})
         renewal = answer["renewal"]
@@ -91,7 +77,7 @@ async def test_staff_renew_their_own_students_only(ops_client, conn):  # noqa: F
     assert actor.startswith("establishment_staff:")
 
 
-async def test_a_file_dry_run_then_applied_and_errors_by_line(ops_client, conn):  # noqa: F811
+async def test_a_file_dry_run_then_applied_and_errors_by_line(ops_client, conn):
     good = "dossier;annee\n" + "".join(f"{d};{YEAR}\n" for d in OWN_UNRENEWED)
     bad = f"{OWN_UNRENEWED[0]}\n\n{OTHER_SCHOOL}\nHDF9999999\n{OWN_UNRENEWED[0]}\n{OWN_UNRENEWED[1]};{YEAR + 1}\n"
     rights = await conn.fetchval("SELECT count(*) FROM rights")
@@ -123,7 +109,7 @@ async def test_a_file_dry_run_then_applied_and_errors_by_line(ops_client, conn):
         assert (status, answer["report"]["ok"], answer["report"]["already_renewed"]) == (200, True, 1)
 
 
-async def test_a_staff_dry_run_reveals_nothing_about_other_establishments(ops_client, conn):  # noqa: F811
+async def test_a_staff_dry_run_reveals_nothing_about_other_establishments(ops_client, conn):
     """Another establishment's student, renewed or not, answers exactly as a dossier that does
     not exist: the same counts, code and message."""
     await pin_clock(conn, paris(YEAR + 1, 6, 20, 0, 0, 0))
@@ -148,7 +134,7 @@ async def test_a_staff_dry_run_reveals_nothing_about_other_establishments(ops_cl
         (2, 1, 0, False, [(2, "unknown_dossier", "no student with dossier number … in your establishment")])]
 
 
-async def test_amounts_then_a_bulk_reload_in_the_background(ops_client, conn):  # noqa: F811
+async def test_amounts_then_a_bulk_reload_in_the_background(ops_client, conn):
     async with ops_client(REGION) as region, ops_client(AUDITOR) as auditor:
         status, answer = await call(region, "POST", f"{BASE}/bulk-reload")
         assert status == 409 and "no amount" in answer["error"]
@@ -185,7 +171,7 @@ async def _until_finished(session) -> dict:
     pytest.fail(f"the bulk reload did not finish: {answer}")
 
 
-async def test_the_expiry_by_hand(ops_client, conn):  # noqa: F811
+async def test_the_expiry_by_hand(ops_client, conn):
     await pin_clock(conn, paris(YEAR + 1, 4, 30, 23, 59, 59))    # sessions live in business time
     async with ops_client(REGION) as region, ops_client(AUDITOR) as auditor:
         status, answer = await call(region, "POST", f"{BASE}/expiry")

@@ -75,8 +75,7 @@ class FutureKeyTerminal:
     def install(cls, store: SealedStateFile, initial_key_id: bytes, initial_key: bytes, *,
                 replace: bool = False, last_counter: int = 0) -> "FutureKeyTerminal":
         """Fill the registers from the initial key, seal them, forget the initial key.
-        `last_counter` > 0 resumes a key whose counters up to it were used elsewhere (a
-        terminal moving from TerminalKeys and its FileCounter reservation)."""
+        `last_counter` > 0 resumes a key whose counters up to it were used elsewhere."""
         if len(initial_key_id) != INITIAL_KEY_ID_BYTES or len(initial_key) != AES_KEY_BYTES:
             raise ValueError("an AES-DUKPT initial key id is 8 bytes and an AES-128 key 16")
         if not 0 <= last_counter <= dukpt.MAX_COUNTER:

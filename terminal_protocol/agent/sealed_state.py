@@ -12,13 +12,11 @@ key from the environment or a prompt is the agent's job (terminal_protocol.agent
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import secrets
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +28,7 @@ from hsm.keystore import (
     FILE_MODE, GCM_NONCE_BYTES, MASTER_KEY_BYTES, MIN_PASSPHRASE_CHARS, SCRYPT_N, SCRYPT_P,
     SCRYPT_R, SCRYPT_SALT_BYTES,
 )
+from hsm.private_file import replace_private_file
 
 MAGIC = b"HDFSEAL1"                   # format and version of the envelope
 MAX_SCRYPT_MEMORY_BYTES = 256 * 2**20     # a forged header must not make us allocate more
@@ -94,23 +93,7 @@ class SealedStateFile:
         header = self._aead[0] if self._aead is not None else self._new_header()
         nonce = secrets.token_bytes(GCM_NONCE_BYTES)
         data = header + nonce + self._cipher(header).encrypt(nonce, plaintext, header)
-        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), FILE_MODE)
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_private_file(self.path, data, FILE_MODE)
 
     def acquire(self) -> None:
         """Take the sibling lock file: two processes signing from one state would reuse
