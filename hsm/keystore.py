@@ -25,21 +25,14 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from hsm import policy
 from hsm.interface import HsmError, KeyExists, KeyInfo, KeyUsage, UnknownKey
 from hsm.private_file import replace_private_file
+from hsm.sealing import (FILE_MODE, GCM_NONCE_BYTES, MASTER_KEY_BYTES, MIN_PASSPHRASE_CHARS, SCRYPT_N,
+                         SCRYPT_P, SCRYPT_R, SCRYPT_SALT_BYTES, key_from_passphrase)
 
 FORMAT = "hdfpay-keystore/1"
-FILE_MODE = 0o600
-MASTER_KEY_BYTES = 32             # AES-256-GCM
-GCM_NONCE_BYTES = 12
-SCRYPT_SALT_BYTES = 16
-SCRYPT_N = 2 ** 15                # cost: 32 MiB of memory (128 * N * r bytes), ~0.1 s per open
-SCRYPT_R = 8
-SCRYPT_P = 1
-MIN_PASSPHRASE_CHARS = 12         # enforced when a keystore is created
 _CHECK_PLAINTEXT = b"hdfpay keystore master key check"
 _CHECK_AAD = f"{FORMAT}\ncheck".encode()
 
@@ -201,11 +194,10 @@ def _master_key(header: dict | None, passphrase: str | None, kek_file: Path | st
         if passphrase is None:
             raise HsmError("this keystore is unlocked by a passphrase, not a KEK file")
         try:
-            kdf = Scrypt(salt=_b64(header["salt"]), length=MASTER_KEY_BYTES, n=int(header["n"]),
-                         r=int(header["r"]), p=int(header["p"]))
+            salt, n, r, p = _b64(header["salt"]), int(header["n"]), int(header["r"]), int(header["p"])
         except (KeyError, TypeError, ValueError):
             raise HsmError("keystore scrypt parameters are malformed") from None
-        return kdf.derive(passphrase.encode("utf-8"))
+        return key_from_passphrase(passphrase, salt, n, r, p)
     if kind == "kek-file":
         if kek_file is None:
             raise HsmError("this keystore is unlocked by a KEK file, not a passphrase")

@@ -22,11 +22,10 @@ from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from hsm.keystore import (
+from hsm.sealing import (
     FILE_MODE, GCM_NONCE_BYTES, MASTER_KEY_BYTES, MIN_PASSPHRASE_CHARS, SCRYPT_N, SCRYPT_P,
-    SCRYPT_R, SCRYPT_SALT_BYTES,
+    SCRYPT_R, SCRYPT_SALT_BYTES, key_from_passphrase,
 )
 from hsm.private_file import replace_private_file
 
@@ -146,5 +145,4 @@ class SealedStateFile:
         if not (1 <= log2_n < 32 and 1 <= r and 1 <= p <= MAX_SCRYPT_P
                 and 128 * r * 2**log2_n <= MAX_SCRYPT_MEMORY_BYTES):
             raise SealedStateError(f"{self.path}: scrypt parameters out of bounds")
-        kdf_function = Scrypt(salt=salt, length=MASTER_KEY_BYTES, n=2**log2_n, r=r, p=p)
-        return kdf_function.derive(self._passphrase.encode("utf-8"))
+        return key_from_passphrase(self._passphrase, salt, 2**log2_n, r, p)
