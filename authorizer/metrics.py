@@ -12,7 +12,6 @@ from prometheus_client import ProcessCollector, PlatformCollector
 # Buckets around the 5 ms target of an authorization, up to the request timeout.
 LATENCY_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
                            0.5, 1.0, 2.5, 5.0)
-MESSAGE_TYPES = ("purchase", "reversal", "refund", "invalid")
 SECURITY_REASONS = ("mac", "replay")
 
 

@@ -17,11 +17,13 @@ from terminal_protocol.response_codes import APPROVED_CODES
 PROTOCOL_VERSION = 1
 # A format bound, far above any business limit (those answer 61): 1,000,000.00 €.
 AMOUNT_CENTS_MAX_ACCEPTED = 100_000_000
+REQUEST_ID_MIN_CHARS = 8
 REQUEST_ID_MAX_CHARS = 64
 STAN_MAX = 999_999
 
 # \Z, not $: $ would accept a trailing newline.
-RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{8,64}\Z")]
+RequestId = Annotated[str, msgspec.Meta(
+    pattern=rf"^[A-Za-z0-9_-]{{{REQUEST_ID_MIN_CHARS},{REQUEST_ID_MAX_CHARS}}}\Z")]
 Stan = Annotated[int, msgspec.Meta(ge=0, le=STAN_MAX)]
 AmountCents = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_CENTS_MAX_ACCEPTED)]
 # ISO 14443 UIDs are 4, 7 or 10 bytes; upper-case hex.
