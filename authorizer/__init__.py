@@ -1,1 +1,3 @@
-"""The authorization server: terminal endpoint, pipeline, CLI. Calls into ledger and hsm."""
+"""The terminal listener: HTTP face, MAC verification, pipeline, outcomes, metrics, readiness.
+
+The latency-critical path and nothing else; it calls into ledger and hsm and knows no other room."""

@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 
 from authorizer.metrics import Metrics
+from ledger.terminals import partner_category_of
 from ledger.authorization_store import MessageOrigin
 from terminal_protocol.cashier_display import masked_uid
 from terminal_protocol.messages import Purchase, Request
@@ -42,9 +43,7 @@ class PartnerCategories:
     async def of(self, terminal_id: str) -> str:
         category = self._known.get(terminal_id)
         if category is None:
-            category = await self._pool.fetchval(
-                "SELECT p.category FROM terminals t JOIN partners p ON p.id = t.partner_id"
-                " WHERE t.id = $1", terminal_id) or "UNKNOWN"
+            category = await partner_category_of(self._pool, terminal_id) or "UNKNOWN"
             if len(self._known) >= MAX_CACHED_TERMINALS:
                 self._known.clear()
             self._known[terminal_id] = category

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from authorizer.metrics import Metrics
+from ledger.database import ping
 
 READINESS_PROBE_TIMEOUT_S = 1.0
 
@@ -25,7 +26,7 @@ class Readiness:
         if self.draining:
             return web.json_response({"ready": False, "reason": "draining"}, status=503)
         try:
-            await self._pool.fetchval("SELECT 1", timeout=READINESS_PROBE_TIMEOUT_S)
+            await ping(self._pool, READINESS_PROBE_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return web.json_response({"ready": False, "reason": f"database: {type(exc).__name__}"},
                                      status=503)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
-from authorizer.key_aliases import BDK_ID_BYTES, bdk_alias
+from hsm.key_aliases import BDK_ID_BYTES, bdk_alias
 from hsm.interface import Hsm, HsmError, UnknownKey, VerificationFailed
 from ledger.authorization_store import MessageOrigin
 from terminal_protocol.transport import (

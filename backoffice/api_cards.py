@@ -13,10 +13,10 @@ import re
 
 from aiohttp import web
 
-from authorizer.api_cards_openapi import (CARD_PATH, DEFAULT_SEARCH_RADIUS_M, OPENAPI_PATHS,
+from backoffice.api_cards_openapi import (CARD_PATH, DEFAULT_SEARCH_RADIUS_M, OPENAPI_PATHS,
                                           OPENAPI_SCHEMAS, PARTNERS_PATH, REQUESTS_PATH)
-from authorizer.operator_auth import Role, json_error, require
-from authorizer.ops_requests import acquire, path_id, read_json_object
+from backoffice.operator_auth import Role, json_error, require
+from backoffice.ops_requests import acquire, path_id, read_json_object
 from ledger import card_requests, cards, partners
 from ledger.cards import Conflict, Invalid, NotFound, OutOfScope, Refused
 

@@ -1,12 +1,12 @@
-"""The OpenAPI 3.1 description of authorizer/api_cards.py's routes (cards, first-card requests,
+"""The OpenAPI 3.1 description of backoffice/api_cards.py's routes (cards, first-card requests,
 partners), kept apart so that each module stays small. api_cards re-exports OPENAPI_PATHS and
-OPENAPI_SCHEMAS, which authorizer.openapi merges into the served document."""
+OPENAPI_SCHEMAS, which backoffice.openapi merges into the served document."""
 
 from __future__ import annotations
 
-from authorizer.openapi import operation, path_parameter, schema_ref
-from authorizer.operator_auth import Role
-from authorizer.ops_requests import MAX_ID
+from backoffice.openapi import operation, path_parameter, schema_ref
+from backoffice.operator_auth import Role
+from backoffice.ops_requests import MAX_ID
 from ledger import card_requests, cards, partners
 
 CARD_PATH = "/v1/ops/cards/{card}"

@@ -8,10 +8,10 @@ import logging
 
 from aiohttp import web
 
-from authorizer.openapi import (OPENAPI_DOCUMENT, OPENAPI_PATH, operation, path_parameter,
+from backoffice.openapi import (OPENAPI_DOCUMENT, OPENAPI_PATH, operation, path_parameter,
                                 schema_ref)
-from authorizer.operator_auth import Role, current_session, json_error, require
-from authorizer.ops_requests import MAX_ID, acquire, json_id, read_json_object
+from backoffice.operator_auth import Role, current_session, json_error, require
+from backoffice.ops_requests import MAX_ID, acquire, json_id, read_json_object
 from ledger import operators
 from ledger.audit import verify_audit
 

@@ -14,10 +14,11 @@ import re
 
 from aiohttp import web
 
-from authorizer.api_school_year_openapi import (BASE, FALSE_WORDS, OPENAPI_PATHS,
+from backoffice.api_school_year_openapi import (BASE, FALSE_WORDS, OPENAPI_PATHS,
                                                 OPENAPI_SCHEMAS, TRUE_WORDS)
-from authorizer.operator_auth import POOL, Operator, Role, json_error, require
-from authorizer.ops_requests import acquire, read_json_object
+from backoffice.operator_auth import POOL, Operator, Role, json_error, require
+from backoffice.ops_requests import acquire, read_json_object
+from ledger.establishments import establishment_id
 from ledger import bulk_reload, expiry, programmes, rights_renewal
 from ledger.rights_renewal import RenewalReport
 
@@ -119,8 +120,7 @@ async def renew_file(request: web.Request) -> web.Response:
         with _answers():
             scope = _scope(operator)
             if operator.role is REGION and "establishment" in request.query:
-                scope = await conn.fetchval("SELECT id FROM establishments WHERE uai = $1",
-                                            request.query["establishment"].upper())
+                scope = await establishment_id(conn, request.query["establishment"])
                 if scope is None:
                     raise json_error(web.HTTPNotFound, "no establishment with this UAI")
             report = await rights_renewal.renew_file(
@@ -232,8 +232,7 @@ async def expiry_status(request: web.Request) -> web.Response:
     require(request, REGION, AUDITOR)
     year = _school_year(request)
     async with acquire(request) as conn:
-        closes_at, closed = await conn.fetchrow(
-            "SELECT wallet_closes_at($1), business_now() >= wallet_closes_at($1)", year)
+        closes_at, closed = await expiry.wallet_close(conn, year)
         runs = await expiry.expiry_runs(conn, year)
     return web.json_response({
         "school_year": year, "closes_at": closes_at.isoformat(), "closed": closed,

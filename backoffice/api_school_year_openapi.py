@@ -1,8 +1,8 @@
-"""OpenAPI 3.1 path items and schemas of the school year's operator API (authorizer.api_school_year)."""
+"""OpenAPI 3.1 path items and schemas of the school year's operator API (backoffice.api_school_year)."""
 
 from __future__ import annotations
 
-from authorizer.openapi import json_content, operation, path_parameter, schema_ref
+from backoffice.openapi import json_content, operation, path_parameter, schema_ref
 
 BASE = "/v1/ops/school-years/{school_year}"
 TRUE_WORDS, FALSE_WORDS = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})

@@ -10,11 +10,13 @@ import os
 
 from aiohttp import web
 
-from authorizer.openapi import operation, path_parameter, schema_ref
-from authorizer.operator_auth import Role, json_error, require
-from authorizer.ops_requests import MAX_ID, acquire, path_id, read_json_object
-from authorizer.payout_files import (BankAccount, PayoutError, kept_payout_files, payout_files,
+from backoffice.openapi import operation, path_parameter, schema_ref
+from backoffice.operator_auth import Role, json_error, require
+from backoffice.ops_requests import MAX_ID, acquire, path_id, read_json_object
+from backoffice.payout_files import (BankAccount, PayoutError, kept_payout_files, payout_files,
                                      set_payee)
+from ledger import payouts
+from ledger.clock import business_today
 from ledger import reports, settlement
 from terminal_protocol.response_codes import APPROVED_CODES, describe
 
@@ -46,8 +48,7 @@ def _day(value: str | None, name: str) -> dt.date | None:
 
 async def _period(request: web.Request, conn, default_days: int | None) -> reports.Period:
     """?from=&to= in Paris business days; `to` defaults to today, `from` to default_days back."""
-    last = _day(request.query.get("to"), "to") or await conn.fetchval(
-        "SELECT (business_now() AT TIME ZONE 'Europe/Paris')::date")
+    last = _day(request.query.get("to"), "to") or await business_today(conn)
     first = _day(request.query.get("from"), "from")
     try:
         if first is None and default_days is not None:
@@ -96,7 +97,7 @@ async def make_payout_files(request: web.Request) -> web.Response:
     run_id = path_id(request, "run_id")
     async with acquire(request) as conn:
         try:
-            kept = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM payout_files WHERE run_id = $1)", run_id)
+            kept = await payouts.files_exist(conn, run_id)
             debtor = None if kept else BankAccount.debtor_from(
                 os.environ, name=body.get("debtor_name"), iban=body.get("debtor_iban"),
                 bic=body.get("debtor_bic"))

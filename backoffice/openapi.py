@@ -1,7 +1,8 @@
 """The operator API's OpenAPI 3.1 document, assembled from each area module's OPENAPI_PATHS (and
 optional OPENAPI_SCHEMAS) plus the shared parts here: the bearerAuth scheme, the Error schema and
 the error responses. Served at GET /v1/ops/openapi.json; tests/test_openapi.py validates it and
-checks it against the routes the application registers.
+checks it against the routes the application registers. The areas import this module's
+helpers; backoffice.areas imports the areas.
 
 Areas may build their path items with operation() below, or write them by hand.
 """
@@ -74,17 +75,12 @@ def path_parameter(name: str, description: str, pattern: str | None = None) -> d
             "schema": schema}
 
 
-def area_modules() -> list[ModuleType]:
-    """Imported here, not at the top: the areas import this module's helpers."""
-    from authorizer import api_cards, api_operators, api_school_year, api_settlement
-    return [api_operators, api_school_year, api_cards, api_settlement]
-
-
-def build_openapi_document(modules: list[ModuleType] | None = None) -> dict:
-    """The whole document; a path, method or schema defined by two areas is an error."""
+def build_openapi_document(modules: list[ModuleType]) -> dict:
+    """The whole document from the areas' declarations (backoffice.areas lists them); a path,
+    method or schema defined by two areas is an error."""
     paths: dict[str, dict] = {}
     schemas: dict[str, dict] = {"Error": ERROR_SCHEMA}
-    for module in modules if modules is not None else area_modules():
+    for module in modules:
         for path, item in module.OPENAPI_PATHS.items():
             clash = set(paths.get(path, {})) & set(item)
             if clash:

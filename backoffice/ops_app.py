@@ -9,14 +9,14 @@ import logging
 import asyncpg
 from aiohttp import web
 
-from authorizer.config import Settings
-from authorizer.openapi import OPENAPI_DOCUMENT, area_modules, build_openapi_document
-from authorizer.operator_auth import POOL, json_error, resolve_operator
-from authorizer.ops_requests import plain_text
+from backoffice.areas import AREAS, openapi_document
+from backoffice.openapi import OPENAPI_DOCUMENT
+from backoffice.operator_auth import POOL, json_error, resolve_operator
+from backoffice.ops_requests import plain_text
 
 log = logging.getLogger("hdfpay.ops")
 # Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
-# (authorizer.ops_requests.JSON_BODY_MAX_BYTES).
+# (backoffice.ops_requests.JSON_BODY_MAX_BYTES).
 OPS_MAX_BODY_BYTES = 8 * 1024 * 1024
 # The database going away mid-request: 503, the client may retry.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -55,12 +55,12 @@ async def plain_text_urls(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def build_ops_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
+def build_ops_app(pool: asyncpg.Pool) -> web.Application:
     """Routes of every area, then the OpenAPI document built once from what they declare."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
                           middlewares=[json_errors, plain_text_urls, resolve_operator])
     app[POOL] = pool
-    for area in area_modules():
+    for area in AREAS:
         area.add_routes(app)
-    app[OPENAPI_DOCUMENT] = build_openapi_document()
+    app[OPENAPI_DOCUMENT] = openapi_document()
     return app

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from authorizer.operator_auth import POOL, json_error
+from backoffice.operator_auth import POOL, json_error
 
 OPS_POOL_ACQUIRE_TIMEOUT_MS = 5000
 JSON_BODY_MAX_BYTES = 64 * 1024

@@ -24,6 +24,8 @@ from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 from sepaxml import SepaTransfer
 
+from ledger import payouts
+from ledger.clock import business_local_now
 from ledger.audit import append_audit
 from ledger.settlement import get_run
 
@@ -96,11 +98,18 @@ class PayoutFiles:
 
 
 def message_id(run_id: int) -> str:
-    return f"HDFPAY-SETTLE-{run_id:010d}"
+    return _max35(f"HDFPAY-SETTLE-{run_id:010d}")
 
 
 def end_to_end_id(partner_id: int, day: dt.date) -> str:
-    return f"HDF-P{partner_id:06d}-{day:%Y%m%d}"
+    return _max35(f"HDF-P{partner_id:06d}-{day:%Y%m%d}")
+
+
+def _max35(identifier: str) -> str:
+    """ISO 20022 Max35Text: a longer id would make the bank refuse the whole file."""
+    if len(identifier) > MAX_ID_CHARS:
+        raise PayoutError(f"identifier {identifier!r} is longer than {MAX_ID_CHARS} characters")
+    return identifier
 
 
 def next_weekday(day: dt.date) -> dt.date:
@@ -116,12 +125,10 @@ async def set_payee(conn: asyncpg.Connection, partner_id: int, *, name: str, iba
     """Record where a partner is paid, checked first, audited in the same transaction."""
     account = BankAccount.checked(name, iban, bic, f"partner {partner_id}")
     async with conn.transaction():
-        before = await conn.fetchrow("SELECT payee_name, iban, bic FROM partners WHERE id = $1 FOR UPDATE",
-                                     partner_id)
+        before = await payouts.lock_payee(conn, partner_id)
         if before is None:
             raise PayoutError(f"no partner {partner_id}")
-        await conn.execute("UPDATE partners SET payee_name = $2, iban = $3, bic = $4 WHERE id = $1",
-                           partner_id, account.name, account.iban, account.bic)
+        await payouts.set_payee(conn, partner_id, account.name, account.iban, account.bic)
         await append_audit(conn, actor=actor, action=AUDIT_ACTION_PAYEE, subject=f"partner:{partner_id}",
                            before=dict(before), after=dataclasses.asdict(account))
     return account
@@ -129,7 +136,7 @@ async def set_payee(conn: asyncpg.Connection, partner_id: int, *, name: str, iba
 
 async def kept_payout_files(conn: asyncpg.Connection, run_id: int) -> PayoutFiles | None:
     """The run's files as made, or None if they never were."""
-    kept = await conn.fetchrow("SELECT * FROM payout_files WHERE run_id = $1", run_id)
+    kept = await payouts.kept_files(conn, run_id)
     if kept is None:
         return None
     return PayoutFiles(run_id, kept["message_id"], kept["payments"], kept["ctrl_sum_cents"],
@@ -143,28 +150,24 @@ async def payout_files(conn: asyncpg.Connection, run_id: int, *, actor: str,
     Refused as a whole, naming every partner at fault, if any payee's bank details are wrong."""
     async with conn.transaction():
         await get_run(conn, run_id)  # UnknownRun if there is none
-        await conn.execute("SELECT 1 FROM settlement_runs WHERE id = $1 FOR UPDATE", run_id)
+        await payouts.lock_run(conn, run_id)
         kept = await kept_payout_files(conn, run_id)
         if kept is not None:
             return kept
         if debtor is None:
             raise PayoutError(f"the payout files of run {run_id} were never made: make them first")
-        lines = await conn.fetch(
-            "SELECT l.*, p.name AS partner_name, p.payee_name, p.iban, p.bic FROM settlement_lines l"
-            " JOIN partners p ON p.id = l.partner_id WHERE l.run_id = $1"
-            " ORDER BY l.partner_id, l.business_day", run_id)
-        today = await conn.fetchval("SELECT (business_now() AT TIME ZONE 'Europe/Paris')")
+        lines = await payouts.lines_with_payees(conn, run_id)
+        today = await business_local_now(conn)
         payees = _checked_payees([line for line in lines if line["paid_cents"] > 0])
         files = PayoutFiles(
             run_id, message_id(run_id), sum(1 for l in lines if l["paid_cents"] > 0),
             sum(l["paid_cents"] for l in lines), _csv(run_id, lines, payees),
             _pain001(run_id, lines, payees, debtor, execution_date or next_weekday(today.date()),
                      today) if payees else None, created=True)
-        await conn.execute(
-            "INSERT INTO payout_files (run_id, message_id, payments, ctrl_sum_cents, debtor_iban, csv,"
-            " pain001, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, business_now())",
-            run_id, files.message_id, files.payments, files.ctrl_sum_cents, debtor.iban, files.csv,
-            files.pain001, actor)
+        await payouts.keep_files(
+            conn, run_id, message_id=files.message_id, payments=files.payments,
+            ctrl_sum_cents=files.ctrl_sum_cents, debtor_iban=debtor.iban, csv=files.csv,
+            pain001=files.pain001, actor=actor)
         await append_audit(conn, actor=actor, action=AUDIT_ACTION_FILE, subject=f"settlement_run:{run_id}",
                            after={"message_id": files.message_id, "payments": files.payments,
                                   "ctrl_sum_cents": files.ctrl_sum_cents, "debtor_iban": debtor.iban,

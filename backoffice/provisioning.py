@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from authorizer.key_aliases import BDK_ID_BYTES, bdk_alias, bdk_id_of, kbpk_alias
+from hsm.key_aliases import BDK_ID_BYTES, bdk_alias, bdk_id_of, kbpk_alias
 from hsm.interface import Hsm, HsmError, KeyInfo, KeyUsage, UnknownKey
+from ledger import terminals
 from ledger.audit import append_audit
 
 # The audit trail's name for provisioning done by the program itself (seeding, tests).
@@ -56,12 +57,9 @@ async def add_terminal(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
                        partner_id: int, *, actor: str = SYSTEM_ACTOR) -> DeliveredKey:
     """A PENDING terminal of the partner, with a new transport key and its first initial key."""
     async with conn.transaction():
-        if await conn.fetchval("SELECT status FROM partners WHERE id = $1", partner_id) is None:
+        if not await terminals.partner_exists(conn, partner_id):
             raise ProvisioningError(f"no partner {partner_id}")
-        inserted = await conn.fetchval(
-            "INSERT INTO terminals (id, partner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-            " RETURNING id", terminal_id, partner_id)
-        if inserted is None:
+        if not await terminals.insert_terminal(conn, terminal_id, partner_id):
             raise ProvisioningError(f"terminal {terminal_id} already exists (use 'rotate')")
         _destroy_stale(hsm, kbpk_alias(terminal_id))
         kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
@@ -104,7 +102,7 @@ async def _audit_delivery(conn: asyncpg.Connection, actor: str, action: str,
 
 
 async def _lock_rotatable(conn: asyncpg.Connection, terminal_id: str) -> None:
-    status = await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE", terminal_id)
+    status = await terminals.lock_terminal_status(conn, terminal_id)
     if status is None or status == "REVOKED":
         raise ProvisioningError(f"terminal {terminal_id} is {'unknown' if status is None else 'revoked'}")
 
@@ -113,11 +111,10 @@ async def set_terminal_status(conn: asyncpg.Connection, terminal_id: str, status
                               actor: str = SYSTEM_ACTOR) -> None:
     """ACTIVE (activate, resume), SUSPENDED, or REVOKED (final: declined with 58 for good)."""
     async with conn.transaction():
-        before = await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE",
-                                     terminal_id)
+        before = await terminals.lock_terminal_status(conn, terminal_id)
         if before is None:
             raise ProvisioningError(f"no terminal {terminal_id}")
-        await conn.execute("UPDATE terminals SET status = $2 WHERE id = $1", terminal_id, status)
+        await terminals.set_terminal_status(conn, terminal_id, status)
         await append_audit(conn, actor=actor, action="terminal.status",
                            subject=f"terminal:{terminal_id}", before={"status": before},
                            after={"status": status})
@@ -127,9 +124,7 @@ async def provision_unkeyed_terminals(conn: asyncpg.Connection, hsm: Hsm) -> dic
     """Give every terminal without a key a transport key and an initial key (demo, tests,
     benchmarks: the seeded region's terminals). Returns each terminal's delivery and transport key."""
     delivered = {}
-    for row in await conn.fetch("SELECT id FROM terminals t WHERE NOT EXISTS"
-                                " (SELECT 1 FROM terminal_keys k WHERE k.terminal_id = t.id) ORDER BY id"):
-        terminal_id = row["id"]
+    for terminal_id in await terminals.unkeyed_terminal_ids(conn):
         async with conn.transaction():
             _destroy_stale(hsm, kbpk_alias(terminal_id))
             kbpk, transport_key = hsm.create_transport_key(kbpk_alias(terminal_id))
@@ -141,10 +136,9 @@ async def provision_unkeyed_terminals(conn: asyncpg.Connection, hsm: Hsm) -> dic
 async def _deliver_initial_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
                                kbpk: KeyInfo) -> DeliveredKey:
     bdk = current_bdk(hsm)
-    derivation_id = await conn.fetchval("SELECT nextval('terminal_key_derivation_id')")
+    derivation_id = await terminals.next_key_derivation_id(conn)
     initial_key_id = bdk_id_of(bdk.alias) + derivation_id.to_bytes(4, "big")
-    await conn.execute("INSERT INTO terminal_keys (initial_key_id, terminal_id) VALUES ($1, $2)",
-                       initial_key_id, terminal_id)
+    await terminals.record_initial_key(conn, initial_key_id, terminal_id)
     block = hsm.export_dukpt_initial_key(bdk.alias, initial_key_id, kbpk.alias)
     return DeliveredKey(terminal_id, initial_key_id, block, kbpk)
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 import asyncpg
 import uvloop
 
-from authorizer import cli_cards, cli_operators, cli_school_year, cli_settlement
-from authorizer.cli_support import cli_actor
-from authorizer.config import ConfigError, Settings
-from authorizer.database import SchemaNotReady, check_schema, connection, database_dsn
-from authorizer.provisioning import ProvisioningError
+from hdfpay import cli_cards, cli_operators, cli_school_year, cli_settlement
+from hdfpay.cli_support import cli_actor
+from hdfpay.config import ConfigError, Settings
+from ledger.database import SchemaNotReady, check_schema, connection, database_dsn
+from backoffice.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
+from ledger.terminals import list_terminals
+from ledger.bulk_reload import reload_school_year
 from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
 from ledger.audit import append_audit
 from ledger.migrate import MigrationError, migrate
@@ -27,10 +30,11 @@ from terminal_protocol.agent.local_store import StoreLocked
 from terminal_protocol.agent.sealed_state import SealedStateError
 
 DEFAULT_SEED_BENEFICIARIES = 1000
-# The school year a reload or a seed is for: the current one, or in May and June (its wallet
-# closed, rights renewal open from 20 June) the next one.
-RELOAD_SCHOOL_YEAR_SQL = ("SELECT school_year_of(t) + CASE WHEN in_wallet_window(t) THEN 0 ELSE 1 END"
-                          " FROM (SELECT business_now() AT TIME ZONE 'Europe/Paris' AS t) now")
+LOADTEST_COMMANDS = {
+    "bench": "end-to-end authorization benchmark beside pgbench",
+    "loadtest": "a locust scenario (peak, hot-card, reversal-storm, decline-mix) on a throwaway "
+                "database, then the ledger checked",
+}
 
 
 class UsageError(RuntimeError):
@@ -42,13 +46,13 @@ def _run(coro) -> int:
 
 
 def cmd_demo(args, settings: Settings) -> int:
-    from authorizer.demo import run_demo
+    from hdfpay.demo import run_demo
     return _run(run_demo(settings))
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from authorizer.json_logs import configure_json_logging
-    from authorizer.server import serve_forever
+    from hdfpay.json_logs import configure_json_logging
+    from hdfpay.server import serve_forever
     configure_json_logging()
     settings = _override(settings, host=args.host, port=args.port)
     settings.check_transport()
@@ -68,8 +72,8 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def cmd_keys(args, settings: Settings) -> int:
-    import os
-    from authorizer.provisioning import new_bdk
+
+    from backoffice.provisioning import new_bdk
     from hsm.config import BACKEND_VARIABLE, KEYSTORE_VARIABLE, SOFTWARE
     keystore = os.environ.get(KEYSTORE_VARIABLE)
     create = (args.action == "new-bdk" and os.environ.get(BACKEND_VARIABLE, SOFTWARE) == SOFTWARE
@@ -85,18 +89,17 @@ def cmd_keys(args, settings: Settings) -> int:
 
 
 def cmd_terminals(args, settings: Settings) -> int:
-    from authorizer import provisioning
+    from backoffice import provisioning
 
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
             if args.action == "list":
-                for row in await conn.fetch(
-                        "SELECT t.id, t.status, p.name, string_agg(encode(k.initial_key_id, 'hex')"
-                        " || ':' || k.status || ':' || k.last_counter, ' ') AS keys FROM terminals t"
-                        " JOIN partners p ON p.id = t.partner_id LEFT JOIN terminal_keys k"
-                        " ON k.terminal_id = t.id GROUP BY 1, 2, 3 ORDER BY 1"):
-                    print(f"{row['id']:<16} {row['status']:<9} {row['name']:<36} {row['keys'] or '-'}")
+                print(f"{'TERMINAL':<16} {'STATUS':<9} {'PARTNER':<36} "
+                      "KEYS (initial key id:status:last counter)")
+                for row in await list_terminals(conn):
+                    keys = " ".join(row.keys) or "none yet: 'hdfpay terminals rotate ID' delivers one"
+                    print(f"{row.terminal_id:<16} {row.status:<9} {row.partner_name:<36} {keys}")
                 return
             if args.action in ("activate", "suspend", "revoke"):
                 status = {"activate": "ACTIVE", "suspend": "SUSPENDED", "revoke": "REVOKED"}[args.action]
@@ -159,7 +162,7 @@ def cmd_seed(args, settings: Settings) -> int:
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-            year = args.school_year or await conn.fetchval(RELOAD_SCHOOL_YEAR_SQL)
+            year = args.school_year or await reload_school_year(conn)
             summary = await seed_demo_region(conn, beneficiaries=args.beneficiaries, school_year=year)
         if summary.already_seeded:
             print("the database already holds a region; nothing changed")
@@ -178,7 +181,7 @@ def cmd_reload(args, settings: Settings) -> int:
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-            year = args.school_year or await conn.fetchval(RELOAD_SCHOOL_YEAR_SQL)
+            year = args.school_year or await reload_school_year(conn)
             async with conn.transaction():
                 result = await reload_wallet(conn, args.dossier, year, amount_cents, args.reference)
                 if not result.already_done:
@@ -213,20 +216,6 @@ def cmd_check(args, settings: Settings) -> int:
 
     with database_dsn(settings.database_url) as dsn:
         return _run(main())
-
-
-def cmd_bench(args, settings: Settings) -> int:
-    from authorizer.bench import BenchOptions, run_bench
-    options = BenchOptions(cards=args.cards, seconds=args.seconds,
-                           concurrency=args.concurrency, output=args.output)
-    return run_bench(options, settings)
-
-
-def cmd_loadtest(args, settings: Settings) -> int:
-    from authorizer.loadtest import LoadtestOptions, run_loadtest
-    return run_loadtest(LoadtestOptions(scenario=args.scenario, users=args.users,
-                                        seconds=args.seconds, cards=args.cards,
-                                        output=args.output, think_ms=args.think_ms), settings)
 
 
 def _override(settings: Settings, **changes) -> Settings:
@@ -279,25 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="verify the ledger's invariants (debits = credits, no negative wallet)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("bench", help="end-to-end authorization benchmark beside pgbench")
-    p.add_argument("--cards", type=int, default=100_000, help="cards to seed (default 100000)")
-    p.add_argument("--seconds", type=int, default=10, help="duration of each measured run (whole seconds)")
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
-                   default=[1, 16, 64], help="comma-separated client concurrencies (default 1,16,64)")
-    p.add_argument("--output", default="bench-results.json", help="JSON results file")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("loadtest", help="a locust scenario (peak, hot-card, reversal-storm, "
-                                        "decline-mix) on a throwaway database, then the ledger checked")
-    p.add_argument("scenario", choices=["peak", "hot-card", "reversal-storm", "decline-mix"])
-    p.add_argument("--users", type=int, default=10, help="locust users, one terminal each (default 10)")
-    p.add_argument("--seconds", type=int, default=30, help="run time (default 30)")
-    p.add_argument("--cards", type=int, default=100_000, help="cards to seed (default 100000)")
-    p.add_argument("--think-ms", type=int, default=0,
-                   help="a cashier's mean pause between sales (default 0: back to back)")
-    p.add_argument("--output", default="loadtest-results",
-                   help="directory for locust's CSV and HTML report (default ./loadtest-results)")
-    p.set_defaults(func=cmd_loadtest)
+    # Run by `python -m loadtest` in a process of their own (main() hands them over): listed
+    # here for --help only, so that the root never imports the benchmarks.
+    for name, text in LOADTEST_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False).add_argument(
+            "arguments", nargs=argparse.REMAINDER)
 
     add_terminal_commands(sub)
     for area in (cli_operators, cli_school_year, cli_cards, cli_settlement):
@@ -306,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in LOADTEST_COMMANDS:
+        # The same process becomes the benchmark: signals and the exit code reach it directly.
+        os.execv(sys.executable, [sys.executable, "-m", "loadtest", *argv])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "action", None) not in (None, "list", "migrate", "start", "stop", "status",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 
-from authorizer.cli_support import cli_actor as _actor, run_on_database
+from hdfpay.cli_support import cli_actor as _actor, run_on_database
 from ledger import card_requests, cards, partners
 from ledger.cards import REPLACEMENT_FEE_CENTS, Refused
 from terminal_protocol.amounts import format_euros

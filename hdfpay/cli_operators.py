@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from zoneinfo import ZoneInfo
 
-from authorizer.cli_support import cli_actor, run_on_database
+from hdfpay.cli_support import cli_actor, run_on_database
 from ledger import operators
 from ledger.audit import verify_audit
 

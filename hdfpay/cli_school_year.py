@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 
-from authorizer.cli_support import cli_actor, run_on_database
+from hdfpay.cli_support import cli_actor, run_on_database
+from ledger.establishments import establishment_id
 from ledger.bulk_reload import (BULK_RELOAD_CHUNK_ROWS, BulkReloadRefused, BulkReloadRun,
                                 latest_run, reload_school_year, run_bulk_reload)
 from ledger.expiry import ExpiryRefused, expire_school_year, last_closed_school_year
@@ -32,10 +33,10 @@ def _with_database(settings, work) -> int:
     return run_on_database(settings, work, (*EXPECTED_ERRORS, _Refused))
 
 
-async def _establishment_id(conn, uai: str | None) -> int | None:
+async def _establishment_id_or_refuse(conn, uai: str | None) -> int | None:
     if uai is None:
         return None
-    found = await conn.fetchval("SELECT id FROM establishments WHERE uai = $1", uai.upper())
+    found = await establishment_id(conn, uai)
     if found is None:
         raise _Refused(f"no establishment with UAI {uai}")
     return found
@@ -45,7 +46,7 @@ def cmd_rights(args, settings) -> int:
     async def work(conn) -> int:
         opens = renewal_opens_from_env()
         year = args.school_year or await renewal_school_year(conn, opens)
-        scope = await _establishment_id(conn, args.establishment)
+        scope = await _establishment_id_or_refuse(conn, args.establishment)
         if args.rights_action == "renew":
             result = await renew_one(conn, args.dossier, school_year=year, actor=cli_actor(),
                                      establishment_id=scope, programme=args.programme, opens=opens)

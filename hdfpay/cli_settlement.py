@@ -9,8 +9,10 @@ from pathlib import Path
 
 import asyncpg
 
-from authorizer.cli_support import cli_actor as _actor, run_on_database
-from authorizer.payout_files import BankAccount, PayoutError, payout_files, set_payee, write_payout_files
+from hdfpay.cli_support import cli_actor as _actor, run_on_database
+from backoffice.payout_files import BankAccount, PayoutError, payout_files, set_payee, write_payout_files
+from ledger import payouts
+from ledger.clock import business_today
 from ledger import reports
 from ledger.settlement import (SettlementRefused, UnknownRun, get_run, list_runs, run_lines,
                                settle)
@@ -58,7 +60,7 @@ def cmd_settle(args, settings) -> int:
 def cmd_payouts(args, settings) -> int:
     async def main(conn: asyncpg.Connection) -> int:
         await get_run(conn, args.run)  # an unknown run is said before a missing bank account
-        kept = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM payout_files WHERE run_id = $1)", args.run)
+        kept = await payouts.files_exist(conn, args.run)
         debtor = None if kept else BankAccount.debtor_from(
             name=args.debtor_name, iban=args.debtor_iban, bic=args.debtor_bic)
         files = await payout_files(conn, args.run, actor=_actor(), debtor=debtor,
@@ -85,7 +87,7 @@ def cmd_payee(args, settings) -> int:
 
 def cmd_report(args, settings) -> int:
     async def main(conn: asyncpg.Connection) -> int:
-        today = await conn.fetchval("SELECT (business_now() AT TIME ZONE 'Europe/Paris')::date")
+        today = await business_today(conn)
         last = args.to or today
         first = args.from_ or (None if args.kind == "funds" else last - dt.timedelta(days=DEFAULT_REPORT_DAYS - 1))
         period = reports.Period(first, last).check()

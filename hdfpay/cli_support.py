@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 import asyncpg
 import uvloop
 
-from authorizer.database import check_schema, connection, database_dsn
+from ledger.database import check_schema, connection, database_dsn
 
 
 def cli_actor() -> str:

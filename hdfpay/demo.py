@@ -20,12 +20,13 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from authorizer.config import Settings
-from authorizer.database import connection, recreate_database
-from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
-from authorizer.server import running_server
+from hdfpay.config import Settings
+from ledger.database import connection, recreate_database
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
+from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
+from ledger.wallets import card_balance_cents
 from ledger.demo_region import PARTNERS, card_uid, seed_demo_region, terminal_id
 from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
@@ -85,13 +86,6 @@ class Till:
     async def sale(self, uid: bytes, amount_cents: int, partial_ok: bool = True, **kw) -> Response:
         response = await self.client.purchase(uid, amount_cents, partial_ok=partial_ok, **kw)
         return self.show(f"Vente {format_euros(amount_cents)} · carte {masked_uid(uid)}", response)
-
-
-async def _balance(conn: asyncpg.Connection, uid: bytes, school_year: int) -> int:
-    return await conn.fetchval(
-        "SELECT a.credits_posted - a.debits_posted FROM cards c JOIN wallets w"
-        " ON w.beneficiary_id = c.beneficiary_id AND w.school_year = $2"
-        " JOIN accounts a ON a.id = w.account_id WHERE c.uid = $1", uid, school_year)
 
 
 async def run_demo(settings: Settings, out=print) -> int:
@@ -155,7 +149,7 @@ async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connec
 
         till.header("Paiement partiel : le solde ne couvre pas tout")
         partial_card = card_uid(7)
-        balance = await _balance(conn, partial_card, school_year)
+        balance = await card_balance_cents(conn, partial_card, school_year)
         await till.sale(partial_card, balance + 20_00)
 
         till.header("Chaque motif de refus")

@@ -1,4 +1,5 @@
-"""Assembles the aiohttp application and runs it until SIGINT/SIGTERM."""
+"""Wires the listeners: the terminal listener (authorizer) and the operator API (backoffice),
+each with its own pool, and runs them until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,87 +10,30 @@ import ssl
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-import asyncpg
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from authorizer.config import Settings
-from authorizer.database import APPLICATION_NAME, create_pool
-from authorizer.metrics import Metrics
-from authorizer.openapi import OPENAPI_PATH
-from authorizer.ops_app import build_ops_app
-from authorizer.outcomes import OutcomeRecorder, PartnerCategories
-from authorizer.readiness import Readiness
-from authorizer.pipeline import AuthorizationPipeline
-from authorizer.terminal_endpoint import TerminalEndpoint
-from authorizer.terminal_authentication import DeclaredTerminals, DukptMacAuthenticator
+from authorizer.listener import READINESS, ListenerLimits, build_terminal_app
+from backoffice.openapi import OPENAPI_PATH
+from backoffice.ops_app import build_ops_app
+from hdfpay.config import Settings
 from hsm.interface import Hsm
-from ledger.authorization_store import AuthorizationStore
-from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, error_body
-from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_PATH
+from ledger.database import create_ops_pool, create_pool
+from terminal_protocol.transport import TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
 SHUTDOWN_GRACE_S = 10.0
-METRICS = web.AppKey("metrics", Metrics)
-READINESS = web.AppKey("readiness", Readiness)
 
 
-async def _healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-@web.middleware
-async def _json_http_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Unknown paths and methods answer in the protocol's JSON too (rc 30), not in text/plain."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.Response(status=exc.status, content_type=JSON_CONTENT_TYPE,
-                            body=error_body("30", exc.reason), headers=allow)
-
-
-def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Application:
-    metrics = Metrics()
-    store = AuthorizationStore(
-        pool,
+def listener_limits(settings: Settings) -> ListenerLimits:
+    return ListenerLimits(
         max_purchase_amount_cents=settings.max_purchase_amount_cents,
-        pool_acquire_timeout_s=settings.pool_acquire_timeout_ms / 1000,
-        statement_timeout_s=settings.db_statement_timeout_ms / 1000,
-        observe_round_trip_s=(metrics.db_round_trip.observe if settings.metrics_enabled
-                              else lambda seconds: None),
-    )
-    metrics.pool_size.set_function(pool.get_size)
-    metrics.pool_waiters.set_function(lambda: store.waiting_for_connection)
-    if settings.terminal_authentication == "dukpt":
-        if hsm is None:
-            raise ValueError("terminal authentication needs an HSM")
-        authenticator = DukptMacAuthenticator(hsm)
-    else:
-        authenticator = DeclaredTerminals()
-    endpoint = TerminalEndpoint(
-        AuthorizationPipeline(store), authenticator, metrics,
-        OutcomeRecorder(metrics, PartnerCategories(pool), counting=settings.metrics_enabled),
+        pool_acquire_timeout_ms=settings.pool_acquire_timeout_ms,
+        db_statement_timeout_ms=settings.db_statement_timeout_ms,
         max_in_flight_requests=settings.max_in_flight_requests,
         request_timeout_ms=settings.request_timeout_ms,
+        terminal_authentication=settings.terminal_authentication,
+        metrics_enabled=settings.metrics_enabled,
     )
-    # Slack above the largest valid message so that aiohttp itself never buffers more.
-    app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1,
-                          middlewares=[_json_http_errors])
-    app[METRICS] = metrics
-    app.router.add_post(TERMINAL_PATH, endpoint.handle)
-    app.router.add_get("/healthz", _healthz)
-    app[READINESS] = Readiness(pool, metrics)
-    app.router.add_get("/readyz", app[READINESS].handle)
-    app.router.add_get("/metrics", _exposition)
-    return app
-
-
-async def _exposition(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[METRICS].registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @dataclass
@@ -117,13 +61,6 @@ async def _listening(app: web.Application, host: str, port: int,
         await runner.cleanup()
 
 
-async def create_ops_pool(dsn: str, size: int) -> asyncpg.Pool:
-    """The operator API's own connections: long bulk statements there never take a
-    connection the terminals need. asyncpg's default reset, since handlers use transactions."""
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, server_settings={
-        "application_name": f"{APPLICATION_NAME}-ops"})
-
-
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings, dsn: str,
                          hsm: Hsm | None = None) -> AsyncIterator[RunningServer]:
@@ -135,9 +72,9 @@ async def running_server(settings: Settings, dsn: str,
         stack.push_async_callback(pool.close)
         ops_pool = await create_ops_pool(dsn, settings.ops_db_pool_size)
         stack.push_async_callback(ops_pool.close)
-        app = build_app(settings, pool, hsm)
+        app = build_terminal_app(listener_limits(settings), pool, hsm)
         url = await stack.enter_async_context(_listening(app, settings.host, settings.port, tls))
-        ops_app = build_ops_app(settings, ops_pool)
+        ops_app = build_ops_app(ops_pool)
         ops_url = await stack.enter_async_context(
             _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))
         yield RunningServer(url=url, app=app, ops_url=ops_url, ops_app=ops_app)

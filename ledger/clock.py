@@ -21,3 +21,13 @@ async def unpin_clock(conn: asyncpg.Connection) -> None:
 
 async def business_now(conn: asyncpg.Connection) -> dt.datetime:
     return await conn.fetchval("SELECT business_now()")
+
+
+async def business_local_now(conn: asyncpg.Connection) -> dt.datetime:
+    """The business clock's instant as a naive Paris wall-clock time."""
+    return await conn.fetchval("SELECT business_now() AT TIME ZONE 'Europe/Paris'")
+
+
+async def business_today(conn: asyncpg.Connection) -> dt.date:
+    """Today's Paris business date by the business clock."""
+    return (await business_local_now(conn)).date()

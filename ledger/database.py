@@ -90,6 +90,18 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     )
 
 
+async def create_ops_pool(dsn: str, size: int) -> asyncpg.Pool:
+    """The operator API's own connections: long bulk statements there never take a
+    connection the terminals need. asyncpg's default reset, since handlers use transactions."""
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, server_settings={
+        "application_name": f"{APPLICATION_NAME}-ops"})
+
+
+async def ping(pool: asyncpg.Pool, timeout_s: float) -> None:
+    """One trivial round trip: raises when the database does not answer within timeout_s."""
+    await pool.fetchval("SELECT 1", timeout=timeout_s)
+
+
 async def check_schema(conn: asyncpg.Connection) -> None:
     """Refuse to serve on a database whose migrations are missing."""
     has_table = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")

@@ -7,6 +7,7 @@ run finds nothing left, so the timer may fire every day of May and after a misse
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import json
@@ -61,3 +62,11 @@ async def expiry_runs(conn: asyncpg.Connection, school_year: int) -> list[Expiry
     rows = await conn.fetch("SELECT occurred_at, actor, after FROM audit_log WHERE action = 'expiry.run'"
                             " AND subject = $1 ORDER BY id", f"school_year:{school_year}")
     return [ExpiryRun(r["occurred_at"], r["actor"], **json.loads(r["after"])) for r in rows]
+
+
+async def wallet_close(conn: asyncpg.Connection, school_year: int) -> tuple[dt.datetime, bool]:
+    """When the year's wallets close, and whether the business clock has passed that instant."""
+    row = await conn.fetchrow(
+        "SELECT wallet_closes_at($1) AS closes_at, business_now() >= wallet_closes_at($1) AS closed",
+        school_year)
+    return row["closes_at"], row["closed"]

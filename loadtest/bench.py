@@ -2,21 +2,19 @@
 
 On a throwaway database (a private cluster, or a fresh `hdfpay_bench` database on DATABASE_URL's
 server): seed the demo region, give the bench its own terminals with AES-DUKPT keys from a software
-HSM in the work directory (authorizer.bench_keys), start the server as its own process, then at
+HSM in the work directory (loadtest.bench_keys), start the server as its own process, then at
 each concurrency run pgbench making the server's very SQL call (KSN check included), and the load
-generator (authorizer.bench_load) through HTTP with MAC'd requests, on the same mix. Then the same
+generator (loadtest.bench_load) through HTTP with MAC'd requests, on the same mix. Then the same
 at the highest concurrency with the server's per-request metrics off (HDFPAY_METRICS=off, MACs on):
 the cost of metrics; with MACs off (HDFPAY_TERMINAL_AUTHENTICATION=none, unsigned requests, pgbench
 passing no KSN): the cost of MACs; then both on a few hot cards. Afterwards the ledger must
 balance, the database must hold exactly the purchases the tools made, and no message may have been
-refused with 63 (authorizer.bench_report).
+refused with 63 (loadtest.bench_report).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as dt
 import itertools
 import json
 import os
@@ -31,15 +29,15 @@ from typing import Iterator
 
 import uvloop
 
-from authorizer.bench_keys import (MAX_BENCH_TERMINALS, MAX_RUNS, BenchKeys, counter_start,
+from loadtest.bench_keys import (MAX_BENCH_TERMINALS, MAX_RUNS, counter_start,
                                    provision_bench_terminals)
-from authorizer.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snapshot, cpu_used,
+from loadtest.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snapshot, cpu_used,
                                    first_approvable, pgbench_script, run_e2e, run_pgbench)
-from authorizer.bench_report import (TABLE_ROW, final_lines, report_mac_cost,
+from loadtest.bench_plan import HOT_CARD_COUNT, Bench, BenchOptions, Run, bench_plan
+from loadtest.bench_report import (TABLE_ROW, final_lines, report_mac_cost,
                                      report_metrics_cost, report_run, results, verify)
-from authorizer.config import Settings
-from authorizer.database import connection, recreate_database
-from authorizer.demo import PARIS, demo_business_time
+from hdfpay.config import Settings
+from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
 from ledger.embedded import EmbeddedPostgres, find_server_binaries, remove_cluster
@@ -52,60 +50,9 @@ SERVER_POLL_INTERVAL_S = 0.05
 HEALTH_PROBE_TIMEOUT_S = 0.5
 SERVER_STOP_TIMEOUT_S = 15.0          # above the server's own shutdown grace
 TOOL_GRACE_S = 30.0                   # beyond a run's duration before its tool is killed
-HOT_CARD_COUNT = 10
 HOT_RUN_TPS_CEILING = 100_000         # sizes the hot cards' extra balance: they never run dry
 # The server's environment that would contradict the bench's own keystore.
 SERVER_ENV_DROPPED = ("HDFPAY_KEYSTORE_KEK_FILE",)
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchOptions:
-    cards: int
-    seconds: int
-    concurrency: list[int]
-    output: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One pair of runs (pgbench, then end to end): MACs on (the server checks them, the load
-    generator signs, pgbench passes the KSN) or off; the server's per-request metrics on or off
-    (pgbench's work is the same either way)."""
-    concurrency: int
-    hot: bool = False
-    mac: bool = True
-    metrics: bool = True
-
-
-def bench_plan(concurrencies: list[int]) -> list[Run]:
-    """Each concurrency with MACs and metrics; then at the highest, metrics off right after the
-    normal run (the metrics cost, likely the smaller, compares neighbours), MACs off, hot cards."""
-    top = max(concurrencies)
-    return [Run(c) for c in concurrencies] + [Run(top, metrics=False), Run(top, mac=False),
-                                              Run(top, hot=True)]
-
-
-@dataclasses.dataclass
-class Bench:
-    """What the runs share: the database, the tools, the mix, and the results so far."""
-    dsn: str
-    pgbench: Path
-    workdir: Path
-    own_cluster: bool
-    settings: Settings
-    options: BenchOptions
-    seconds: int
-    business_time: dt.datetime = dataclasses.field(
-        default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
-    hot_cards: list[int] = dataclasses.field(
-        default_factory=lambda: first_approvable(HOT_CARD_COUNT))
-    keys: BenchKeys | None = None
-    server_pid: int = 0
-    seed_s: float = 0.0
-    postgres_version: str = ""
-    runs: list[dict] = dataclasses.field(default_factory=list)
-    mac_cost: dict = dataclasses.field(default_factory=dict)
-    metrics_cost: dict = dataclasses.field(default_factory=dict)
 
 
 def run_bench(options: BenchOptions, settings: Settings) -> int:
@@ -226,7 +173,7 @@ def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
     log_path = bench.workdir / "server.log"
     with log_path.open("a") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "authorizer.cli", "serve", "--host", LOOPBACK,
+            [sys.executable, "-m", "hdfpay.cli", "serve", "--host", LOOPBACK,
              "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

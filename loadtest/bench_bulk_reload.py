@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import uvloop
 
-from authorizer.config import Settings
-from authorizer.database import connection, throwaway_database
+from hdfpay.config import Settings
+from ledger.database import connection, throwaway_database
 from ledger.bulk_reload import BULK_RELOAD_CHUNK_ROWS, run_bulk_reload
 from ledger.clock import pin_clock
 from ledger.demo_region import ESTABLISHMENTS

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import asyncpg
 
-from authorizer.config import Settings
-from authorizer.database import connection, throwaway_database
+from hdfpay.config import Settings
+from ledger.database import connection, throwaway_database
 from ledger.migrate import migrate
 from ledger.partners import CATEGORIES, NEARBY_SQL, MAX_SEARCH_RESULTS_ROWS, search_arguments
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
-from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
 from hsm.dukpt import MAX_COUNTER
 from hsm.software_backend import SoftwareHsm
 from terminal_protocol.ksn_counter import MemoryCounter

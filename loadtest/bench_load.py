@@ -3,12 +3,12 @@
 A process of its own so that its CPU is not the server's: `concurrency` workers share one aiohttp
 session (one keep-alive connection each) and loop on purchases until the deadline, each as a
 terminal of its own (worker w is the w-th terminal given). With --keys, each worker signs its
-requests with its terminal's AES-DUKPT key (the TR-31 blocks of authorizer.bench_keys), counters
+requests with its terminal's AES-DUKPT key (the TR-31 blocks of loadtest.bench_keys), counters
 starting above --counter-start; without, requests go unsigned (a server run with
 HDFPAY_TERMINAL_AUTHENTICATION=none). Prints one JSON line: requests, seconds, tps, latency
 percentiles and the count of each response code.
 
-    python -m authorizer.bench_load --url http://127.0.0.1:8080 --seconds 10 --concurrency 16
+    python -m loadtest.bench_load --url http://127.0.0.1:8080 --seconds 10 --concurrency 16
         --cards 100000 --terminals BENCH-E2E-0001,... --request-prefix e2e1
         --keys /tmp/hdfpay-bench-x/terminal-keys.json --counter-start 16777216
 
@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import uvloop
 
-from authorizer.bench_keys import load_terminal_keys
+from loadtest.bench_keys import load_terminal_keys
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError
@@ -252,7 +252,7 @@ def run_e2e(url: str, tag: str, seconds: int, concurrency: int, terminals: list[
     selection = ["--hot-cards", ",".join(map(str, hot_cards))] if hot_cards else \
         ["--cards", str(cards)]
     signing = ["--keys", str(keys[0]), "--counter-start", str(keys[1])] if keys else []
-    out = run_tool([sys.executable, "-m", "authorizer.bench_load", "--url", url,
+    out = run_tool([sys.executable, "-m", "loadtest.bench_load", "--url", url,
                     "--seconds", str(seconds), "--concurrency", str(concurrency),
                     "--terminals", ",".join(terminals), "--request-prefix", tag,
                     "--seed", str(seed), *selection, *signing], timeout_s)
@@ -282,7 +282,7 @@ def cpu_used(before: dict, after: dict, wall_s: float) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m authorizer.bench_load", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True, help="server base URL (loopback)")
     parser.add_argument("--seconds", type=float, required=True, help="run duration")
@@ -290,7 +290,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--terminals", required=True,
                         help="comma-separated active terminal ids, one per worker")
     parser.add_argument("--keys", help="JSON file of the terminals' TR-31 key blocks and transport "
-                                       "keys (authorizer.bench_keys): sign the requests")
+                                       "keys (loadtest.bench_keys): sign the requests")
     parser.add_argument("--counter-start", type=int, default=0,
                         help="with --keys: KSN counters start above this (above earlier runs')")
     parser.add_argument("--cards", type=int, help="demo cards 1..N (declined ones are skipped)")

@@ -11,13 +11,13 @@ import subprocess
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
-from authorizer.bench_keys import counter_start
-from authorizer.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
-from authorizer.database import connection
+from loadtest.bench_keys import counter_start
+from loadtest.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
+from ledger.database import connection
 from ledger.invariants import ledger_violations
 
 if TYPE_CHECKING:
-    from authorizer.bench import Bench, Run
+    from loadtest.bench_plan import Bench, Run
 
 LABEL_WIDTH = 15                      # "1000 no metrics", the widest label
 TABLE_ROW = "{:>%d} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}" % LABEL_WIDTH

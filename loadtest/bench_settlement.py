@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from authorizer.config import Settings
-from authorizer.database import connection, throwaway_database
+from hdfpay.config import Settings
+from ledger.database import connection, throwaway_database
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
 from ledger.invariants import ledger_violations

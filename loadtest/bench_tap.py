@@ -29,28 +29,26 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS_DIR))   # the pcscd and virtual-card tooling of the tests
 
-from pcsc_fixtures import READER_0, Pcscd, _stop_foreign_pcscd, wait_reader_state  # noqa: E402
-from virtual_card import VirtualCard  # noqa: E402
+from testbed.pcscd import READER_0, Pcscd, stop_foreign_pcscd, wait_reader_state
+from testbed.virtual_card import VirtualCard
 
-from authorizer.config import Settings  # noqa: E402
-from authorizer.database import connection  # noqa: E402
-from authorizer.provisioning import new_bdk, provision_unkeyed_terminals  # noqa: E402
-from authorizer.server import running_server  # noqa: E402
-from hsm.software_backend import SoftwareHsm  # noqa: E402
-from ledger.clock import pin_clock  # noqa: E402
-from ledger.demo_region import card_uid, seed_demo_region, terminal_id  # noqa: E402
-from ledger.embedded import EmbeddedPostgres, remove_cluster  # noqa: E402
-from ledger.migrate import migrate  # noqa: E402
-from terminal_protocol.agent.agent_config import AgentConfig  # noqa: E402
-from terminal_protocol.agent.card_reader import CardReader  # noqa: E402
-from terminal_protocol.agent.future_keys import FutureKeyTerminal  # noqa: E402
-from terminal_protocol.agent.runtime import STATE_KEY_ENV, running_agent, sealed_state  # noqa: E402
-from terminal_protocol.client import TerminalClient  # noqa: E402
-from terminal_protocol.ksn_counter import MemoryCounter  # noqa: E402
-from terminal_protocol.terminal_keys import TerminalKeys  # noqa: E402
+from hdfpay.config import Settings
+from ledger.database import connection
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
+from hdfpay.server import running_server
+from hsm.software_backend import SoftwareHsm
+from ledger.clock import pin_clock
+from ledger.demo_region import card_uid, seed_demo_region, terminal_id
+from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.migrate import migrate
+from terminal_protocol.agent.agent_config import AgentConfig
+from terminal_protocol.agent.card_reader import CardReader
+from terminal_protocol.agent.future_keys import FutureKeyTerminal
+from terminal_protocol.agent.runtime import STATE_KEY_ENV, running_agent, sealed_state
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.terminal_keys import TerminalKeys
 
 PARIS = ZoneInfo("Europe/Paris")
 BENCH_BENEFICIARIES = 50
@@ -82,7 +80,7 @@ async def run(sales: int, placements: int, output: Path) -> dict:
     workdir.chmod(0o755)
     cluster = EmbeddedPostgres(workdir / "pgdata")
     hsm = SoftwareHsm(workdir / "keystore.json", passphrase=os.urandom(16).hex(), create=True)
-    _stop_foreign_pcscd()
+    stop_foreign_pcscd()
     pcscd = Pcscd(workdir)
     pcscd.start()
     card = VirtualCard(0, card_uid(5))

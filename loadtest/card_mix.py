@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from authorizer.bench_load import approvable
+from loadtest.bench_load import approvable
 from ledger.demo_region import (DEMO_RELOAD_CENTS_BY_KIND, NO_RIGHTS_EVERY, OPPOSITION_EVERY,
                                 card_uid)
 

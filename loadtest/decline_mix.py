@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from locust import task
 
-from card_mix import decline_cases
-from terminal_user import TerminalUser
+from loadtest.card_mix import decline_cases
+from loadtest.terminal_user import TerminalUser
 
 
 class DeclineMixTill(TerminalUser):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from locust import task
 
 from ledger.demo_region import card_uid
-from terminal_user import TerminalUser
+from loadtest.terminal_user import TerminalUser
 
 # Four tills' open sales can already exceed a 100 € wallet.
 AMOUNT_CENTS = (5_00, 40_00)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from authorizer.config import ConfigError, int_from_env
+from hdfpay.config import ConfigError, int_from_env
 
 KEY_FILE_VARIABLE = "HDFPAY_LOADTEST_KEY_FILE"
 TERMINALS_VARIABLE = "HDFPAY_LOADTEST_TERMINALS"
@@ -49,7 +49,7 @@ class TerminalSlot:
 
 @dataclass(frozen=True)
 class LoadConfig:
-    key_file: Path                        # 0600 JSON of TR-31 blocks (authorizer.bench_keys)
+    key_file: Path                        # 0600 JSON of TR-31 blocks (loadtest.bench_keys)
     terminals: tuple[TerminalSlot, ...]   # in the order users take them
     journal_dir: Path | None              # where each locust process writes the answers it got
     cards: int                            # demo beneficiaries 1..cards exist

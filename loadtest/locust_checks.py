@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from authorizer.bench_load import first_approvable
+from loadtest.bench_load import first_approvable
 from ledger.demo_region import card_uid
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.response_codes import APPROVED_CODES
 
 if TYPE_CHECKING:
-    from authorizer.loadtest import LoadRun
+    from loadtest.locust_plan import LoadRun
 
 # Answers the ledger does not store (format error, security refusal, unavailable, malfunction):
 # a retry of the same message may rightly be answered otherwise.

@@ -5,8 +5,8 @@ Like `hdfpay bench`, on a throwaway database (a private cluster in a temporary d
 fresh `hdfpay_loadtest` database on DATABASE_URL's server) so that every count afterwards is the
 run's own: migrate, pin the business clock (the wallet window must be open), seed the demo region,
 give each locust user a terminal of its own with an AES-DUKPT key from a software HSM in the
-temporary directory (authorizer.bench_keys: the key file is 0600 and deleted with the directory),
-start the server as its own process on loopback (authorizer.bench), then run locust headless for
+temporary directory (loadtest.bench_keys: the key file is 0600 and deleted with the directory),
+start the server as its own process on loopback (loadtest.bench), then run locust headless for
 the given time. The users journal every answer they got; afterwards every approval they saw must
 be in the ledger with its amount and nothing else may have moved money, Σ debits = Σ credits, no
 wallet negative, plus the scenario's own check. Locust's CSV and HTML report go to --output.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
-import datetime as dt
 import importlib.util
 import json
 import shutil
@@ -30,27 +28,26 @@ from typing import Iterator
 
 import uvloop
 
-from authorizer.bench import _server
-from authorizer.bench_keys import MAX_BENCH_TERMINALS, BenchKeys, provision_bench_terminals
-from authorizer.bench_load import BenchError
-from authorizer.config import Settings
-from authorizer.database import connection, recreate_database
-from authorizer.demo import PARIS, demo_business_time
+from loadtest.bench import _server
+from loadtest.bench_keys import MAX_BENCH_TERMINALS, provision_bench_terminals
+from loadtest.bench_load import BenchError
+from hdfpay.config import Settings
+from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
 from ledger.demo_region import DEMO_RELOAD_CENTS_BY_KIND, seed_demo_region
 from ledger.embedded import EmbeddedPostgres, remove_cluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
-from authorizer.loadtest_checks import (HOT_CARD, SCENARIO_CHECKS, print_codes, read_journal,
+from loadtest.locust_plan import LoadRun, LoadtestOptions
+from loadtest.locust_checks import (HOT_CARD, SCENARIO_CHECKS, print_codes, read_journal,
                                         reconcile)
 
 # Scenario name → its locustfile in loadtest/ (a checkout's: the directory is not packaged).
 SCENARIOS = {"peak": "peak.py", "hot-card": "hot_card.py", "reversal-storm": "reversal_storm.py",
              "decline-mix": "decline_mix.py"}
-LOCUSTFILE_DIR = Path(__file__).resolve().parent.parent / "loadtest"
+LOCUSTFILE_DIR = Path(__file__).resolve().parent
 LOADTEST_DATABASE = "hdfpay_loadtest"
-DEFAULT_CARDS = 100_000            # as `hdfpay bench`: a minute of peak leaves most wallets funded
 MIN_CARDS = 100                   # the decline mix needs card 50 (no rights) and the opposed 1-3
 MAX_SECONDS = 24 * 3600
 LOOPBACK_URL = "http://127.0.0.1"
@@ -62,7 +59,7 @@ CSV_PREFIX = "locust"             # locust writes locust_stats.csv, locust_failu
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
 JOURNAL_DIR = "journal"
-SERVER_LOG = "server.log"         # where authorizer.bench's server helper writes the server's log
+SERVER_LOG = "server.log"         # where loadtest.bench's server helper writes the server's log
 
 # The locust side's variables (loadtest/load_config.py reads them).
 ENV_KEY_FILE = "HDFPAY_LOADTEST_KEY_FILE"
@@ -76,40 +73,6 @@ ENV_THINK_MS = "HDFPAY_LOADTEST_THINK_MS"
 
 class LoadtestError(RuntimeError):
     """A step of the load test failed; the message says which and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadtestOptions:
-    scenario: str
-    users: int
-    seconds: int
-    cards: int = DEFAULT_CARDS
-    output: str = "loadtest-results"
-    think_ms: int = 0
-
-
-@dataclasses.dataclass
-class LoadRun:
-    """What the steps share. `dsn`, `keys`, `workdir` and `server_pid` are what
-    authorizer.bench's server helper reads."""
-    options: LoadtestOptions
-    settings: Settings
-    dsn: str
-    workdir: Path
-    output: Path
-    business_time: dt.datetime = dataclasses.field(
-        default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
-    keys: BenchKeys | None = None
-    categories: dict[str, str] = dataclasses.field(default_factory=dict)
-    server_pid: int = 0
-
-    @property
-    def school_year(self) -> int:
-        return self.business_time.year - (0 if self.business_time.month >= 7 else 1)
-
-    @property
-    def terminals(self) -> list[str]:
-        return self.keys.e2e_terminals
 
 
 def option_problem(options: LoadtestOptions, settings: Settings) -> str | None:

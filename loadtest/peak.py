@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from locust import task
 
-from card_mix import basket_cents, random_card
+from loadtest.card_mix import basket_cents, random_card
 from ledger.demo_region import card_uid
-from terminal_user import TerminalUser
+from loadtest.terminal_user import TerminalUser
 
 PARTIAL_OK_SHARE = 0.8       # tills that can collect the rest another way (cash, bank card)
 VOID_SHARE = 0.03            # sales voided right away (the customer gives up)

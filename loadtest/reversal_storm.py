@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from locust import task
 
-from card_mix import random_approvable_card
+from loadtest.card_mix import random_approvable_card
 from ledger.demo_region import card_uid
 from terminal_protocol.codec import encode_request
-from terminal_user import Answer, TerminalUser
+from loadtest.terminal_user import Answer, TerminalUser
 
 AMOUNT_CENTS = (1_00, 50_00)
 LATE_ORIGINAL_SHARE = 0.1        # voids that overtake their sale

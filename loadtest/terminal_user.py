@@ -1,6 +1,6 @@
 """A locust user that is one shop terminal speaking the real, MAC'd terminal protocol.
 
-Each user takes a terminal of its own from the key file (authorizer.bench_keys writes it: TR-31
+Each user takes a terminal of its own from the key file (loadtest.bench_keys writes it: TR-31
 blocks and transport keys) and keeps it for its whole life: a terminal sends one message at a time
 and its KSN counter must increase, else the server answers 63 — two users sharing a terminal
 would race on the counter. Requests are built by the project's TerminalClient builders (no
@@ -29,9 +29,9 @@ from locust import stats as locust_stats
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
-from approvals_journal import AnswersJournal
-from authorizer.bench_keys import load_terminal_keys
-from load_config import LoadConfig, TerminalSlot, load_config
+from loadtest.approvals_journal import AnswersJournal
+from loadtest.bench_keys import load_terminal_keys
+from loadtest.load_config import LoadConfig, TerminalSlot, load_config
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError, decode_response, encode_request
 from terminal_protocol.messages import Purchase, Refund, Request, Response, Reversal

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from authorizer.config import Settings
-from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
-from authorizer.server import running_server
+from hdfpay.config import Settings
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
+from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region, terminal_id

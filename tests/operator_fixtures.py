@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 from argon2 import PasswordHasher
 
-from authorizer.operator_auth import Role
+from backoffice.operator_auth import Role
 from ledger.operators import create_operator, open_session
 
 FIXTURE_ACTOR = "test:ops_client"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from authorizer.operator_auth import Role
+from backoffice.operator_auth import Role
 from ledger.demo_region import card_uid
 from operator_fixtures import assert_roles_refused, ops_call as call
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from authorizer.operator_auth import Role
+from backoffice.operator_auth import Role
 from ledger.clock import pin_clock
 from operator_fixtures import assert_roles_refused, ops_call as call
 

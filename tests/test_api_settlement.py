@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import xmlschema
 
-from authorizer.operator_auth import Role
+from backoffice.operator_auth import Role
 from operator_fixtures import assert_roles_refused, ops_call as call
 
 from test_payout_files import REGION as REGION_ACCOUNT, XSD, french_iban

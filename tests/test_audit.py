@@ -67,7 +67,7 @@ async def test_the_head_only_follows_the_log(conn):
 
 
 async def test_terminal_changes_are_audited_without_key_material(conn, hsm):
-    from authorizer.provisioning import add_terminal, rotate_terminal_key, set_terminal_status
+    from backoffice.provisioning import add_terminal, rotate_terminal_key, set_terminal_status
     delivered = await add_terminal(conn, hsm, "AUDIT-T1", 1, actor="cli:alice")
     await set_terminal_status(conn, "AUDIT-T1", "ACTIVE", actor="cli:alice")
     rotated = await rotate_terminal_key(conn, hsm, "AUDIT-T1", actor="cli:bob")

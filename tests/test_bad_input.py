@@ -11,7 +11,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from authorizer.server import METRICS, running_server
+from authorizer.listener import METRICS
+from hdfpay.server import running_server
 from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES

@@ -266,7 +266,7 @@ async def test_a_run_keeps_the_amounts_it_started_with(conn):
 
 
 def _hdfpay(dsn: str, *args: str):
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn})
 

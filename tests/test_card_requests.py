@@ -226,6 +226,6 @@ async def dsn_with_student(dsn, conn):
 
 
 def hdfpay(dsn: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn})

@@ -28,7 +28,7 @@ def _config_file(tmp_path, server_url: str, terminal: str):
 
 async def _hdfpay(*args: str, stdin: bytes = b"", env: dict | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "authorizer.cli", *args, env={**os.environ, **(env or {})},
+        sys.executable, "-m", "hdfpay.cli", *args, env={**os.environ, **(env or {})},
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     output, _ = await asyncio.wait_for(process.communicate(stdin), CONSOLE_TIMEOUT_S)

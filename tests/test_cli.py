@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from authorizer.cli import build_parser
+from hdfpay.cli import build_parser
 from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 
@@ -27,7 +27,7 @@ SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys"
 
 
 def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})},
                           stdin=subprocess.DEVNULL)
 
@@ -132,7 +132,7 @@ async def test_serve_drains_on_sigterm_and_finishes_what_is_in_flight(dsn, conn,
     """SIGTERM: /readyz says no while the server still serves, the purchase in flight is answered,
     then the process exits 0."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "authorizer.cli", "serve", "--port", "0"],
+        [sys.executable, "-m", "hdfpay.cli", "serve", "--port", "0"],
         env={**os.environ, **keystore_env, "DATABASE_URL": dsn, "HDFPAY_DRAIN_NOTICE_MS": "2000"},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
-from authorizer.provisioning import new_bdk, provision_unkeyed_terminals
-from authorizer.server import running_server
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
+from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, seed_demo_region

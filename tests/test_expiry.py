@@ -279,7 +279,7 @@ def test_the_timer_runs_hdfpay_expire_in_may_paris_time():
 
 
 def _hdfpay(dsn: str, *args: str):
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn})
 

@@ -204,7 +204,7 @@ def test_the_benchmark_runs_and_checks_itself(pg_cluster, tmp_path):
 
 async def test_the_cli_manages_and_finds_partners(dsn, conn):
     def hdfpay(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "authorizer.cli", "partners", *args],
+        return subprocess.run([sys.executable, "-m", "hdfpay.cli", "partners", *args],
                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                               env={**os.environ, "DATABASE_URL": dsn})
     added = hdfpay("add", "--name", "Librairie du Beffroi", "--category", "bookshop", "--address",

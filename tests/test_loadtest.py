@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from authorizer.bench_keys import BenchKeys
-from authorizer.config import Settings
-from authorizer.loadtest import (LOCUSTFILE_DIR, SCENARIOS, LoadRun, LoadtestOptions,
+from loadtest.bench_keys import BenchKeys
+from hdfpay.config import Settings
+from loadtest.locust_runner import (LOCUSTFILE_DIR, SCENARIOS, LoadRun, LoadtestOptions,
                                  locust_environment, option_problem, reconcile)
 from ledger.demo_region import card_uid
 
@@ -34,7 +34,7 @@ DRAWS_PER_CASE = 200
 
 def loadtest(scenario: str, users: int, output: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "authorizer.cli", "loadtest", scenario, "--users", str(users),
+        [sys.executable, "-m", "hdfpay.cli", "loadtest", scenario, "--users", str(users),
          "--seconds", str(RUN_SECONDS), "--cards", str(RUN_CARDS), "--output", str(output)],
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL,
         env={**os.environ, "HDFPAY_LOADTEST_RANDOM_SEED": "test"})

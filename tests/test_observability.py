@@ -9,8 +9,8 @@ import logging
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from authorizer.json_logs import JsonLineFormatter
-from authorizer.server import READINESS
+from hdfpay.json_logs import JsonLineFormatter
+from authorizer.listener import READINESS
 from ledger.demo_region import card_uid
 from terminal_protocol.codec import encode_request
 from terminal_protocol.transport import KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH

@@ -11,9 +11,9 @@ import pytest
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from authorizer.config import Settings
-from authorizer.openapi import OPENAPI_DOCUMENT, OPENAPI_PATH, build_openapi_document
-from authorizer.ops_app import build_ops_app
+from backoffice.areas import openapi_document
+from backoffice.openapi import OPENAPI_DOCUMENT, OPENAPI_PATH, build_openapi_document
+from backoffice.ops_app import build_ops_app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -28,7 +28,7 @@ def _operations(document: dict):
 @pytest.fixture(scope="module")
 def ops_app():
     """The operator application as the server builds it (routes need no database to list)."""
-    return build_ops_app(Settings.from_env(), pool=None)
+    return build_ops_app(pool=None)
 
 
 async def test_the_served_document_is_valid_openapi_3_1(server):
@@ -44,13 +44,13 @@ async def test_the_served_document_is_valid_openapi_3_1(server):
 def test_every_route_is_documented_and_every_documented_path_is_routed(ops_app):
     registered = {(route.method.lower(), route.resource.canonical)
                   for route in ops_app.router.routes() if route.method != "HEAD"}
-    documented = {(method, path) for method, path, _ in _operations(build_openapi_document())}
+    documented = {(method, path) for method, path, _ in _operations(openapi_document())}
     assert registered - documented == set(), "routes missing from the OpenAPI document"
     assert documented - registered == set(), "documented paths the application does not serve"
 
 
 def test_each_operation_is_public_or_says_who_may_call_it():
-    for method, path, operation in _operations(build_openapi_document()):
+    for method, path, operation in _operations(openapi_document()):
         if operation.get("security") == []:
             continue
         assert "x-roles" in operation, f"{method} {path}: no x-roles"
@@ -59,7 +59,7 @@ def test_each_operation_is_public_or_says_who_may_call_it():
 
 def test_the_validator_catches_a_broken_document():
     """The validation above can fail: an undeclared path parameter, a dangling reference."""
-    document = build_openapi_document()
+    document = openapi_document()
     undeclared = copy.deepcopy(document)
     del undeclared["paths"]["/v1/ops/accounts/{login}/disable"]["post"]["parameters"]
     with pytest.raises(OpenAPIValidationError, match="login"):

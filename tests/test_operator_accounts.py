@@ -140,7 +140,7 @@ async def test_the_database_keeps_roles_and_scopes_straight(conn):
 
 
 def hdfpay(dsn: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn})
 
@@ -149,7 +149,7 @@ def test_the_commands_have_help():
     for command in [("operators",), ("operators", "add"), ("operators", "list"),
                     ("operators", "disable"), ("operators", "reset-password"), ("audit",),
                     ("audit", "verify")]:
-        result = subprocess.run([sys.executable, "-m", "authorizer.cli", *command, "--help"],
+        result = subprocess.run([sys.executable, "-m", "hdfpay.cli", *command, "--help"],
                                 capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
         assert result.returncode == 0 and "usage: hdfpay" in result.stdout
 

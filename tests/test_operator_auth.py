@@ -12,8 +12,8 @@ import logging
 
 import aiohttp
 
-from authorizer.openapi import build_openapi_document
-from authorizer.operator_auth import Role
+from backoffice.areas import openapi_document
+from backoffice.operator_auth import Role
 from ledger.audit import verify_audit
 from ledger.clock import pin_clock
 from ledger.operators import LOGIN_FAILURES_BEFORE_LOCK, LOGIN_LOCK_MS, SESSION_LIFETIME_MS
@@ -165,7 +165,7 @@ async def test_a_provisional_password_must_be_changed_first(ops_server, ops_clie
 
 
 async def test_the_role_matrix_of_the_account_endpoints(ops_client):
-    document = build_openapi_document()
+    document = openapi_document()
     for (method, path), allowed in ALLOWED.items():
         documented = document["paths"][path][method]["x-roles"]
         assert set(documented or Role) == allowed, (method, path)
@@ -194,7 +194,7 @@ async def test_the_role_matrix_of_the_account_endpoints(ops_client):
 async def test_every_documented_operation_refuses_the_roles_it_does_not_list(ops_client):
     """Every area's endpoints, from the served document: 401 without a token, 403 for each role
     its x-roles leaves out (handlers call require() before reading anything else)."""
-    document = build_openapi_document()
+    document = openapi_document()
     async with contextlib.AsyncExitStack() as stack:
         anonymous = await stack.enter_async_context(ops_client(None))
         clients = {role: await stack.enter_async_context(ops_client(role)) for role in Role}

@@ -10,8 +10,8 @@ import logging
 
 import pytest
 
-from authorizer.operator_auth import Role
-from authorizer.ops_requests import MAX_ID
+from backoffice.operator_auth import Role
+from backoffice.ops_requests import MAX_ID
 
 from conftest import TEST_SCHOOL_YEAR as YEAR
 

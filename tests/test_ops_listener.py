@@ -8,9 +8,9 @@ import dataclasses
 import aiohttp
 import pytest
 
-from authorizer.config import DEFAULT_OPS_PORT, ConfigError, Settings
-from authorizer.ops_app import OPS_MAX_BODY_BYTES
-from authorizer.server import running_server
+from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
+from backoffice.ops_app import OPS_MAX_BODY_BYTES
+from hdfpay.server import running_server
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
 from terminal_protocol.transport import TERMINAL_PATH
 

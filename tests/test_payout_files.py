@@ -15,7 +15,7 @@ import sepaxml
 import xmlschema
 from schwifty import IBAN
 
-from authorizer.payout_files import (PAIN001_SCHEMA, BankAccount, PayoutError, message_id,
+from backoffice.payout_files import (PAIN001_SCHEMA, BankAccount, PayoutError, end_to_end_id, message_id,
                                      payout_files, set_payee, write_payout_files)
 from ledger.clock import pin_clock
 from ledger.demo_region import PARTNERS, terminal_id
@@ -165,3 +165,11 @@ async def test_files_of_a_run_never_made_need_the_region_account(conn):
     run_id = await settled_run(conn)
     with pytest.raises(PayoutError, match="never made"):
         await payout_files(conn, run_id, actor=ACTOR)
+
+
+def test_identifiers_longer_than_iso_20022_allows_are_refused():
+    assert message_id(1) == "HDFPAY-SETTLE-0000000001"
+    with pytest.raises(PayoutError, match="longer than 35"):
+        message_id(10**22)
+    with pytest.raises(PayoutError, match="longer than 35"):
+        end_to_end_id(10**30, dt.date(2026, 9, 1))

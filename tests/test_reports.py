@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from authorizer.cli import build_parser
+from hdfpay.cli import build_parser
 from ledger import reports
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, terminal_id
@@ -175,7 +175,7 @@ def test_a_period_is_bounded():
 
 
 def hdfpay(dsn: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn, **(env or {})})
 

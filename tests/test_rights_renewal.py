@@ -224,7 +224,7 @@ async def test_files_that_cannot_be_read_are_refused_whole(conn):
 
 
 def _hdfpay(dsn: str, *args: str):
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn})
 

@@ -33,7 +33,7 @@ class AgentProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "authorizer.cli", "terminal", "serve",
+            sys.executable, "-m", "hdfpay.cli", "terminal", "serve",
             "--config", str(self._config_path), env={**os.environ, **AGENT_ENV},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         seen = []

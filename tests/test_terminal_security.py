@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from authorizer.config import ConfigError
-from authorizer.provisioning import rotate_terminal_key, set_terminal_status
-from authorizer.server import running_server
+from hdfpay.config import ConfigError
+from backoffice.provisioning import rotate_terminal_key, set_terminal_status
+from hdfpay.server import running_server
 from hsm.interface import KeyBlockError
 from ledger.demo_region import card_uid, terminal_id
 from terminal_protocol.client import TerminalClient
@@ -266,7 +266,7 @@ async def test_insecure_settings_are_refused(settings, dsn, hsm, changes, messag
 async def test_a_terminal_keyed_by_the_pkcs11_backend_buys_end_to_end(settings, dsn, conn, pkcs11_hsm):
     """The whole chain on SoftHSM2: BDK generated in the token, the terminal's initial key
     derived there and delivered as a TR-31 block, requests verified and answers MAC'd by it."""
-    from authorizer.provisioning import add_terminal, new_bdk
+    from backoffice.provisioning import add_terminal, new_bdk
     bdk = new_bdk(pkcs11_hsm)
     try:
         delivered = await add_terminal(conn, pkcs11_hsm, "P11-0001", partner_id=1)

@@ -208,7 +208,7 @@ async def test_a_manual_reload_waiting_for_a_bulk_chunk_is_refused_once_it_commi
 
 
 def _hdfpay(dsn: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "authorizer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "DATABASE_URL": dsn})
 

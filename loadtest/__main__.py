@@ -1,0 +1,85 @@
+"""`python -m loadtest bench|loadtest …`, which `hdfpay bench` and `hdfpay loadtest` run in a
+process of their own: the composition root never imports loadtest, and locust's gevent patching
+never reaches the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hdfpay.config import ConfigError, Settings
+
+SCENARIO_NAMES = ["peak", "hot-card", "reversal-storm", "decline-mix"]
+
+
+def concurrency_list(text: str) -> list[int]:
+    """`1,16,64` → [1, 16, 64]; anything else is refused in plain words."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers such as 1,16,64, got {text!r}") from None
+    return values
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+concurrency_list.__name__ = "concurrency list"
+whole_number.__name__ = "whole number"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hdfpay", description="benchmarks and load tests")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("bench", help="end-to-end authorization benchmark beside pgbench")
+    p.add_argument("--cards", type=whole_number, default=100_000, help="cards to seed (default 100000)")
+    p.add_argument("--seconds", type=whole_number, default=10,
+                   help="duration of each measured run (whole seconds)")
+    p.add_argument("--concurrency", type=concurrency_list, default=[1, 16, 64],
+                   help="comma-separated client concurrencies (default 1,16,64)")
+    p.add_argument("--output", default="bench-results.json", help="JSON results file")
+
+    p = sub.add_parser("loadtest", help="a locust scenario (peak, hot-card, reversal-storm, "
+                                        "decline-mix) on a throwaway database, then the ledger checked")
+    p.add_argument("scenario", choices=SCENARIO_NAMES)
+    p.add_argument("--users", type=whole_number, default=10,
+                   help="locust users, one terminal each (default 10)")
+    p.add_argument("--seconds", type=whole_number, default=30, help="run time (default 30)")
+    p.add_argument("--cards", type=whole_number, default=100_000, help="cards to seed (default 100000)")
+    p.add_argument("--think-ms", type=whole_number, default=0,
+                   help="a cashier's mean pause between sales (default 0: back to back)")
+    p.add_argument("--output", default="loadtest-results",
+                   help="directory for locust's CSV and HTML report (default ./loadtest-results)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"hdfpay: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "bench":
+            from loadtest.bench import run_bench
+            from loadtest.bench_plan import BenchOptions
+            return run_bench(BenchOptions(cards=args.cards, seconds=args.seconds,
+                                          concurrency=args.concurrency, output=args.output), settings)
+        from loadtest.locust_plan import LoadtestOptions
+        from loadtest.locust_runner import run_loadtest
+        return run_loadtest(LoadtestOptions(scenario=args.scenario, users=args.users,
+                                            seconds=args.seconds, cards=args.cards,
+                                            output=args.output, think_ms=args.think_ms), settings)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

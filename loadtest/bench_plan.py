@@ -1,0 +1,65 @@
+"""What a bench run is made of: its options, the plan of runs, and the state they share (read by
+loadtest.bench, which runs them, and loadtest.bench_report, which checks and reports them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+from hdfpay.config import Settings
+from hdfpay.demo import PARIS, demo_business_time
+from loadtest.bench_keys import BenchKeys
+from loadtest.bench_load import first_approvable
+
+HOT_CARD_COUNT = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    cards: int
+    seconds: int
+    concurrency: list[int]
+    output: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One pair of runs (pgbench, then end to end): MACs on (the server checks them, the load
+    generator signs, pgbench passes the KSN) or off; the server's per-request metrics on or off
+    (pgbench's work is the same either way)."""
+    concurrency: int
+    hot: bool = False
+    mac: bool = True
+    metrics: bool = True
+
+
+def bench_plan(concurrencies: list[int]) -> list[Run]:
+    """Each concurrency with MACs and metrics; then at the highest, metrics off right after the
+    normal run (the metrics cost, likely the smaller, compares neighbours), MACs off, hot cards."""
+    top = max(concurrencies)
+    return [Run(c) for c in concurrencies] + [Run(top, metrics=False), Run(top, mac=False),
+                                              Run(top, hot=True)]
+
+
+@dataclasses.dataclass
+class Bench:
+    """What the runs share: the database, the tools, the mix, and the results so far."""
+    dsn: str
+    pgbench: Path
+    workdir: Path
+    own_cluster: bool
+    settings: Settings
+    options: BenchOptions
+    seconds: int
+    business_time: dt.datetime = dataclasses.field(
+        default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
+    hot_cards: list[int] = dataclasses.field(
+        default_factory=lambda: first_approvable(HOT_CARD_COUNT))
+    keys: BenchKeys | None = None
+    server_pid: int = 0
+    seed_s: float = 0.0
+    postgres_version: str = ""
+    runs: list[dict] = dataclasses.field(default_factory=list)
+    mac_cost: dict = dataclasses.field(default_factory=dict)
+    metrics_cost: dict = dataclasses.field(default_factory=dict)
