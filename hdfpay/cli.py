@@ -11,9 +11,9 @@ import asyncpg
 import uvloop
 
 from hdfpay import cli_cards, cli_operators, cli_school_year, cli_settlement
-from hdfpay.cli_support import cli_actor
+from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm
 from hdfpay.config import ConfigError, Settings
-from ledger.database import SchemaNotReady, check_schema, connection, database_dsn
+from ledger.database import SchemaNotReady, check_schema, connection
 from backoffice.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
@@ -64,7 +64,7 @@ def cmd_serve(args, settings: Settings) -> int:
         await serve_forever(settings, dsn, hsm)
 
     try:
-        with database_dsn(settings.database_url) as dsn:
+        with cli_database(settings) as dsn:
             return _run(main())
     finally:
         if hsm is not None:
@@ -118,7 +118,7 @@ def cmd_terminals(args, settings: Settings) -> int:
                                                                        actor=cli_actor())
         _print_delivery(delivered)
 
-    with database_dsn(settings.database_url) as dsn:
+    with cli_database(settings) as dsn:
         return _run(main())
 
 
@@ -139,7 +139,7 @@ def cmd_db(args, settings: Settings) -> int:
             async with connection(dsn) as conn:
                 applied = await migrate(conn)
             print(f"applied {', '.join(applied)}" if applied else "database already up to date")
-        with database_dsn(settings.database_url) as dsn:
+        with cli_database(settings) as dsn:
             return _run(main())
     if settings.database_url:
         raise UsageError("DATABASE_URL is set: that server is not managed by hdfpay "
@@ -169,7 +169,7 @@ def cmd_seed(args, settings: Settings) -> int:
         print(f"{summary.beneficiaries} beneficiaries, {summary.cards} cards, {summary.partners} "
               f"partners, {summary.terminals} terminals, {format_euros(summary.funded_cents)} funded")
 
-    with database_dsn(settings.database_url) as dsn:
+    with cli_database(settings) as dsn:
         return _run(main())
 
 
@@ -199,7 +199,7 @@ def cmd_reload(args, settings: Settings) -> int:
                   f"fees recovered {format_euros(result.fee_recovered_cents)}, balance "
                   f"{format_euros(result.balance_cents)}")
 
-    with database_dsn(settings.database_url) as dsn:
+    with cli_database(settings) as dsn:
         return _run(main())
 
 
@@ -214,7 +214,7 @@ def cmd_check(args, settings: Settings) -> int:
         print("ledger balanced" if not violations else f"{len(violations)} violation(s)")
         return 1 if violations else 0
 
-    with database_dsn(settings.database_url) as dsn:
+    with cli_database(settings) as dsn:
         return _run(main())
 
 
@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in LOADTEST_COMMANDS:
         # The same process becomes the benchmark: signals and the exit code reach it directly.
         os.execv(sys.executable, [sys.executable, "-m", "loadtest", *argv])
+    stop_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "action", None) not in (None, "list", "migrate", "start", "stop", "status",

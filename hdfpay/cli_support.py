@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import sys
 from typing import Awaitable, Callable
 
@@ -12,6 +13,25 @@ import asyncpg
 import uvloop
 
 from ledger.database import check_schema, connection, database_dsn
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a timeout, systemd, kill) ends a command like Ctrl-C does: finally blocks and
+    context managers run, so a throwaway database is stopped and removed, not left running.
+    Long-running servers replace this with their own handler (drain, then stop)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def notice(text: str) -> None:
+    """A line for whoever runs the command, on stderr so that stdout stays the command's output."""
+    print(f"hdfpay: {text}", file=sys.stderr)
+
+
+def cli_database(settings):
+    """The command's database (DATABASE_URL, or the embedded cluster, announced if stopped)."""
+    return database_dsn(settings.database_url, announce=notice)
 
 
 def cli_actor() -> str:
@@ -32,7 +52,7 @@ def run_on_database(settings, work: Callable[[asyncpg.Connection], Awaitable[int
             return await work(conn) or 0
 
     try:
-        with database_dsn(settings.database_url) as dsn:
+        with cli_database(settings) as dsn:
             return uvloop.run(main())
     except refusals as exc:
         print(f"hdfpay: error: {exc}", file=sys.stderr)

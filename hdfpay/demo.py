@@ -13,8 +13,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import tempfile
-from pathlib import Path
 from typing import Iterator
 from zoneinfo import ZoneInfo
 
@@ -28,7 +26,7 @@ from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.wallets import card_balance_cents
 from ledger.demo_region import PARTNERS, card_uid, seed_demo_region, terminal_id
-from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.embedded import throwaway_cluster, throwaway_workdir
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
@@ -53,17 +51,12 @@ def demo_business_time(now: dt.datetime) -> dt.datetime:
 @contextlib.contextmanager
 def demo_environment(database_url: str | None) -> Iterator[tuple[str, SoftwareHsm]]:
     """(DSN, HSM) in a temporary directory removed on exit."""
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-demo-"))
-    workdir.chmod(0o755)  # the server may run as the 'postgres' user (we may be root)
-    hsm = SoftwareHsm(workdir / "keystore.json", passphrase=os.urandom(16).hex(), create=True)
-    cluster = None if database_url else EmbeddedPostgres(workdir / "pgdata")
-    try:
-        yield (database_url or cluster.start()), hsm
-    finally:
-        hsm.close()
-        if cluster is not None:
-            cluster.stop()
-        remove_cluster(workdir)
+    with throwaway_workdir("demo") as workdir:
+        hsm = SoftwareHsm(workdir / "keystore.json", passphrase=os.urandom(16).hex(), create=True)
+        try:
+            yield (database_url or throwaway_cluster(workdir).start()), hsm
+        finally:
+            hsm.close()
 
 
 class Till:

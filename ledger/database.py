@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from pathlib import Path
 from typing import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ledger.embedded import EmbeddedPostgres, default_data_dir, remove_cluster
+from ledger.embedded import EmbeddedPostgres, default_data_dir, throwaway_cluster, throwaway_workdir
 from ledger.migrate import shipped_migrations
 
 APPLICATION_NAME = "hdfpay"
@@ -21,14 +19,18 @@ class SchemaNotReady(RuntimeError):
 
 
 @contextlib.contextmanager
-def database_dsn(database_url: str | None) -> Iterator[str]:
+def database_dsn(database_url: str | None, announce=None) -> Iterator[str]:
     """Yield a DSN. The embedded cluster is started if needed and stopped again on exit only if
-    this call started it (a cluster started by `hdfpay db start` keeps running)."""
+    this call started it (a cluster started by `hdfpay db start` keeps running). Starting a
+    stopped cluster is said through `announce`, never done silently."""
     if database_url:
         yield database_url
         return
     cluster = EmbeddedPostgres(default_data_dir())
     was_running = cluster.is_running()
+    if not was_running and announce is not None:
+        announce(f"the embedded database ({cluster.data_dir}) is stopped: starting it for this "
+                 "command only ('hdfpay db start' keeps it running)")
     dsn = cluster.start()
     try:
         yield dsn
@@ -67,14 +69,8 @@ async def throwaway_database(database_url: str | None, name: str) -> AsyncIterat
             async with connection(database_url) as admin:
                 await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         return
-    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-        remove_cluster(workdir)
+    with throwaway_workdir(name) as workdir:
+        yield throwaway_cluster(workdir).start()
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:

@@ -8,14 +8,17 @@ runs as the ``postgres`` system user that Debian's package creates.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 DATABASE_NAME = "hdfpay"
 DATABASE_USER = "hdfpay"
@@ -210,3 +213,78 @@ class EmbeddedPostgres:
 def remove_cluster(data_dir: Path) -> None:
     """Delete a stopped cluster's files (tests and the demo's throwaway clusters)."""
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# Throwaway clusters (demo, benchmarks, load tests, tests) live in a temporary directory named
+# with this prefix, beside a file naming the process that owns them. A command killed before it
+# could stop its cluster leaves the server running; the next throwaway directory stops it.
+THROWAWAY_PREFIX = "hdfpay-throwaway-"
+THROWAWAY_OWNER_FILE = "owner"
+THROWAWAY_DATA_DIR = "pgdata"
+
+
+@contextlib.contextmanager
+def throwaway_workdir(purpose: str) -> Iterator[Path]:
+    """A temporary directory for a throwaway cluster (`throwaway_cluster(workdir)`) and its
+    companions (keystore, logs). On exit its cluster is stopped and everything removed."""
+    stop_orphaned_clusters()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{THROWAWAY_PREFIX}{purpose}-"))
+    workdir.chmod(0o755)  # the server may run as the 'postgres' user (we may be root)
+    (workdir / THROWAWAY_OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
+    try:
+        yield workdir
+    finally:
+        _stop_and_remove(workdir)
+
+
+def throwaway_cluster(workdir: Path) -> EmbeddedPostgres:
+    """The cluster of a throwaway directory (created and started by its start())."""
+    return EmbeddedPostgres(workdir / THROWAWAY_DATA_DIR)
+
+
+def stop_orphaned_clusters() -> list[Path]:
+    """Stop and remove the throwaway clusters whose owning process is gone; returns them."""
+    orphans = []
+    for path in sorted(Path(tempfile.gettempdir()).glob(f"{THROWAWAY_PREFIX}*")):
+        owner_file = path / THROWAWAY_OWNER_FILE
+        try:
+            owner = owner_file.read_text().strip()
+        except OSError:
+            continue   # not ours, or being created right now
+        pid = owner.split(" ", 1)[0]
+        if pid.isdigit() and _process_identity(int(pid)) == owner:
+            continue   # its owner is alive
+        _stop_and_remove(path)
+        orphans.append(path)
+    return orphans
+
+
+def _stop_and_remove(workdir: Path) -> None:
+    """Stop the cluster (or, if pg_ctl cannot, e.g. initdb was interrupted and left its
+    single-user backend, kill the process of its pid file), then remove everything."""
+    cluster = throwaway_cluster(workdir)
+    try:
+        if cluster.is_initialised():
+            cluster.stop()
+    except EmbeddedDatabaseError:
+        _kill_server_of(cluster.data_dir)
+    finally:
+        remove_cluster(workdir)
+
+
+def _kill_server_of(data_dir: Path) -> None:
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _process_identity(pid: int) -> str | None:
+    """"PID START": the start time tells a live owner from a new process that reused its PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat[stat.rindex(')') + 2:].split()[19]}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hdfpay.cli_support import stop_on_sigterm
 from hdfpay.config import ConfigError, Settings
 
 SCENARIO_NAMES = ["peak", "hot-card", "reversal-storm", "decline-mix"]
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()

@@ -21,7 +21,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,7 +39,7 @@ from hdfpay.config import Settings
 from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
-from ledger.embedded import EmbeddedPostgres, find_server_binaries, remove_cluster
+from ledger.embedded import find_server_binaries, throwaway_cluster, throwaway_workdir
 from ledger.migrate import migrate
 
 BENCH_DATABASE = "hdfpay_bench"
@@ -67,16 +66,13 @@ def run_bench(options: BenchOptions, settings: Settings) -> int:
               f"{MAX_BENCH_TERMINALS}, --cards >= {least_cards}, at most {MAX_RUNS - extra_runs} "
               f"concurrencies", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-"))
-    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
     try:
-        with _bench_database(settings, options, seconds, workdir) as bench:
+        with throwaway_workdir("bench") as workdir, \
+                _bench_database(settings, options, seconds, workdir) as bench:
             return _bench(bench)
     except BenchError as exc:
         print(f"hdfpay: error: bench: {exc}", file=sys.stderr)
         return 1
-    finally:
-        remove_cluster(workdir)
 
 
 @contextlib.contextmanager
@@ -88,12 +84,8 @@ def _bench_database(settings: Settings, options: BenchOptions, seconds: int,
         yield Bench(dsn, find_server_binaries() / "pgbench", workdir, False, settings, options,
                     seconds)
         return
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    try:
-        dsn = cluster.start()
-        yield Bench(dsn, cluster.tool("pgbench"), workdir, True, settings, options, seconds)
-    finally:
-        cluster.stop()
+    cluster = throwaway_cluster(workdir)   # stopped with its work directory
+    yield Bench(cluster.start(), cluster.tool("pgbench"), workdir, True, settings, options, seconds)
 
 
 def _bench(bench: Bench) -> int:

@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -40,7 +39,7 @@ from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, seed_demo_region, terminal_id
-from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.embedded import throwaway_cluster, throwaway_workdir
 from ledger.migrate import migrate
 from terminal_protocol.agent.agent_config import AgentConfig
 from terminal_protocol.agent.card_reader import CardReader
@@ -76,9 +75,14 @@ async def _timed(action, count: int) -> list[float]:
 
 
 async def run(sales: int, placements: int, output: Path) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-bench-tap-"))
-    workdir.chmod(0o755)
-    cluster = EmbeddedPostgres(workdir / "pgdata")
+    with throwaway_workdir("bench-tap") as workdir:
+        results = await _run_in(workdir, sales, placements)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+async def _run_in(workdir: Path, sales: int, placements: int) -> dict:
+    cluster = throwaway_cluster(workdir)
     hsm = SoftwareHsm(workdir / "keystore.json", passphrase=os.urandom(16).hex(), create=True)
     stop_foreign_pcscd()
     pcscd = Pcscd(workdir)
@@ -100,9 +104,6 @@ async def run(sales: int, placements: int, output: Path) -> dict:
         card.remove()
         pcscd.stop()
         hsm.close()
-        cluster.stop()
-        remove_cluster(workdir)
-    output.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

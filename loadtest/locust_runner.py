@@ -22,7 +22,6 @@ import shutil
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -35,7 +34,7 @@ from hdfpay.config import Settings
 from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
 from ledger.demo_region import DEMO_RELOAD_CENTS_BY_KIND, seed_demo_region
-from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.embedded import throwaway_cluster, throwaway_workdir
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
@@ -106,8 +105,11 @@ def run_loadtest(options: LoadtestOptions, settings: Settings) -> int:
         return 2
     output = Path(options.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-loadtest-"))
-    workdir.chmod(0o755)  # the embedded server may run as the 'postgres' user (we may be root)
+    with throwaway_workdir("loadtest") as workdir:
+        return _run_in(workdir, options, settings, output)
+
+
+def _run_in(workdir: Path, options: LoadtestOptions, settings: Settings, output: Path) -> int:
     try:
         with _database(settings, workdir) as dsn:
             run = LoadRun(options, settings, dsn, workdir, output)
@@ -128,7 +130,6 @@ def run_loadtest(options: LoadtestOptions, settings: Settings) -> int:
         return 1
     finally:
         _keep_server_log(workdir, output)
-        remove_cluster(workdir)
 
 
 def _keep_server_log(workdir: Path, output: Path) -> None:
@@ -144,11 +145,7 @@ def _database(settings: Settings, workdir: Path) -> Iterator[str]:
     if settings.database_url:
         yield uvloop.run(recreate_database(settings.database_url, LOADTEST_DATABASE))
         return
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    yield throwaway_cluster(workdir).start()   # stopped with its work directory
 
 
 async def _prepare(run: LoadRun) -> None:

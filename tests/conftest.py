@@ -10,7 +10,6 @@ import dataclasses
 import datetime as dt
 import itertools
 import os
-import tempfile
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,7 +22,7 @@ from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region, terminal_id
-from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.embedded import EmbeddedPostgres, throwaway_cluster, throwaway_workdir
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.client import TerminalClient
@@ -54,15 +53,10 @@ def paris(*args) -> dt.datetime:
 
 @pytest.fixture(scope="session")
 def pg_cluster():
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-tests-"))
-    workdir.chmod(0o755)  # as root, the server runs as the 'postgres' user
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    cluster.start()
-    try:
+    with throwaway_workdir("tests") as workdir:
+        cluster = throwaway_cluster(workdir)
+        cluster.start()
         yield cluster
-    finally:
-        cluster.stop()
-        remove_cluster(workdir)
 
 
 @pytest.fixture(scope="session")

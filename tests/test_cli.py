@@ -98,6 +98,9 @@ def test_embedded_cluster_start_status_stop():
         assert block.startswith("D") and "shown this once" in added.stdout
         listed = hdfpay("terminals", "list", env=env).stdout
         assert "SHOP-0001" in listed and "PENDING" in listed
+        assert listed.splitlines()[0].split()[:3] == ["TERMINAL", "STATUS", "PARTNER"]
+        unkeyed = next(line for line in listed.splitlines() if line.startswith("TERM-0001-1 "))
+        assert "none yet: 'hdfpay terminals rotate ID' delivers one" in unkeyed
         assert "ACTIVE" in hdfpay("terminals", "activate", "SHOP-0001", env=env).stdout
         rotated = hdfpay("terminals", "rotate", "SHOP-0001", env=env)
         assert rotated.returncode == 0 and block not in rotated.stdout
@@ -109,6 +112,10 @@ def test_embedded_cluster_start_status_stop():
         assert again.returncode == 2 and "already exists" in again.stderr
         assert hdfpay("terminals", "activate", env=env).returncode == 2        # no terminal id
         assert "stopped" in hdfpay("db", "stop", env=env).stdout
+        assert "stopped" in hdfpay("db", "status", env=env).stdout
+        checked = hdfpay("check", env=env)   # a stopped database does not come back unannounced
+        assert checked.returncode == 0 and "ledger balanced" in checked.stdout
+        assert "is stopped: starting it for this command only" in checked.stderr
         assert "stopped" in hdfpay("db", "status", env=env).stdout
     finally:
         hdfpay("db", "stop", env=env)
