@@ -11,8 +11,8 @@ import asyncpg
 import uvloop
 
 from hdfpay import cli_cards, cli_operators, cli_school_year, cli_settlement
-from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm
-from hdfpay.config import ConfigError, Settings
+from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
+from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
 from ledger.database import SchemaNotReady, check_schema, connection
 from backoffice.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
@@ -109,8 +109,6 @@ def cmd_terminals(args, settings: Settings) -> int:
                 return
             with contextlib.closing(open_hsm_from_env()) as hsm:
                 if args.action == "add":
-                    if args.partner is None:
-                        raise UsageError("'terminals add' needs --partner")
                     delivered = await provisioning.add_terminal(conn, hsm, args.terminal_id,
                                                                 args.partner, actor=cli_actor())
                 else:
@@ -176,7 +174,7 @@ def cmd_seed(args, settings: Settings) -> int:
 def cmd_reload(args, settings: Settings) -> int:
     amount_cents = parse_euros(args.amount)
     if amount_cents <= 0:
-        raise AmountError("a reload amount must be positive")
+        raise UsageError("a reload amount must be positive")
 
     async def main() -> None:
         async with connection(dsn) as conn:
@@ -233,24 +231,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the authorizer on a throwaway database with a scripted till session")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("serve", help="run the authorization server")
-    p.add_argument("--host", help="listen address (default HDFPAY_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default HDFPAY_PORT or 8080)")
+    p = sub.add_parser(
+        "serve", help="run the authorization server and the operator API",
+        description="Two listeners, each with its own database pool: the terminal listener "
+                    "(POST /v1/terminal, /healthz, /readyz, /metrics) on --host/--port, and the "
+                    "operator API (/v1/ops/, OpenAPI at /v1/ops/openapi.json) on HDFPAY_OPS_HOST "
+                    f"and HDFPAY_OPS_PORT (default 127.0.0.1:{DEFAULT_OPS_PORT}). TLS with "
+                    "HDFPAY_TLS_CERT and HDFPAY_TLS_KEY; plain HTTP on loopback only. SIGTERM "
+                    "drains: /readyz says no, requests in flight finish, then it stops.")
+    p.add_argument("--host", help="terminal listener's address (default HDFPAY_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=whole_number,
+                   help="terminal listener's port (default HDFPAY_PORT or 8080)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("db", help="the database: migrate, or start/stop/status of the embedded cluster")
-    p.add_argument("action", choices=["migrate", "start", "stop", "status"])
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+            ("migrate", "apply what is missing of ledger/migrations and re-apply the SQL "
+                        "functions of ledger/sql (DATABASE_URL or the embedded cluster)"),
+            ("start", "start the embedded cluster (created on first use in HDFPAY_DATA_DIR) and "
+                      "print its DATABASE_URL; it keeps running until 'db stop'"),
+            ("stop", "stop the embedded cluster (fast shutdown: committed work is kept)"),
+            ("status", "say whether the embedded cluster is running, and where it lives")):
+        actions.add_parser(action, help=text, description=text)
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("seed", help="create the demo region (establishments, students, shops, terminals)")
-    p.add_argument("--beneficiaries", type=int, default=DEFAULT_SEED_BENEFICIARIES)
-    p.add_argument("--school-year", type=int, help="first year of the school year (default: current)")
+    p.add_argument("--beneficiaries", type=whole_number, default=DEFAULT_SEED_BENEFICIARIES,
+                   help=f"students to create (default {DEFAULT_SEED_BENEFICIARIES})")
+    p.add_argument("--school-year", type=whole_number,
+                   help="first year of the school year (default: current)")
     p.set_defaults(func=cmd_seed)
 
     p = sub.add_parser("reload", help="credit a beneficiary's wallet (pending fees recovered first)")
     p.add_argument("dossier", help="dossier number, e.g. HDF0000005")
     p.add_argument("amount", help="amount in euros, e.g. 100 or 12,50")
-    p.add_argument("--school-year", type=int, help="first year of the school year (default: current)")
+    p.add_argument("--school-year", type=whole_number,
+                   help="first year of the school year (default: current)")
     p.add_argument("--reference", help="idempotency reference (default: one reload per student and year)")
     p.set_defaults(func=cmd_reload)
 
@@ -260,9 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("terminals", help="provision terminals: add (TR-31 key block), activate, "
                                          "suspend, revoke, rotate their key, list")
-    p.add_argument("action", choices=["list", "add", "activate", "suspend", "revoke", "rotate"])
-    p.add_argument("terminal_id", nargs="?", help="e.g. TERM-0001-3")
-    p.add_argument("--partner", type=int, help="partner id (for add)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every terminal with its status, partner and keys",
+                       description="Every terminal: status, partner, and each initial key as "
+                                   "id:status:last counter ('none yet' until one is delivered).")
+    for action, text in (
+            ("add", "a PENDING terminal of a partner: a transport key (shown once) and its "
+                    "AES-DUKPT initial key as a TR-31 key block"),
+            ("activate", "let the terminal authorize (ACTIVE)"),
+            ("suspend", "decline its purchases with 58 until activated again; it may still "
+                        "reverse its own sales and close its batch"),
+            ("revoke", "decline it for good (REVOKED is final)"),
+            ("rotate", "a new initial key under the current BDK (the old one works until the "
+                       "terminal's first message under the new one)")):
+        q = actions.add_parser(action, help=text, description=text)
+        q.add_argument("terminal_id", help="e.g. TERM-0001-3")
+        if action == "add":
+            q.add_argument("--partner", type=whole_number, required=True, help="partner id")
     p.set_defaults(func=cmd_terminals)
 
     p = sub.add_parser("check", help="verify the ledger's invariants (debits = credits, no negative wallet)")
@@ -288,10 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "action", None) not in (None, "list", "migrate", "start", "stop", "status",
-                                             "new-bdk") and hasattr(args, "terminal_id") \
-            and not args.terminal_id:
-        parser.error(f"'terminals {args.action}' needs a terminal id")
     try:
         settings = Settings.from_env()
         return args.func(args, settings)

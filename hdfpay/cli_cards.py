@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 
-from hdfpay.cli_support import cli_actor as _actor, run_on_database
+from hdfpay.cli_support import cli_actor as _actor, run_on_database, whole_number
 from ledger import card_requests, cards, partners
 from ledger.cards import REPLACEMENT_FEE_CENTS, Refused
 from terminal_protocol.amounts import format_euros
@@ -154,13 +154,13 @@ def add_commands(subcommands) -> None:
     s = sub.add_parser("submit", help="a new request for a beneficiary without a card")
     s.add_argument("dossier", help="dossier number")
     s = sub.add_parser("advance", help="move a request to its next state, or reject it with a reason")
-    s.add_argument("request_id", type=int)
+    s.add_argument("request_id", type=whole_number)
     s.add_argument("state", choices=STATES[1:])
     s.add_argument("--reason", help="why (required to reject: the beneficiary reads it)")
     s.add_argument("--uid", help="printed: the card's chip UID in hex")
     s.add_argument("--card-number", help="printed: the 16 digits on the card (default: generated)")
     s = sub.add_parser("show", help="a request with its history, as the beneficiary reads it")
-    s.add_argument("request_id", type=int)
+    s.add_argument("request_id", type=whole_number)
     s = sub.add_parser("list", help="requests, newest first")
     s.add_argument("--state", choices=STATES)
     s.add_argument("--dossier", help="one beneficiary's requests")
@@ -173,7 +173,7 @@ def add_commands(subcommands) -> None:
     s.add_argument("--category", choices=CATEGORIES)
     s.add_argument("--status", choices=[x.lower() for x in partners.STATUSES])
     s = sub.add_parser("show", help="a partner and its terminals")
-    s.add_argument("partner_id", type=int)
+    s.add_argument("partner_id", type=whole_number)
     s = sub.add_parser("add", help="a new ACTIVE partner (then 'hdfpay terminals add')")
     for name in ("name", "address"):
         s.add_argument(f"--{name}", required=True)
@@ -181,7 +181,7 @@ def add_commands(subcommands) -> None:
     s.add_argument("--lat", dest="latitude", type=float, required=True)
     s.add_argument("--lon", dest="longitude", type=float, required=True)
     s = sub.add_parser("update", help="change a partner's name, category, address or coordinates")
-    s.add_argument("partner_id", type=int)
+    s.add_argument("partner_id", type=whole_number)
     s.add_argument("--name")
     s.add_argument("--address")
     s.add_argument("--category", choices=CATEGORIES)
@@ -191,7 +191,7 @@ def add_commands(subcommands) -> None:
                          ("activate", "accept its terminals' sales again"),
                          ("close", "final: a closed partner is not reopened")):
         s = sub.add_parser(action, help=what)
-        s.add_argument("partner_id", type=int)
+        s.add_argument("partner_id", type=whole_number)
     s = sub.add_parser("near", help="active partners within a radius of a point, nearest first")
     s.add_argument("latitude", type=float)
     s.add_argument("longitude", type=float)
@@ -199,6 +199,6 @@ def add_commands(subcommands) -> None:
                    help=f"default {DEFAULT_SEARCH_RADIUS_KM:g}, at most "
                         f"{partners.MAX_SEARCH_RADIUS_M // METRES_PER_KM}")
     s.add_argument("--category", choices=CATEGORIES)
-    s.add_argument("--limit", type=int, default=partners.DEFAULT_SEARCH_RESULTS_ROWS)
+    s.add_argument("--limit", type=whole_number, default=partners.DEFAULT_SEARCH_RESULTS_ROWS)
     s.add_argument("--all", action="store_true", help="suspended and closed partners too")
     p.set_defaults(func=cmd_partners)

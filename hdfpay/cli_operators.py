@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from zoneinfo import ZoneInfo
 
-from hdfpay.cli_support import cli_actor, run_on_database
+from hdfpay.cli_support import cli_actor, run_on_database, whole_number
 from ledger import operators
 from ledger.audit import verify_audit
 
@@ -100,8 +100,8 @@ def add_commands(subcommands) -> None:
     a.add_argument("login", help="3 to 64 characters: a-z first, then a-z 0-9 . _ -")
     a.add_argument("--role", required=True, choices=operators.ROLES)
     scope = a.add_mutually_exclusive_group()
-    scope.add_argument("--establishment", type=int, help="establishment id (establishment_staff)")
-    scope.add_argument("--partner", type=int, help="partner id (partner)")
+    scope.add_argument("--establishment", type=whole_number, help="establishment id (establishment_staff)")
+    scope.add_argument("--partner", type=whole_number, help="partner id (partner)")
     a.set_defaults(func=cmd_add)
     a = actions.add_parser("list", help="every account with its role, scope and status")
     a.set_defaults(func=cmd_list)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 
-from hdfpay.cli_support import cli_actor, run_on_database
+from hdfpay.cli_support import cli_actor, run_on_database, whole_number
 from ledger.establishments import establishment_id
 from ledger.bulk_reload import (BULK_RELOAD_CHUNK_ROWS, BulkReloadRefused, BulkReloadRun,
                                 latest_run, reload_school_year, run_bulk_reload)
@@ -161,7 +161,7 @@ def add_commands(subcommands) -> None:
     many.add_argument("file", help="CSV: dossier number[;school year[;programme]] per line")
     many.add_argument("--apply", action="store_true", help="renew (default: only check the file)")
     for sub in (one, many):
-        sub.add_argument("--school-year", type=int,
+        sub.add_argument("--school-year", type=whole_number,
                          help="first year of the school year (default: the newest open for renewal)")
         sub.add_argument("--establishment", metavar="UAI",
                          help="act for this establishment: only its students")
@@ -170,9 +170,9 @@ def add_commands(subcommands) -> None:
     p = subcommands.add_parser("programmes", help="reload amounts by programme and school year")
     actions = p.add_subparsers(dest="programmes_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="the amounts")
-    listing.add_argument("--school-year", type=int)
+    listing.add_argument("--school-year", type=whole_number)
     setting = actions.add_parser("set", help="set one programme's amount for a school year")
-    setting.add_argument("year", type=int, help="first year of the school year, e.g. 2027")
+    setting.add_argument("year", type=whole_number, help="first year of the school year, e.g. 2027")
     setting.add_argument("programme", help="e.g. BOOKS or EQUIPMENT")
     setting.add_argument("amount", help="in euros, e.g. 100 or 12,50")
     p.set_defaults(func=cmd_programmes)
@@ -180,16 +180,16 @@ def add_commands(subcommands) -> None:
     p = subcommands.add_parser("bulk-reload", help="credit every beneficiary with rights for a "
                                                    "school year with their programme's amount "
                                                    "(resumable, once each)")
-    p.add_argument("--school-year", type=int, help="first year of the school year (default: current, "
+    p.add_argument("--school-year", type=whole_number, help="first year of the school year (default: current, "
                                                    "or next in May and June)")
-    p.add_argument("--chunk-rows", type=int, default=BULK_RELOAD_CHUNK_ROWS,
+    p.add_argument("--chunk-rows", type=whole_number, default=BULK_RELOAD_CHUNK_ROWS,
                    help=f"beneficiaries per committed chunk (default {BULK_RELOAD_CHUNK_ROWS})")
-    p.add_argument("--max-chunks", type=int, help="stop after this many chunks (resume later)")
+    p.add_argument("--max-chunks", type=whole_number, help="stop after this many chunks (resume later)")
     p.add_argument("--status", action="store_true", help="show the school year's last run, change nothing")
     p.set_defaults(func=cmd_bulk_reload)
 
     p = subcommands.add_parser("expire", help="move the closed school year's remaining balances to "
                                               "expired funds (from 1 May, Europe/Paris; idempotent)")
-    p.add_argument("--school-year", type=int, help="first year of the school year (default: the last "
+    p.add_argument("--school-year", type=whole_number, help="first year of the school year (default: the last "
                                                    "one closed)")
     p.set_defaults(func=cmd_expire)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from hdfpay.cli_support import cli_actor as _actor, run_on_database
+from hdfpay.cli_support import cli_actor as _actor, run_on_database, whole_number
 from backoffice.payout_files import BankAccount, PayoutError, payout_files, set_payee, write_payout_files
 from ledger import payouts
 from ledger.clock import business_today
@@ -195,7 +195,7 @@ def add_commands(subcommands) -> None:
 
     p = subcommands.add_parser("payouts", help="a settlement run's payout files: CSV and SEPA "
                                                "pain.001 (made once, then the same files again)")
-    p.add_argument("--run", type=int, required=True, help="settlement run id")
+    p.add_argument("--run", type=whole_number, required=True, help="settlement run id")
     p.add_argument("--output", required=True, help="directory to write the files into")
     for part, variable in [("name", "HDFPAY_DEBTOR_NAME"), ("iban", "HDFPAY_DEBTOR_IBAN"),
                            ("bic", "HDFPAY_DEBTOR_BIC")]:
@@ -204,7 +204,7 @@ def add_commands(subcommands) -> None:
     p.set_defaults(func=cmd_payouts)
 
     p = subcommands.add_parser("payee", help="record where a partner is paid (IBAN and BIC checked)")
-    p.add_argument("partner", type=int, help="partner id")
+    p.add_argument("partner", type=whole_number, help="partner id")
     p.add_argument("--name", required=True, help="account holder, at most 70 characters")
     p.add_argument("--iban", required=True)
     p.add_argument("--bic", required=True)
@@ -216,5 +216,5 @@ def add_commands(subcommands) -> None:
     p.add_argument("--from", dest="from_", type=_day, help="first day, YYYY-MM-DD (default: a week "
                                                            "before --to; funds: the beginning)")
     p.add_argument("--to", type=_day, help="last day, YYYY-MM-DD (default: today)")
-    p.add_argument("--run", type=int, help="settlement: one run's lines")
+    p.add_argument("--run", type=whole_number, help="settlement: one run's lines")
     p.set_defaults(func=cmd_report)

@@ -1,8 +1,10 @@
-"""What every `hdfpay` command of the region's operations shares: who the audit trail names, and
-running one piece of work on the checked database with expected refusals printed plainly."""
+"""What every `hdfpay` command shares: argument types, SIGTERM handling, notices, who the audit
+trail names, and running one piece of work on the checked database with expected refusals
+printed plainly."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 import signal
@@ -13,6 +15,28 @@ import asyncpg
 import uvloop
 
 from ledger.database import check_schema, connection, database_dsn
+
+
+# Argument types: each has a name argparse shows, and refuses bad text in plain words.
+def concurrency_list(text: str) -> list[int]:
+    """`1,16,64` → [1, 16, 64]; anything else is refused in plain words."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers such as 1,16,64, got {text!r}") from None
+    return values
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+concurrency_list.__name__ = "concurrency list"
+whole_number.__name__ = "whole number"
 
 
 def stop_on_sigterm() -> None:

@@ -7,31 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hdfpay.cli_support import stop_on_sigterm
+from hdfpay.cli_support import concurrency_list, stop_on_sigterm, whole_number
 from hdfpay.config import ConfigError, Settings
 
 SCENARIO_NAMES = ["peak", "hot-card", "reversal-storm", "decline-mix"]
-
-
-def concurrency_list(text: str) -> list[int]:
-    """`1,16,64` → [1, 16, 64]; anything else is refused in plain words."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated whole numbers such as 1,16,64, got {text!r}") from None
-    return values
-
-
-def whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-concurrency_list.__name__ = "concurrency list"
-whole_number.__name__ = "whole number"
 
 
 def build_parser() -> argparse.ArgumentParser:

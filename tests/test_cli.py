@@ -39,10 +39,29 @@ def test_every_subcommand_has_help():
         assert result.returncode == 0 and "usage: hdfpay" in result.stdout
 
 
+def test_sub_help_says_what_each_action_does():
+    assert "HDFPAY_OPS_PORT" in hdfpay("serve", "--help").stdout
+    db = hdfpay("db", "--help").stdout
+    assert all(action in db for action in ("migrate", "start", "stop", "status"))
+    add = hdfpay("terminals", "add", "--help").stdout
+    assert "usage: hdfpay terminals add" in add and "TR-31" in add and "--partner" in add
+    assert "rotate" not in add                          # its own help, not the group's
+
+
+def test_argument_types_have_plain_messages():
+    for args, message in ((("bench", "--concurrency", "abc"), "expected comma-separated whole "
+                                                              "numbers such as 1,16,64, got 'abc'"),
+                          (("seed", "--beneficiaries", "x"), "expected a whole number, got 'x'"),
+                          (("terminals", "add", "T-1"), "required: --partner")):
+        result = hdfpay(*args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "<lambda>" not in result.stderr
+
+
 def test_errors_are_plain_words_and_non_zero():
     result = hdfpay("reload", "HDF0000005", "douze euros", env={"DATABASE_URL": "postgresql://x@/nowhere"})
     assert result.returncode == 2
-    assert "montant invalide" in result.stderr and "Traceback" not in result.stderr
+    assert "invalid amount 'douze euros'" in result.stderr and "Traceback" not in result.stderr
     result = hdfpay("serve", env={"HDFPAY_PORT": "eighty"})
     assert result.returncode == 2 and "HDFPAY_PORT must be an integer" in result.stderr
     result = hdfpay("db", "start", env={"DATABASE_URL": "postgresql://x@/y"})

@@ -21,8 +21,10 @@ def test_parse_euros(text, cents):
 
 @pytest.mark.parametrize("text", ["", "-5", "1,234", "1 000", "douze", "12,", "1e3", "99999999"])
 def test_parse_euros_refuses(text):
-    with pytest.raises(AmountError):
+    with pytest.raises(AmountError) as refused:
         parse_euros(text)
+    assert str(refused.value).startswith(f"invalid amount {text!r}")          # operators: English
+    assert refused.value.cashier_text.startswith(f"Montant invalide : {text!r}")  # cashiers: French
 
 
 def test_format_euros():

@@ -31,7 +31,7 @@ async def _amount(prompt: str) -> int | None:
     try:
         return parse_euros(text)
     except AmountError as exc:
-        print(str(exc).capitalize(), flush=True)
+        print(exc.cashier_text, flush=True)
         return None
 
 

@@ -118,7 +118,7 @@ async def _amount(request: web.Request, body: dict | None = None) -> int:
     try:
         return parse_euros(amount)
     except AmountError as exc:
-        raise _bad_request(str(exc)) from None
+        raise _bad_request(exc.cashier_text) from None
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
