@@ -234,9 +234,9 @@ def test_a_card_left_on_the_reader_reads_the_same_uid_every_time(pcscd, virtual_
 def test_a_new_tap_needs_the_card_to_leave_and_come_back(pcscd, virtual_card):
     """After a read with new_tap, the same card left on the reader is not read again."""
     card = virtual_card(0)
-    card.insert()
     reader = CardReader(READER_0)
     try:
+        card.insert()
         assert reader.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
         with pytest.raises(TapTimeout):
             reader.wait_for_uid(SHORT_TIMEOUT_MS, new_tap=True)
@@ -246,5 +246,45 @@ def test_a_new_tap_needs_the_card_to_leave_and_come_back(pcscd, virtual_card):
         card.insert()
         assert reader.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
         assert card.get_uid_answered == 3
+    finally:
+        reader.close()
+
+
+def test_a_card_left_on_the_reader_across_a_restart_must_be_lifted(pcscd, virtual_card):
+    """The agent restarted (a new CardReader) with a card that already paid still on the
+    reader: it is not read until lifted and presented again, and the cashier is told."""
+    card = virtual_card(0)
+    card.insert()
+    before_restart = CardReader(READER_0)
+    try:
+        assert before_restart.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
+    finally:
+        before_restart.close()
+    after_restart = CardReader(READER_0)
+    told: list[str] = []
+    try:
+        with pytest.raises(TapTimeout):
+            after_restart.wait_for_uid(SHORT_TIMEOUT_MS, new_tap=True,
+                                       on_lift_first=lambda: told.append("lift"))
+        assert told == ["lift"] and card.get_uid_answered == 1
+        card.remove()
+        wait_reader_state(READER_0, present=False)
+        card.insert()
+        assert after_restart.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
+        assert card.get_uid_answered == 2
+    finally:
+        after_restart.close()
+
+
+def test_a_card_put_down_after_start_is_read_at_once(pcscd, virtual_card):
+    """Only a card already there when the reader was first looked at must be lifted."""
+    card = virtual_card(0)
+    reader = CardReader(READER_0)
+    try:
+        assert reader.readers() == [READER_0, READER_1]
+        with pytest.raises(TapTimeout):     # the first look: empty
+            reader.wait_for_uid(SHORT_TIMEOUT_MS, new_tap=True)
+        card.insert()
+        assert reader.wait_for_uid(TAP_TIMEOUT_MS, new_tap=True) == card.uid
     finally:
         reader.close()

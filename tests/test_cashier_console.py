@@ -11,10 +11,45 @@ from ledger.demo_region import card_uid
 
 from agent_fixtures import AGENT_ENV, TEST_ANSWER_TIMEOUT_MS, free_port
 from conftest import CROWD_TERMINALS, balance_of
-from pcsc_fixtures import READER_0
+from pcsc_fixtures import READER_0, wait_reader_state
 
 CARD = card_uid(14)
 CONSOLE_TIMEOUT_S = 60
+
+
+class Console:
+    """`hdfpay terminal run` driven as a cashier would: type, read the screen, act on it."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.screen = ""
+
+    @classmethod
+    async def start(cls, *args: str) -> "Console":
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hdfpay.cli", "terminal", "run", *args,
+            env={**os.environ, **AGENT_ENV}, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
+
+    async def expect(self, text: str) -> None:
+        """Read the screen until `text` appears after what was already matched."""
+        async def read() -> None:
+            while text not in self.screen:
+                chunk = await self.process.stdout.read(1024)
+                assert chunk, f"the terminal ended without showing {text!r}:\n{self.screen}"
+                self.screen += chunk.decode()
+        await asyncio.wait_for(read(), CONSOLE_TIMEOUT_S)
+        self.screen = self.screen[self.screen.index(text) + len(text):]
+
+    async def send(self, keys: bytes) -> None:
+        self.process.stdin.write(keys)
+        await self.process.stdin.drain()
+
+    async def finish(self, keys: bytes) -> str:
+        """Type the last keys, wait for the end; returns what the screen showed since."""
+        output, _ = await asyncio.wait_for(self.process.communicate(keys), CONSOLE_TIMEOUT_S)
+        assert self.process.returncode == 0, self.screen + output.decode()
+        return self.screen + output.decode()
 
 
 def _config_file(tmp_path, server_url: str, terminal: str):
@@ -49,15 +84,30 @@ async def test_install_then_sell_and_read_the_totals(server, deliveries, pcscd, 
     assert transport_key not in sealed and delivered.key_block.encode() not in sealed
 
     before = await balance_of(conn, CARD)
-    virtual_card(0).insert(CARD)
-    code, output = await _hdfpay("terminal", "run", "--config", str(config),
-                                 stdin=b"1\n12,50\n1\nabc\n4\nq\n", env=AGENT_ENV)
-    assert code == 0, output
+    card = virtual_card(0)
+    console = await Console.start("--config", str(config))
+    await console.expect("Choix : ")
+    card.insert(CARD)                                   # placed once the terminal runs
+    output = await console.finish(b"1\n12,50\n1\nabc\n4\nq\n")
     assert "Présentez la carte" in output
     assert "ACCEPTÉ  12,50\u00a0€" in output
     assert "Montant invalide : 'abc' (exemple : 12,50)" in output
     assert "Ventes : 1  12,50\u00a0€" in output
     assert await balance_of(conn, CARD) == before - 12_50
+
+    # The card stays on the reader; the cashier restarts the terminal and sells again: the card
+    # is not charged until lifted and presented again.
+    console = await Console.start("--config", str(config))
+    await console.expect("Retirez la carte puis présentez-la à nouveau")
+    await console.send(b"1\n0,20\n")
+    await console.expect("Retirez la carte puis présentez-la à nouveau")
+    assert await balance_of(conn, CARD) == before - 12_50
+    card.remove()
+    await asyncio.to_thread(wait_reader_state, READER_0, present=False)
+    card.insert()
+    await console.expect("ACCEPTÉ  0,20\u00a0€")
+    await console.finish(b"q\n")
+    assert await balance_of(conn, CARD) == before - 12_50 - 20
 
 
 async def test_init_refuses_a_wrong_transport_key_and_a_second_install(server, deliveries,

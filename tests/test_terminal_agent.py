@@ -3,12 +3,14 @@ a purchase signed with sealed future keys, the real server and PostgreSQL behind
 
 from __future__ import annotations
 
+import asyncio
+import time
 
 from ledger.demo_region import card_uid
 
 from terminal_protocol.agent.runtime import running_agent
 
-from agent_fixtures import AGENT_ENV
+from agent_fixtures import AGENT_ENV, TEST_TAP_TIMEOUT_MS
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, balance_of, set_balance
 from flaky_link import FlakyLink, server_port
 from pcsc_fixtures import READER_0, READER_1, wait_reader_state
@@ -16,6 +18,15 @@ from pcsc_fixtures import READER_0, READER_1, wait_reader_state
 CARD = card_uid(11)
 OTHER_CARD = card_uid(12)
 LOST = card_uid(1)
+POLL_S = 0.02   # how often a test looks at what the agent showed (bounded by the tap timeout)
+
+
+async def _until(condition) -> None:
+    """Poll what the agent showed, at most the agent's tap timeout."""
+    deadline = time.monotonic() + TEST_TAP_TIMEOUT_MS / 1000
+    while not condition():
+        assert time.monotonic() < deadline, "the agent never showed it"
+        await asyncio.sleep(POLL_S)
 
 
 async def _purchases(conn, terminal: str = ACTIVE_TERMINAL):
@@ -27,8 +38,8 @@ async def _purchases(conn, terminal: str = ACTIVE_TERMINAL):
 
 async def test_a_tap_is_an_approved_purchase(agent_for, virtual_card, conn):
     before = await balance_of(conn, CARD)
-    virtual_card(0).insert(CARD)
     async with agent_for(ACTIVE_TERMINAL) as agent:
+        virtual_card(0).insert(CARD)      # after the agent's first look: a new tap
         outcome = await agent.sale(12_50)
     assert (outcome.status, outcome.rc, outcome.approved_cents) == ("approved", "00", 12_50)
     assert outcome.lines[0].startswith("ACCEPTÉ") and "12,50" in outcome.lines[0]
@@ -37,8 +48,8 @@ async def test_a_tap_is_an_approved_purchase(agent_for, virtual_card, conn):
 
 
 async def test_an_opposed_card_is_declined_in_french(agent_for, virtual_card, conn):
-    virtual_card(0).insert(LOST)
     async with agent_for(ACTIVE_TERMINAL) as agent:
+        virtual_card(0).insert(LOST)
         outcome = await agent.sale(5_00)
     assert (outcome.status, outcome.rc, outcome.approved_cents) == ("declined", "41", 0)
     assert outcome.lines == ("REFUSÉ : Carte déclarée perdue (code 41)",)
@@ -46,8 +57,8 @@ async def test_an_opposed_card_is_declined_in_french(agent_for, virtual_card, co
 
 async def test_short_funds_give_a_partial_approval_and_the_rest_to_collect(agent_for, virtual_card, conn):
     await set_balance(conn, CARD, 7_30)
-    virtual_card(0).insert(CARD)
     async with agent_for(ACTIVE_TERMINAL) as agent:
+        virtual_card(0).insert(CARD)
         outcome = await agent.sale(20_00)
     assert (outcome.status, outcome.approved_cents, outcome.collect_cents) == ("partial", 7_30, 12_70)
     assert "Reste à encaisser par un autre moyen : 12,70\u00a0€" in outcome.lines
@@ -55,9 +66,9 @@ async def test_short_funds_give_a_partial_approval_and_the_rest_to_collect(agent
 
 
 async def test_the_named_reader_is_the_one_read(agent_for, virtual_card, conn):
-    virtual_card(0).insert(OTHER_CARD)
-    virtual_card(1).insert(CARD)
     async with agent_for(ACTIVE_TERMINAL, reader=READER_1) as agent:
+        virtual_card(0).insert(OTHER_CARD)
+        virtual_card(1).insert(CARD)
         outcome = await agent.sale(1_00)
     assert outcome.status == "approved"
     assert [r["uid"] for r in await _purchases(conn)] == [CARD]
@@ -66,8 +77,8 @@ async def test_the_named_reader_is_the_one_read(agent_for, virtual_card, conn):
 async def test_a_card_lifted_mid_read_sends_nothing(agent_for, virtual_card, conn):
     card = virtual_card(0)
     card.vanish_on_get_uid = True
-    card.insert(CARD)
     async with agent_for(ACTIVE_TERMINAL) as agent:
+        card.insert(CARD)
         outcome = await agent.sale(3_00)
     assert outcome.status == "card_error" and card.vanished.is_set()
     assert outcome.lines[0] == "LECTURE DE LA CARTE IMPOSSIBLE"
@@ -84,8 +95,8 @@ def _tap_again(card) -> None:
 async def test_void_refund_totals_and_an_in_balance_close(agent_for, virtual_card, conn):
     before = await balance_of(conn, CARD)
     card = virtual_card(0)
-    card.insert(CARD)
     async with agent_for(ACTIVE_TERMINAL) as agent:
+        card.insert(CARD)
         first = await agent.sale(10_00)
         _tap_again(card)
         second = await agent.sale(4_00)
@@ -116,9 +127,9 @@ async def test_a_late_answer_is_reversed_not_kept(agent_config, pcscd, virtual_c
     link = await FlakyLink("127.0.0.1", server_port(server)).start()
     try:
         before = await balance_of(conn, CARD)
-        virtual_card(0).insert(CARD)
         config = agent_config(CROWD_TERMINALS[0], url=link.url)
         async with running_agent(config, environ=AGENT_ENV) as agent:
+            virtual_card(0).insert(CARD)
             link.mode = "deaf"
             outcome = await agent.sale(9_00)
             assert outcome.status == "no_answer" and outcome.collect_cents == 9_00
@@ -135,6 +146,8 @@ async def test_a_late_answer_is_reversed_not_kept(agent_config, pcscd, virtual_c
 
 
 async def test_the_agent_reads_again_after_pcscd_restarts(agent_for, pcscd, virtual_card, conn):
+    """pcscd counts insertions from zero again after a restart, so a card found on the reader
+    then may be one that already paid: it must be lifted first, and then it pays."""
     async with agent_for(ACTIVE_TERMINAL) as agent:
         card = virtual_card(0)
         card.insert(CARD)
@@ -142,8 +155,15 @@ async def test_the_agent_reads_again_after_pcscd_restarts(agent_for, pcscd, virt
         card.remove()
         wait_reader_state(READER_0, present=False)
         pcscd.restart()
-        card.insert(CARD)
-        assert (await agent.sale(2_00)).status == "approved"
+        card.insert(CARD)                  # on the reader when the agent first looks again
+        wait_reader_state(READER_0, present=True)
+        shown: list[str] = []
+        agent.on_screen = shown.append
+        sale = asyncio.create_task(agent.sale(2_00))
+        await _until(lambda: shown)
+        assert shown == ["Retirez la carte puis présentez-la à nouveau"] and not sale.done()
+        await asyncio.to_thread(_tap_again, card)
+        assert (await sale).status == "approved"
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [1_00, 2_00]
 
 
@@ -153,9 +173,9 @@ async def test_a_close_without_answer_is_resent_before_anything_else(agent_confi
     the same close, resent, gets its answer; the batch then balances."""
     link = await FlakyLink("127.0.0.1", server_port(server)).start()
     try:
-        virtual_card(0).insert(CARD)
         config = agent_config(CROWD_TERMINALS[1], url=link.url)
         async with running_agent(config, environ=AGENT_ENV) as agent:
+            virtual_card(0).insert(CARD)
             assert (await agent.sale(3_00)).status == "approved"
             link.mode = "deaf"
             lost = await agent.close_batch()
@@ -175,8 +195,8 @@ async def test_a_close_without_answer_is_resent_before_anything_else(agent_confi
 async def test_a_till_retry_gets_the_first_sale_back(agent_for, virtual_card, conn):
     """A till that sends the same sale again (its own timeout, a double click) must not debit
     twice: the same till reference replays the first outcome, with no new tap."""
-    virtual_card(0).insert(CARD)
     async with agent_for(ACTIVE_TERMINAL) as agent:
+        virtual_card(0).insert(CARD)
         first = await agent.sale(5_00, "TILL-42")
         again = await agent.sale(5_00, "TILL-42")
         other_amount = await agent.sale(6_00, "TILL-42")
@@ -185,3 +205,24 @@ async def test_a_till_retry_gets_the_first_sale_back(agent_for, virtual_card, co
     assert again.details == {"replayed": True} and again.lines[0] == first.lines[0]
     assert other_amount.status == "refused"
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [5_00]
+
+
+async def test_a_card_left_on_the_reader_is_not_charged_again_after_a_restart(agent_for,
+                                                                              virtual_card, conn):
+    """Sell, stop the agent with the card still on the reader, start it again and sell: the card
+    must be lifted and presented again, and the cashier is told so."""
+    card = virtual_card(0)
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        card.insert(CARD)
+        assert (await agent.sale(10)).status == "approved"
+    async with agent_for(ACTIVE_TERMINAL) as restarted:
+        assert restarted.notice == "Retirez la carte puis présentez-la à nouveau"
+        shown: list[str] = []
+        restarted.on_screen = shown.append
+        sale = asyncio.create_task(restarted.sale(20))
+        await _until(lambda: shown)           # the agent says so once it looked at the reader
+        assert shown == ["Retirez la carte puis présentez-la à nouveau"]
+        assert not sale.done() and [r["amount_approved_cents"] for r in await _purchases(conn)] == [10]
+        await asyncio.to_thread(_tap_again, card)
+        assert (await sale).status == "approved"
+    assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [10, 20]

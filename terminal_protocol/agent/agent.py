@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from typing import Protocol
+from typing import Callable, Protocol
 
 from terminal_protocol.agent import cashier_texts as texts
 from terminal_protocol.agent.cashier_texts import Outcome
@@ -38,7 +38,9 @@ log = logging.getLogger("hdfpay.terminal")
 
 class Reader(Protocol):
     def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None, *,
-                     new_tap: bool = False) -> bytes: ...
+                     new_tap: bool = False, on_lift_first=None) -> bytes: ...
+
+    def remember_card_present(self) -> bool: ...
 
 
 class TerminalAgent:
@@ -59,9 +61,20 @@ class TerminalAgent:
         self._tap_timeout_ms = tap_timeout_ms
         self._new_tap_per_sale = new_tap_per_sale
         self._sender_task: asyncio.Task | None = None
+        # What the cashier must read while an operation waits (the console prints it; the till
+        # API shows it in /v1/status). Called from the reader's thread.
+        self.on_screen: Callable[[str], None] = lambda text: None
+        self.notice: str | None = None
 
     async def start(self) -> None:
-        """Reverse what a previous run left on the wire, then start delivering the outbox."""
+        """Reverse what a previous run left on the wire, start delivering the outbox, and take
+        note of a card already on the reader: it may have paid before a restart, so it must be
+        lifted before it pays again (one tap, one sale, across restarts too)."""
+        try:
+            if await asyncio.to_thread(self._reader.remember_card_present):
+                self._show_notice(texts.LIFT_CARD_FIRST)
+        except Exception as exc:    # pcscd or the reader not there yet: the first sale looks
+            log.warning("no look at the reader at start (%s)", type(exc).__name__)
         for request_id in self.journal.purchases_in_flight():
             log.warning("purchase %s was in flight when the agent stopped: reversing it", request_id)
             self._queue_reversal(request_id, unanswered=True)
@@ -91,11 +104,15 @@ class TerminalAgent:
             if self.journal.unanswered_close() is not None:
                 return _close_first()
             self._tap_cancel.clear()
+            self.notice = None
             try:
                 uid = await asyncio.to_thread(self._reader.wait_for_uid, self._tap_timeout_ms,
-                                              self._tap_cancel, new_tap=self._new_tap_per_sale)
+                                              self._tap_cancel, new_tap=self._new_tap_per_sale,
+                                              on_lift_first=self._lift_card_first)
             except Exception as exc:
                 return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
+            finally:
+                self.notice = None
             request = self._client.purchase_request(uid, amount_cents, partial_ok=True)
             body = encode_request(request)
             # A purchase is never resent (a reversal follows it instead), so the journal keeps
@@ -175,7 +192,15 @@ class TerminalAgent:
 
     def status(self) -> dict:
         return {"outbox": self.outbox.counts(), "pending": len(self.outbox.pending()),
-                "overdue": self.outbox.overdue(), "batch": self.journal.open_batch_id()}
+                "overdue": self.outbox.overdue(), "batch": self.journal.open_batch_id(),
+                "notice": self.notice}
+
+    def _lift_card_first(self) -> None:
+        self._show_notice(texts.LIFT_CARD_FIRST)
+
+    def _show_notice(self, text: str) -> None:
+        self.notice = text
+        self.on_screen(text)
 
     def _queue_reversal(self, original_request_id: str, *, unanswered: bool = False) -> Request:
         request = self._client.reversal_request(original_request_id)

@@ -15,6 +15,7 @@ import time
 from smartcard import scard
 
 STATUS_POLL_MS = 250  # longest time a cancel or the deadline waits to be noticed
+BASELINE_TIMEOUT_MS = 2000  # the look at the reader when the agent starts
 RECONNECT_BACKOFF_FIRST_MS = 10  # pcscd comes back in ~12 ms once started
 RECONNECT_BACKOFF_MAX_MS = 250
 GET_UID_APDU = [0xFF, 0xCA, 0x00, 0x00, 0x00]  # PC/SC part 3 GET DATA: UID of the card in field
@@ -90,6 +91,10 @@ class CardReader:
         self.context_restarts = 0  # how many times a lost context was replaced (for metrics)
         self._context: int | None = None
         self._events_at_last_read: int | None = None
+        # Until this reader has seen the reader's state (at start, and again after pcscd came
+        # back: its insertion counts start over), a card found on it may be one that already
+        # paid before an agent restart: with new_tap it must be lifted first.
+        self._card_memory_lost = True
 
     def readers(self) -> list[str]:
         """The reader names pcscd lists now (a context lost to a pcscd restart is replaced once)."""
@@ -101,17 +106,34 @@ class CardReader:
         raise ServiceUnavailable("pcscd is not answering")
 
     def wait_for_uid(self, timeout_ms: int, cancel: threading.Event | None = None, *,
-                     new_tap: bool = False) -> bytes:
+                     new_tap: bool = False, on_lift_first=None) -> bytes:
         """Wait for a card on the reader and return its UID. A card already there counts,
         unless `new_tap`: then the card read last time must have left the reader since (pcscd
         counts insertions and removals in the high word of the event state), so a card left
-        on the reader after a sale is not charged again by the next one."""
+        on the reader after a sale is not charged again by the next one, nor after an agent
+        restart (a card found on the reader at start must be lifted first). `on_lift_first()`
+        is called when such a card is there, for the cashier's screen."""
         deadline = time.monotonic() + timeout_ms / 1000
-        already_read = self._events_at_last_read if new_tap else None
+        lift_said = False
+
+        def accept(event_state: int) -> bool:
+            nonlocal lift_said
+            present = bool(event_state & scard.SCARD_STATE_PRESENT)
+            if not new_tap:
+                return present
+            count = event_state >> EVENT_COUNT_SHIFT
+            if self._card_memory_lost:      # first look since start or since pcscd came back
+                self._card_memory_lost = False
+                self._events_at_last_read = count if present else None
+            if present and count == self._events_at_last_read:
+                if on_lift_first is not None and not lift_said:
+                    lift_said = True
+                    on_lift_first()
+                return False
+            return present
+
         while True:
-            found = self._wait_for_state(
-                scard.SCARD_STATE_PRESENT, deadline, cancel,
-                accept=lambda state: state >> EVENT_COUNT_SHIFT != already_read)
+            found = self._wait_for_state(deadline, cancel, accept)
             if found is None:
                 raise TapTimeout(f"no card within {timeout_ms} ms")
             reader, event_state = found
@@ -123,18 +145,33 @@ class CardReader:
                 self._lose_context()  # the card may still be there: wait and read again
                 _raise_if_past(deadline, lost)
 
+    def remember_card_present(self, timeout_ms: int = BASELINE_TIMEOUT_MS) -> bool:
+        """At the agent's start: a card on the reader now may be one that already paid before a
+        restart, so it counts as read (a new_tap wait wants it lifted first). True if one is
+        there. When pcscd does not answer, the first wait takes this look instead."""
+        found = self._wait_for_state(time.monotonic() + timeout_ms / 1000, None,
+                                     lambda event_state: True)
+        if found is None:
+            return False
+        self._card_memory_lost = False
+        present = bool(found[1] & scard.SCARD_STATE_PRESENT)
+        self._events_at_last_read = found[1] >> EVENT_COUNT_SHIFT if present else None
+        return present
+
     def wait_for_removal(self, timeout_ms: int, cancel: threading.Event | None = None) -> bool:
         """True once no card is on the reader; False if one is still there at the deadline."""
         deadline = time.monotonic() + timeout_ms / 1000
-        return self._wait_for_state(scard.SCARD_STATE_EMPTY, deadline, cancel) is not None
+        return self._wait_for_state(
+            deadline, cancel, lambda event_state: bool(event_state & scard.SCARD_STATE_EMPTY)) is not None
 
     def close(self) -> None:
         self._drop_context()
 
-    def _wait_for_state(self, wanted: int, deadline: float, cancel: threading.Event | None,
-                        accept=lambda event_state: True) -> tuple[str, int] | None:
-        """Block on SCardGetStatusChange in short slices until the reader shows `wanted` (and
-        `accept` agrees); returns (reader name, event state), or None at the deadline."""
+    def _wait_for_state(self, deadline: float, cancel: threading.Event | None,
+                        accept) -> tuple[str, int] | None:
+        """Block on SCardGetStatusChange in short slices until `accept(event state)`, which sees
+        every state the reader shows; returns (reader name, event state), or None at the
+        deadline."""
         known_state, reader = scard.SCARD_STATE_UNAWARE, None
         while True:
             if cancel is not None and cancel.is_set():
@@ -156,7 +193,7 @@ class CardReader:
                 event_state = states[0][1]
                 if event_state & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_IGNORE):
                     raise NoReader(f"reader {reader!r} was unplugged")
-                if event_state & wanted and accept(event_state):
+                if accept(event_state):
                     return reader, event_state
                 known_state = event_state & ~scard.SCARD_STATE_CHANGED
             if time.monotonic() >= deadline:
@@ -228,6 +265,7 @@ class CardReader:
     def _lose_context(self) -> None:
         self._drop_context()
         self.context_restarts += 1
+        self._card_memory_lost = True   # a new pcscd counts insertions from zero again
 
 
 def _raise_if_past(deadline: float, lost: _ServiceLost) -> None:

@@ -37,6 +37,9 @@ async def _amount(prompt: str) -> int | None:
 
 async def run_console(agent: TerminalAgent, terminal_id: str) -> None:
     print(f"Terminal {terminal_id} — carte Génération #HDF", flush=True)
+    agent.on_screen = lambda text: print(text, flush=True)
+    if agent.notice:               # a card was on the reader at start: it must be lifted first
+        print(agent.notice, flush=True)
     while True:
         print(MENU, flush=True)
         choice = await _ask("Choix : ")

@@ -11,6 +11,8 @@ from terminal_protocol.messages import BatchTotals, Response
 from terminal_protocol.response_codes import APPROVED_CODES
 
 PRESENT_CARD = "Présentez la carte"
+# A card that already paid is still on the reader (after a sale, or after a restart).
+LIFT_CARD_FIRST = "Retirez la carte puis présentez-la à nouveau"
 
 # Field names of the batch totals, as the cashier reads them.
 _TOTAL_LABELS = {
