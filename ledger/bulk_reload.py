@@ -1,11 +1,11 @@
 """The start-of-year reload of every beneficiary with rights, by programme amounts.
 
-Set-based and chunked: each chunk is one call of bulk_reload_chunk() (migration 0007), one
+Set-based and chunked: each chunk is one call of bulk_reload_chunk() (ledger/sql/functions), one
 round trip and one transaction for up to BULK_RELOAD_CHUNK_ROWS beneficiaries. A crash loses at
 most the chunk in progress; the next run resumes the open run where its last chunk committed.
 Each beneficiary is credited at most once per school year (reference 'bulk:<year>:<id on 12
 digits>'), so running again credits only those renewed since. A beneficiary who already had the
-year's credit from a manual reload without an explicit reference (ledger.reload, migration 0011)
+year's credit from a manual reload without an explicit reference (ledger.reload, sql/functions/reload_wallet.sql)
 is skipped, and that manual reload is refused after the bulk one: the year's credit is made once,
 whichever path comes first. Manual reloads with an explicit reference (corrections) do not count.
 """

@@ -1,4 +1,5 @@
-"""Card opposition and replacement (migration 0009 holds the rules, one SQL function each).
+"""Card opposition and replacement (the rules are SQL functions, one file each:
+ledger/sql/functions/oppose_card.sql, replace_card.sql).
 
 New cards: the UID is always given by the operator, read from the new card's chip (or the card
 manufacturer's personalisation file): a chip's UID is fixed by its maker, so hdfpay cannot choose

@@ -1,5 +1,5 @@
 """Expiry on 1 May: what is left in a closed school year's wallets moves to the expired-funds
-account (expire_school_year() in migration 0007), audited in the same transaction.
+account (sql/functions/expire_school_year.sql), audited in the same transaction.
 
 Run by a systemd timer (deploy/systemd/hdfpay-expiry.timer) and by hand. Idempotent: a second
 run finds nothing left, so the timer may fire every day of May and after a missed boot.

@@ -170,7 +170,7 @@ async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
 async def _flows(conn: asyncpg.Connection, first_day: dt.date | None,
                  last_day: dt.date | None) -> dict[str, int]:
     # A reversal is classified by the account it credited: the wallet, or, once the wallet has
-    # closed (1 May, migration 0007), the expired-funds account. Any other account is left in
+    # closed (1 May, sql/functions/authorize_reversal.sql), the expired-funds account. Any other account is left in
     # reversals_cents only, so that it shows as a mismatch.
     row = await conn.fetchrow(f"""
         SELECT coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'RELOAD'), 0)::bigint AS funded_cents,

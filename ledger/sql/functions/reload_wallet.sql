@@ -2,24 +2,21 @@
 -- then recover pending replacement fees from it, oldest first. Exactly once per reference: the
 -- partial unique index transfers_reload_once turns a concurrent second run into an error, and a
 -- sequential second run into already_done.
-
-CREATE FUNCTION open_wallet(p_beneficiary_id bigint, p_school_year integer) RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_account_id bigint;
-BEGIN
-    SELECT account_id INTO v_account_id FROM wallets
-     WHERE beneficiary_id = p_beneficiary_id AND school_year = p_school_year;
-    IF FOUND THEN
-        RETURN v_account_id;
-    END IF;
-    INSERT INTO accounts (kind) VALUES ('WALLET') RETURNING id INTO v_account_id;
-    INSERT INTO wallets (beneficiary_id, school_year, account_id)
-    VALUES (p_beneficiary_id, p_school_year, v_account_id);
-    RETURN v_account_id;
-END $$;
-
-CREATE FUNCTION reload_wallet(
+--
+-- The school year's programme credit is made once per beneficiary and school year, whichever of
+-- its two paths comes first:
+--   - the bulk reload (bulk_reload_chunk()), reference bulk_reload_reference(Y, beneficiary id);
+--   - the manual reload without an explicit reference (`hdfpay reload DOSSIER AMOUNT`,
+--     ledger.reload.reload_wallet), reference manual_year_credit_reference(Y, dossier number):
+--     p_reference NULL means it. It is refused when the bulk reload already credited that
+--     beneficiary for the year.
+-- A manual reload with any other reference is a deliberate extra credit (a correction): it
+-- neither blocks the bulk reload nor is blocked by it. Such a reference may not begin 'reload:'
+-- or 'bulk:' (the names of year's credits), unless it is the beneficiary's own year's credit.
+-- Both paths lock the beneficiary's row (FOR UPDATE) and look for the other's transfer in a
+-- statement after that lock (READ COMMITTED: a new snapshot per statement), so two concurrent
+-- sessions cannot both credit.
+CREATE OR REPLACE FUNCTION reload_wallet(
     p_beneficiary_id bigint, p_school_year integer, p_amount_cents bigint, p_reference text,
     OUT credited_cents bigint, OUT fee_recovered_cents bigint, OUT balance_cents bigint,
     OUT already_done boolean
@@ -31,6 +28,10 @@ DECLARE
     v_fee       record;
     v_take      bigint;
     v_previous  record;
+    v_dossier   text;
+    v_year_credit text;
+    v_reference text;
+    v_bulk      record;
 BEGIN
     IF p_amount_cents <= 0 THEN
         RAISE EXCEPTION 'a reload amount must be positive (got % cents)', p_amount_cents
@@ -41,28 +42,50 @@ BEGIN
         RAISE EXCEPTION 'the wallet of school year %-% closed on 1 May %: reload the next school year',
             p_school_year, p_school_year + 1, p_school_year + 1 USING ERRCODE = 'check_violation';
     END IF;
-    -- One reload at a time per beneficiary: wallet creation and fee recovery do not race.
-    PERFORM 1 FROM beneficiaries WHERE id = p_beneficiary_id FOR UPDATE;
+    -- One reload at a time per beneficiary: wallet creation and fee recovery do not race, and
+    -- the bulk reload (which takes the same lock) is seen by the statements below.
+    SELECT dossier_number INTO v_dossier FROM beneficiaries WHERE id = p_beneficiary_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown beneficiary %', p_beneficiary_id USING ERRCODE = 'no_data_found';
     END IF;
+    v_year_credit := manual_year_credit_reference(p_school_year, v_dossier);
+    v_reference := coalesce(p_reference, v_year_credit);
 
     v_wallet := open_wallet(p_beneficiary_id, p_school_year);
     credited_cents := 0;
     fee_recovered_cents := 0;
     SELECT credit_account_id, amount_cents INTO v_previous FROM transfers
-     WHERE code = 'RELOAD' AND reference = p_reference;
+     WHERE code = 'RELOAD' AND reference = v_reference;
     already_done := FOUND;
     IF already_done AND (v_previous.credit_account_id <> v_wallet
                          OR v_previous.amount_cents <> p_amount_cents) THEN
-        RAISE EXCEPTION 'reload reference % was already used for another wallet or amount', p_reference
+        RAISE EXCEPTION 'reload reference % was already used for another wallet or amount', v_reference
             USING ERRCODE = 'unique_violation';
+    END IF;
+    -- The year's-credit and bulk references name a beneficiary and a year: an explicit reference
+    -- may not borrow them (another student's year's credit, a bulk credit), or the paths above
+    -- would be misled.
+    IF NOT already_done AND v_reference <> v_year_credit
+       AND (v_reference LIKE 'reload:%' OR v_reference LIKE 'bulk:%') THEN
+        RAISE EXCEPTION 'reload references beginning ''reload:'' or ''bulk:'' are reserved for the year''s credit (got %)', v_reference
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NOT already_done AND v_reference = v_year_credit THEN
+        SELECT amount_cents, created_at INTO v_bulk FROM transfers
+         WHERE code = 'RELOAD' AND reference = bulk_reload_reference(p_school_year, p_beneficiary_id);
+        IF FOUND THEN
+            RAISE EXCEPTION 'dossier % already received its %-% credit from the bulk reload (% EUR on %): the year''s credit is made once; an extra credit (a correction) needs an explicit reference',
+                v_dossier, p_school_year, p_school_year + 1,
+                (v_bulk.amount_cents / 100) || '.' || lpad((v_bulk.amount_cents % 100)::text, 2, '0'),
+                (v_bulk.created_at AT TIME ZONE 'Europe/Paris')::date
+                USING ERRCODE = 'unique_violation';
+        END IF;
     END IF;
     IF NOT already_done THEN
         SELECT id INTO v_funding FROM accounts WHERE kind = 'REGION_FUNDING';
         SELECT id INTO v_fee_income FROM accounts WHERE kind = 'FEE_INCOME';
         INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, reference)
-        VALUES ('RELOAD', v_funding, v_wallet, p_amount_cents, p_reference);
+        VALUES ('RELOAD', v_funding, v_wallet, p_amount_cents, v_reference);
         UPDATE accounts SET credits_posted = credits_posted + p_amount_cents WHERE id = v_wallet;
         credited_cents := p_amount_cents;
 
@@ -81,37 +104,3 @@ BEGIN
     END IF;
     SELECT credits_posted - debits_posted INTO balance_cents FROM accounts WHERE id = v_wallet;
 END $$;
-
--- The ledger's invariants, one row each, for tests, `hdfpay ledger check` and load-test reports.
-CREATE FUNCTION ledger_violations() RETURNS TABLE (rule text, detail text) LANGUAGE sql STABLE AS $$
-    WITH journal AS (
-        SELECT account_id, sum(debit) AS debits, sum(credit) AS credits FROM (
-            SELECT debit_account_id AS account_id, amount_cents AS debit, 0::bigint AS credit FROM transfers
-            UNION ALL
-            SELECT credit_account_id, 0, amount_cents FROM transfers) moves
-        GROUP BY account_id)
-    SELECT 'debits equal credits', format('debits %s, credits %s', sum(debits), sum(credits))
-      FROM journal HAVING sum(debits) <> sum(credits)
-    UNION ALL
-    SELECT 'wallet totals match the journal',
-           format('account %s posts %s/%s, journal %s/%s', a.id, a.debits_posted, a.credits_posted,
-                  coalesce(j.debits, 0), coalesce(j.credits, 0))
-      FROM accounts a LEFT JOIN journal j ON j.account_id = a.id
-     WHERE a.kind = 'WALLET'
-       AND (a.debits_posted <> coalesce(j.debits, 0) OR a.credits_posted <> coalesce(j.credits, 0))
-    UNION ALL
-    SELECT 'transfers move between known accounts', format('transfer %s', t.id)
-      FROM transfers t
-     WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE id = t.debit_account_id)
-        OR NOT EXISTS (SELECT 1 FROM accounts WHERE id = t.credit_account_id)
-    UNION ALL
-    SELECT 'every approval has its transfer',
-           format('authorization %s approved %s, transfers %s', a.id, a.amount_approved_cents, coalesce(t.total, 0))
-      FROM authorizations a
-      LEFT JOIN (SELECT authorization_id, sum(amount_cents) AS total FROM transfers
-                  WHERE authorization_id IS NOT NULL GROUP BY authorization_id) t ON t.authorization_id = a.id
-     WHERE a.amount_approved_cents <> coalesce(t.total, 0)
-    UNION ALL
-    SELECT 'wallets are never negative', format('account %s balance %s', id, credits_posted - debits_posted)
-      FROM accounts WHERE kind = 'WALLET' AND credits_posted < debits_posted
-$$;
