@@ -4,7 +4,16 @@
 -- trigger and view lives in its own file under ledger/sql/, re-applied by `hdfpay db migrate`
 -- after these (ledger/migrate.py): the body a reader finds there is the one that runs.
 -- Money is integer euro cents (bigint). Timestamps are timestamptz; business dates are computed in
--- Europe/Paris. A school year is named by the calendar year it starts in (2026 = 2026-2027).
+-- the business time zone (business_time_zone()). A school year is named by the calendar year it
+-- starts in (2026 = 2026-2027).
+--
+-- Business timestamps (when a transfer, a renewal, a card… happened for the region's rules and
+-- reports) come from the business clock, business_now(): the wall clock unless tests or the demo
+-- pinned it (clock_override). Functions set them explicitly; the columns default to
+-- business_now() for other writers, set in sql/functions/business_now.sql (numbered migrations
+-- run before the function exists). Purely technical timestamps keep the wall clock:
+-- schema_migrations / schema_repeatables.applied_at (when code was deployed) and
+-- terminal_keys.created_at (orders a terminal's keys for rotation).
 
 CREATE TABLE establishments (
     id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -32,7 +41,7 @@ CREATE TABLE rights (
     beneficiary_id  bigint  NOT NULL REFERENCES beneficiaries,
     school_year     integer NOT NULL CHECK (school_year BETWEEN 2000 AND 2100),
     renewed_by      text    NOT NULL,
-    renewed_at      timestamptz NOT NULL DEFAULT now(),
+    renewed_at      timestamptz NOT NULL,          -- DEFAULT business_now()
     programme       text    NOT NULL CHECK (programme ~ '^[A-Z][A-Z0-9_]{1,31}$'),
     PRIMARY KEY (beneficiary_id, school_year)
 );
@@ -48,7 +57,7 @@ CREATE TABLE cards (
     status          text   NOT NULL DEFAULT 'ACTIVE'
                     CHECK (status IN ('ACTIVE', 'LOST', 'STOLEN', 'DAMAGED', 'DEFECTIVE')),
     opposed_at      timestamptz,
-    issued_at       timestamptz NOT NULL DEFAULT now(),
+    issued_at       timestamptz NOT NULL,          -- DEFAULT business_now()
     CHECK ((status = 'ACTIVE') = (opposed_at IS NULL))
 );
 CREATE INDEX cards_beneficiary ON cards (beneficiary_id);
@@ -119,6 +128,7 @@ CREATE TABLE terminal_keys (
     terminal_id     text    NOT NULL REFERENCES terminals,
     status          text    NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'RETIRED')),
     last_counter    bigint  NOT NULL DEFAULT -1 CHECK (last_counter BETWEEN -1 AND 4294967295),
+    -- Technical, not business time: orders a terminal's keys for rotation (accept_ksn()).
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX terminal_keys_terminal ON terminal_keys (terminal_id);
@@ -182,7 +192,7 @@ CREATE TABLE pending_fees (
     amount_cents    bigint NOT NULL CHECK (amount_cents > 0),
     recovered_cents bigint NOT NULL DEFAULT 0 CHECK (recovered_cents >= 0),
     reason          text   NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL,          -- DEFAULT business_now()
     CHECK (recovered_cents <= amount_cents)
 );
 CREATE INDEX pending_fees_open ON pending_fees (beneficiary_id) WHERE recovered_cents < amount_cents;
@@ -199,7 +209,7 @@ CREATE TABLE transfers (
     amount_cents        bigint NOT NULL CHECK (amount_cents > 0),
     authorization_id    bigint,
     reference           text,
-    created_at          timestamptz NOT NULL DEFAULT now()
+    created_at          timestamptz NOT NULL       -- DEFAULT business_now()
 );
 CREATE INDEX transfers_debit_account ON transfers (debit_account_id);
 CREATE INDEX transfers_credit_account ON transfers (credit_account_id);

@@ -32,13 +32,14 @@ DECLARE
     v_year_credit text;
     v_reference text;
     v_bulk      record;
+    v_now       timestamptz := business_now();
 BEGIN
     IF p_amount_cents <= 0 THEN
         RAISE EXCEPTION 'a reload amount must be positive (got % cents)', p_amount_cents
             USING ERRCODE = 'check_violation';
     END IF;
     -- Money put in a wallet whose window has closed (1 May) could never be spent.
-    IF business_now() AT TIME ZONE 'Europe/Paris' >= make_timestamp(p_school_year + 1, 5, 1, 0, 0, 0) THEN
+    IF v_now AT TIME ZONE 'Europe/Paris' >= make_timestamp(p_school_year + 1, 5, 1, 0, 0, 0) THEN
         RAISE EXCEPTION 'the wallet of school year %-% closed on 1 May %: reload the next school year',
             p_school_year, p_school_year + 1, p_school_year + 1 USING ERRCODE = 'check_violation';
     END IF;
@@ -84,8 +85,8 @@ BEGIN
     IF NOT already_done THEN
         SELECT id INTO v_funding FROM accounts WHERE kind = 'REGION_FUNDING';
         SELECT id INTO v_fee_income FROM accounts WHERE kind = 'FEE_INCOME';
-        INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, reference)
-        VALUES ('RELOAD', v_funding, v_wallet, p_amount_cents, v_reference);
+        INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, reference, created_at)
+        VALUES ('RELOAD', v_funding, v_wallet, p_amount_cents, v_reference, v_now);
         UPDATE accounts SET credits_posted = credits_posted + p_amount_cents WHERE id = v_wallet;
         credited_cents := p_amount_cents;
 
@@ -95,8 +96,8 @@ BEGIN
         LOOP
             v_take := least(v_fee.open_cents, p_amount_cents - fee_recovered_cents);
             EXIT WHEN v_take <= 0;
-            INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, reference)
-            VALUES ('REPLACEMENT_FEE', v_wallet, v_fee_income, v_take, 'pending-fee:' || v_fee.id);
+            INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, reference, created_at)
+            VALUES ('REPLACEMENT_FEE', v_wallet, v_fee_income, v_take, 'pending-fee:' || v_fee.id, v_now);
             UPDATE accounts SET debits_posted = debits_posted + v_take WHERE id = v_wallet;
             UPDATE pending_fees SET recovered_cents = recovered_cents + v_take WHERE id = v_fee.id;
             fee_recovered_cents := fee_recovered_cents + v_take;
