@@ -29,8 +29,7 @@ from terminal_protocol.agent.sealed_state import SealedStateError
 DEFAULT_SEED_BENEFICIARIES = 1000
 # The school year a reload or a seed is for: the current one, or in May and June (its wallet
 # closed, rights renewal open from 20 June) the next one.
-RELOAD_SCHOOL_YEAR_SQL = ("SELECT school_year_of(t) + CASE WHEN in_wallet_window(t) THEN 0 ELSE 1 END"
-                          " FROM (SELECT business_now() AT TIME ZONE 'Europe/Paris' AS t) now")
+RELOAD_SCHOOL_YEAR_SQL = "SELECT reload_school_year()"
 
 
 class UsageError(RuntimeError):

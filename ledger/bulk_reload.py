@@ -68,7 +68,7 @@ def _run(row: asyncpg.Record) -> BulkReloadRun:
 
 
 async def reload_school_year(conn: asyncpg.Connection) -> int:
-    """The current school year, or in May and June (its wallet closed) the next one."""
+    """The current school year, or once its wallets have closed (May, June) the next one."""
     return await conn.fetchval("SELECT reload_school_year()")
 
 
@@ -85,9 +85,12 @@ async def get_run(conn: asyncpg.Connection, run_id: int) -> BulkReloadRun | None
 
 async def check_bulk_reload(conn: asyncpg.Connection, school_year: int) -> None:
     """Raise BulkReloadRefused if a run of `school_year` could not start or resume now."""
-    if await conn.fetchval("SELECT business_now() >= wallet_closes_at($1)", school_year):
+    closed, closes_at = await conn.fetchrow(
+        "SELECT business_now() >= wallet_closes_at($1), business_time_text(wallet_closes_at($1))",
+        school_year)
+    if closed:
         raise BulkReloadRefused(f"the wallets of school year {school_year}-{school_year + 1} "
-                                f"closed on 1 May {school_year + 1}: nothing can be reloaded")
+                                f"closed on {closes_at}: nothing can be reloaded")
     if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM bulk_reload_runs WHERE school_year = $1"
                            " AND finished_at IS NULL)", school_year):
         return

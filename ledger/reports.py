@@ -1,4 +1,4 @@
-"""Operator reports over Paris business days: volumes by partner and category, declines by
+"""Operator reports over business days (business_day_of(), Europe/Paris): volumes by partner and category, declines by
 response code, and the funds position reconciled against the ledger.
 
 Volumes and declines read the authorizations (what the terminals were answered); the funds
@@ -37,8 +37,8 @@ class Period:
         return self
 
 
-_PERIOD_SQL = """(($1::date IS NULL OR {t}.created_at >= paris_day_start($1::date))
-                  AND {t}.created_at < paris_day_start($2::date + 1))"""
+_PERIOD_SQL = """(($1::date IS NULL OR {t}.created_at >= business_day_starts_at($1::date))
+                  AND {t}.created_at < business_day_starts_at($2::date + 1))"""
 
 
 async def volumes(conn: asyncpg.Connection, period: Period) -> list[dict]:
@@ -47,7 +47,7 @@ async def volumes(conn: asyncpg.Connection, period: Period) -> list[dict]:
     refunds."""
     period.check()
     return [dict(r) for r in await conn.fetch(f"""
-        SELECT (a.created_at AT TIME ZONE 'Europe/Paris')::date AS business_day, p.category,
+        SELECT business_day_of(a.created_at) AS business_day, p.category,
                p.id AS partner_id, min(p.name) AS partner_name,
                count(*) FILTER (WHERE a.message_type = 'PURCHASE') AS purchases_count,
                coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'PURCHASE'), 0)::bigint AS purchases_cents,
@@ -134,7 +134,7 @@ async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
             SELECT (SELECT coalesce(sum(net_cents), 0) FROM settlement_lines)::bigint AS lines_net,
                    (SELECT coalesce(sum(CASE code WHEN 'PURCHASE' THEN amount_cents ELSE -amount_cents END), 0)
                       FROM transfers WHERE code IN ('PURCHASE', 'REVERSAL', 'REFUND')
-                       AND created_at < paris_day_start((SELECT max(through_day) FROM settlement_runs) + 1)
+                       AND created_at < business_day_starts_at((SELECT max(through_day) FROM settlement_runs) + 1)
                    )::bigint AS journal_net""")
         violations = [(r["rule"], r["detail"]) for r in
                       await conn.fetch("SELECT rule, detail FROM ledger_violations() LIMIT 100")]

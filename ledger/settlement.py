@@ -83,7 +83,7 @@ class SettlementLine:
 async def last_closed_day(conn: asyncpg.Connection) -> dt.date:
     """Yesterday in Paris (the day before, within the grace after midnight)."""
     return await conn.fetchval(
-        "SELECT ((business_now() - $1::interval) AT TIME ZONE 'Europe/Paris')::date - 1",
+        "SELECT business_day_of(business_now() - $1::interval) - 1",
         dt.timedelta(milliseconds=SETTLEMENT_GRACE_MS))
 
 

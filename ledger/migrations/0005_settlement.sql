@@ -1,4 +1,4 @@
--- Settlement: what each partner is owed per business day (Europe/Paris date of the transfers),
+-- Settlement: what each partner is owed per business day (business_day_of() the transfers),
 -- moved from its merchant payable account to the region's settlement bank account by SETTLEMENT
 -- transfers, one per partner and day, and the payout files (CSV, SEPA pain.001) made from them.
 --
@@ -9,7 +9,7 @@
 -- nets minus the debt carried in, the total paid through a day is max(0, max C so far): a running
 -- maximum, so a run over many days is one set-based statement.
 --
--- A run settles every closed day (before today in Paris, the grace after midnight passed) not
+-- A run settles every closed day (before today in business time, the grace after midnight passed) not
 -- yet settled, up to the day asked: runs never leave a gap, so "not yet settled" is "after the
 -- last run's day". Settling a day twice moves nothing more: runs are serialised by an advisory
 -- lock, each (partner, day) has one line (primary key) and one SETTLEMENT transfer (unique

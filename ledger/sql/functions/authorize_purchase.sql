@@ -14,8 +14,7 @@ CREATE OR REPLACE FUNCTION authorize_purchase(
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
-    v_local     timestamp   := v_now AT TIME ZONE 'Europe/Paris';
-    v_year      integer     := school_year_of(v_local);
+    v_year      integer     := school_year_of(v_now);
     f           record;
     v_rc        text;
     v_approved  bigint := 0;
@@ -58,7 +57,7 @@ BEGIN
         WHEN f.card_status = 'LOST' THEN '41'
         WHEN f.card_status = 'STOLEN' THEN '43'
         WHEN f.card_status <> 'ACTIVE' THEN '62'
-        WHEN NOT in_wallet_window(v_local) THEN '54'
+        WHEN NOT in_wallet_window(v_now) THEN '54'
         WHEN NOT f.has_rights THEN '57'
         WHEN p_amount_cents > p_max_amount_cents THEN '61'
     END;
@@ -94,7 +93,7 @@ BEGIN
         END IF;
     END IF;
 
-    v_rrn := next_rrn(v_local);
+    v_rrn := next_rrn(v_now);
     IF v_approved > 0 THEN
         v_auth_code := right(v_rrn, 6);
     END IF;

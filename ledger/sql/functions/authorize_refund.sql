@@ -7,7 +7,6 @@ CREATE OR REPLACE FUNCTION authorize_refund(
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
-    v_local     timestamp   := v_now AT TIME ZONE 'Europe/Paris';
     f           record;
     o           record;
     v_rc        text;
@@ -34,7 +33,7 @@ BEGIN
 
     IF NOT FOUND THEN
         v_rc := '25';
-    ELSIF NOT in_wallet_window(v_local) OR school_year_of(v_local) <> o.school_year THEN
+    ELSIF NOT in_wallet_window(v_now) OR school_year_of(v_now) <> o.school_year THEN
         v_rc := '54';
     ELSIF p_amount_cents > o.amount_approved_cents - o.amount_reversed_cents - o.amount_refunded_cents THEN
         v_rc := '61';
@@ -54,7 +53,7 @@ BEGIN
         v_school_year := o.school_year;
         v_original_id := o.id;
     END IF;
-    v_rrn := next_rrn(v_local);
+    v_rrn := next_rrn(v_now);
     v_response := terminal_response('refund', p_request_id, p_stan, v_rc, p_amount_cents,
                                     v_amount, v_balance, NULL, v_rrn);
     INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan, card_id,

@@ -1,7 +1,7 @@
 -- Void a purchase of this terminal by its request id. Restores the wallet once. If the original
 -- is unknown, leave a tombstone under its key so that a late original is declined (94), and
 -- answer 25.
--- A reversal once the purchase's wallet has closed (1 May) must not put spendable money back:
+-- A reversal once the purchase's wallet has closed (wallet_closes_at()) must not put spendable money back:
 -- the voided amount goes where the wallet's balance went, the expired-funds account.
 CREATE OR REPLACE FUNCTION authorize_reversal(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
@@ -9,7 +9,6 @@ CREATE OR REPLACE FUNCTION authorize_reversal(
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
-    v_local     timestamp   := v_now AT TIME ZONE 'Europe/Paris';
     f           record;
     o           record;
     v_rc        text;
@@ -58,7 +57,7 @@ BEGIN
         END IF;
     END IF;
 
-    v_rrn := next_rrn(v_local);
+    v_rrn := next_rrn(v_now);
     v_response := terminal_response('reversal', p_request_id, p_stan, v_rc,
                                     o.amount_approved_cents, v_amount, v_balance, NULL, v_rrn);
     INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan, card_id,

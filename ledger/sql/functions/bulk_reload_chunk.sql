@@ -33,8 +33,9 @@ BEGIN
         RETURN;
     END IF;
     IF v_now >= wallet_closes_at(r.school_year) THEN
-        RAISE EXCEPTION 'the wallets of school year %-% closed on 1 May %: nothing can be reloaded',
-            r.school_year, r.school_year + 1, r.school_year + 1 USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'the wallets of school year %-% closed on %: nothing can be reloaded',
+            r.school_year, r.school_year + 1, business_time_text(wallet_closes_at(r.school_year))
+            USING ERRCODE = 'check_violation';
     END IF;
 
     SELECT max(beneficiary_id), count(*) INTO v_upto, beneficiaries_seen FROM (

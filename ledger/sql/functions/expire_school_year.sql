@@ -1,9 +1,9 @@
--- Expiry: from 1 May 00:00 Paris, what is left in a school year's wallets moves to the
+-- Expiry: once its wallets have closed (wallet_closes_at()), what is left in a school year's wallets moves to the
 -- expired-funds account, one EXPIRY transfer per wallet. The wallets are locked first (the lock
 -- authorize_purchase's debit takes), then their balances read and moved: a purchase in flight
 -- either debited before (and its amount is not expired) or waits and finds nothing left (51).
 -- Idempotent: a second run finds every balance at zero, and sweeps only what was credited since
--- (a reversal decided before 1 May but committed after the expiry).
+-- (a reversal decided before the close but committed after the expiry).
 CREATE OR REPLACE FUNCTION expire_school_year(
     p_school_year integer, OUT wallets_expired bigint, OUT expired_cents bigint
 ) LANGUAGE plpgsql AS $$
@@ -13,8 +13,9 @@ DECLARE
     v_accounts bigint[];
 BEGIN
     IF v_now < wallet_closes_at(p_school_year) THEN
-        RAISE EXCEPTION 'the wallets of school year %-% are open until 1 May % 00:00 (Europe/Paris): no expiry before',
-            p_school_year, p_school_year + 1, p_school_year + 1 USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'the wallets of school year %-% are open until %: no expiry before',
+            p_school_year, p_school_year + 1, business_time_text(wallet_closes_at(p_school_year))
+            USING ERRCODE = 'check_violation';
     END IF;
     SELECT id INTO v_expired FROM accounts WHERE kind = 'EXPIRED_FUNDS';
     SELECT array_agg(id ORDER BY id) INTO v_accounts FROM (

@@ -1,5 +1,6 @@
--- The school year of a reload: the current one, or in May and June (its wallet closed) the next.
+-- The school year a reload or a seed is for: the current one, or once its wallets have closed
+-- (May and June) the next one.
 CREATE OR REPLACE FUNCTION reload_school_year() RETURNS integer LANGUAGE sql STABLE AS $$
-    SELECT school_year_of(t) + CASE WHEN in_wallet_window(t) THEN 0 ELSE 1 END
-      FROM (SELECT business_now() AT TIME ZONE 'Europe/Paris' AS t) now
+    SELECT school_year_of(t) + CASE WHEN t >= wallet_closes_at(school_year_of(t)) THEN 1 ELSE 0 END
+      FROM (SELECT business_now() AS t) now
 $$;

@@ -38,10 +38,11 @@ BEGIN
         RAISE EXCEPTION 'a reload amount must be positive (got % cents)', p_amount_cents
             USING ERRCODE = 'check_violation';
     END IF;
-    -- Money put in a wallet whose window has closed (1 May) could never be spent.
-    IF v_now AT TIME ZONE 'Europe/Paris' >= make_timestamp(p_school_year + 1, 5, 1, 0, 0, 0) THEN
-        RAISE EXCEPTION 'the wallet of school year %-% closed on 1 May %: reload the next school year',
-            p_school_year, p_school_year + 1, p_school_year + 1 USING ERRCODE = 'check_violation';
+    -- Money put in a wallet that has closed could never be spent.
+    IF v_now >= wallet_closes_at(p_school_year) THEN
+        RAISE EXCEPTION 'the wallet of school year %-% closed on %: reload the next school year',
+            p_school_year, p_school_year + 1, business_time_text(wallet_closes_at(p_school_year))
+            USING ERRCODE = 'check_violation';
     END IF;
     -- One reload at a time per beneficiary: wallet creation and fee recovery do not race, and
     -- the bulk reload (which takes the same lock) is seen by the statements below.
@@ -78,7 +79,7 @@ BEGIN
             RAISE EXCEPTION 'dossier % already received its %-% credit from the bulk reload (% EUR on %): the year''s credit is made once; an extra credit (a correction) needs an explicit reference',
                 v_dossier, p_school_year, p_school_year + 1,
                 (v_bulk.amount_cents / 100) || '.' || lpad((v_bulk.amount_cents % 100)::text, 2, '0'),
-                (v_bulk.created_at AT TIME ZONE 'Europe/Paris')::date
+                business_day_of(v_bulk.created_at)
                 USING ERRCODE = 'unique_violation';
         END IF;
     END IF;

@@ -3,8 +3,7 @@ CREATE OR REPLACE FUNCTION replace_card(p_card_id bigint, p_reason text, p_new_u
 RETURNS card_replacements LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := business_now();
-    v_local    timestamp   := v_now AT TIME ZONE 'Europe/Paris';
-    v_year     integer     := school_year_of(v_local);
+    v_year     integer     := school_year_of(v_now);
     v_old      cards;
     v_new      cards;
     v_reason   text;
@@ -67,7 +66,7 @@ BEGIN
     IF v_reason <> 'DEFECTIVE' THEN
         v_fee := p_fee_cents;
     END IF;
-    IF v_fee > 0 AND in_wallet_window(v_local) THEN
+    IF v_fee > 0 AND in_wallet_window(v_now) THEN
         v_taken := least(v_fee, greatest(coalesce(v_balance, 0), 0));
         IF v_taken > 0 THEN
             UPDATE accounts SET debits_posted = debits_posted + v_taken WHERE id = v_wallet;

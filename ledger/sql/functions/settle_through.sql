@@ -9,14 +9,14 @@ CREATE OR REPLACE FUNCTION settle_through(p_through_day date, p_actor text, p_gr
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now    timestamptz := business_now();
-    v_today  date := (v_now AT TIME ZONE 'Europe/Paris')::date;
+    v_today  date := business_day_of(v_now);
     v_last   date;
     v_from   timestamptz;
     v_bank   bigint;
 BEGIN
-    IF p_through_day >= v_today OR paris_day_start(p_through_day + 1) + p_grace > v_now THEN
-        RAISE EXCEPTION 'business day % is not closed yet: a day can be settled from % after its midnight (Europe/Paris)',
-            p_through_day, p_grace USING ERRCODE = 'HD422';
+    IF p_through_day >= v_today OR business_day_starts_at(p_through_day + 1) + p_grace > v_now THEN
+        RAISE EXCEPTION 'business day % is not closed yet: a day can be settled from % after its midnight (%)',
+            p_through_day, p_grace, business_time_zone() USING ERRCODE = 'HD422';
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('hdfpay.settlement'));
     SELECT max(through_day) INTO v_last FROM settlement_runs;
@@ -26,7 +26,7 @@ BEGIN
         created := false;
         RETURN;
     END IF;
-    v_from := paris_day_start(v_last + 1);    -- NULL for the first run: from the beginning
+    v_from := business_day_starts_at(v_last + 1);    -- NULL for the first run: from the beginning
     v_bank := settlement_bank_account();
     INSERT INTO settlement_runs (first_day, through_day, settled_by, settled_at)
     VALUES (v_last + 1, p_through_day, p_actor, v_now) RETURNING id INTO settlement_run_id;
@@ -34,7 +34,7 @@ BEGIN
 
     WITH days AS (
         SELECT p.id AS partner_id, p.merchant_account_id,
-               (t.created_at AT TIME ZONE 'Europe/Paris')::date AS business_day,
+               business_day_of(t.created_at) AS business_day,
                count(*) FILTER (WHERE t.code = 'PURCHASE') AS purchases_count,
                coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'PURCHASE'), 0) AS purchases_cents,
                count(*) FILTER (WHERE t.code = 'REVERSAL') AS reversals_count,
@@ -46,7 +46,7 @@ BEGIN
                CASE WHEN t.code = 'PURCHASE' THEN t.credit_account_id ELSE t.debit_account_id END
          WHERE t.code IN ('PURCHASE', 'REVERSAL', 'REFUND')
            AND (v_from IS NULL OR t.created_at >= v_from)
-           AND t.created_at < paris_day_start(p_through_day + 1)
+           AND t.created_at < business_day_starts_at(p_through_day + 1)
          GROUP BY 1, 2, 3),
     carried AS (
         SELECT DISTINCT ON (l.partner_id) l.partner_id, l.debt_after_cents
