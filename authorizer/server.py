@@ -55,7 +55,6 @@ def build_app(settings: Settings, pool: asyncpg.Pool, hsm: Hsm | None) -> web.Ap
     metrics = Metrics()
     store = AuthorizationStore(
         pool,
-        max_purchase_amount_cents=settings.max_purchase_amount_cents,
         pool_acquire_timeout_s=settings.pool_acquire_timeout_ms / 1000,
         statement_timeout_s=settings.db_statement_timeout_ms / 1000,
         observe_round_trip_s=(metrics.db_round_trip.observe if settings.metrics_enabled

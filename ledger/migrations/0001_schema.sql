@@ -48,14 +48,40 @@ CREATE TABLE rights (
 -- The bulk reload walks a year's rights by beneficiary id.
 CREATE INDEX rights_by_school_year ON rights (school_year, beneficiary_id);
 
--- Card status: ACTIVE, or one of the oppositions. An opposition is irreversible (trigger below).
+-- The region's limits and fees, one row: data the database holds, so every server and command
+-- applies the same (an operator command may set them; each change goes through the audit trail).
+CREATE TABLE rules (
+    only_row                   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    -- A purchase above it is declined (61).
+    max_purchase_amount_cents  bigint  NOT NULL CHECK (max_purchase_amount_cents BETWEEN 1 AND 10000000),
+    -- The beneficiary's share of a card replacement, when the status charges it (card_statuses).
+    replacement_fee_cents      bigint  NOT NULL CHECK (replacement_fee_cents BETWEEN 0 AND 100000)
+);
+INSERT INTO rules VALUES (true, 30000, 500);
+
+-- A card's status: ACTIVE, or one of the oppositions (irreversible: trigger
+-- cards_opposition_is_irreversible), with the response code a terminal answers for it and whether
+-- replacing a card so opposed costs the replacement fee (a defective card, returned by mail, is
+-- replaced free).
+CREATE TABLE card_statuses (
+    status               text    PRIMARY KEY CHECK (status ~ '^[A-Z]{2,20}$'),
+    is_opposition        boolean NOT NULL,
+    decline_code         char(2) CHECK ((decline_code IS NOT NULL) = is_opposition),
+    replacement_charged  boolean NOT NULL CHECK (is_opposition OR NOT replacement_charged)
+);
+INSERT INTO card_statuses VALUES
+    ('ACTIVE', false, NULL, false),
+    ('LOST', true, '41', true),
+    ('STOLEN', true, '43', true),
+    ('DAMAGED', true, '62', true),
+    ('DEFECTIVE', true, '62', false);
+
 CREATE TABLE cards (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     card_number     text   NOT NULL UNIQUE CHECK (card_number ~ '^[0-9]{16}$'),
     uid             bytea  NOT NULL UNIQUE CHECK (length(uid) IN (4, 7, 10)),
     beneficiary_id  bigint NOT NULL REFERENCES beneficiaries,
-    status          text   NOT NULL DEFAULT 'ACTIVE'
-                    CHECK (status IN ('ACTIVE', 'LOST', 'STOLEN', 'DAMAGED', 'DEFECTIVE')),
+    status          text   NOT NULL DEFAULT 'ACTIVE' REFERENCES card_statuses,
     opposed_at      timestamptz,
     issued_at       timestamptz NOT NULL,          -- DEFAULT business_now()
     CHECK ((status = 'ACTIVE') = (opposed_at IS NULL))

@@ -12,7 +12,7 @@ CREATE SEQUENCE card_number_sequence MAXVALUE 99999999999;
 CREATE TABLE card_replacements (
     old_card_id        bigint PRIMARY KEY REFERENCES cards,
     new_card_id        bigint NOT NULL UNIQUE REFERENCES cards,
-    reason             text   NOT NULL CHECK (reason IN ('LOST', 'STOLEN', 'DAMAGED', 'DEFECTIVE')),
+    reason             text   NOT NULL REFERENCES card_statuses CHECK (reason <> 'ACTIVE'),
     school_year        integer NOT NULL,
     fee_cents          bigint NOT NULL CHECK (fee_cents >= 0),
     fee_taken_cents    bigint NOT NULL CHECK (fee_taken_cents >= 0),
@@ -21,8 +21,7 @@ CREATE TABLE card_replacements (
     replaced_by        text   NOT NULL,
     replaced_at        timestamptz NOT NULL,
     CHECK (fee_taken_cents + fee_pending_cents = fee_cents),
-    CHECK ((fee_pending_cents > 0) = (pending_fee_id IS NOT NULL)),
-    CHECK (reason <> 'DEFECTIVE' OR fee_cents = 0)
+    CHECK ((fee_pending_cents > 0) = (pending_fee_id IS NOT NULL))
 );
 
 -- First-card requests: a state machine the beneficiary follows. The states and the legal moves

@@ -10,7 +10,7 @@
 CREATE OR REPLACE FUNCTION authorize_purchase(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_card_uid bytea, p_amount_cents bigint, p_terminal_local_time timestamp,
-    p_partial_ok boolean, p_max_amount_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint
+    p_partial_ok boolean, p_initial_key_id bytea, p_ksn_counter bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
@@ -25,7 +25,7 @@ DECLARE
     v_auth_id   bigint;
 BEGIN
     SELECT t.status AS terminal_status, p.status AS partner_status, p.merchant_account_id,
-           c.id AS card_id, c.status AS card_status,
+           c.id AS card_id, cs.decline_code AS card_decline_code, rl.max_purchase_amount_cents,
            EXISTS (SELECT 1 FROM rights r
                    WHERE r.beneficiary_id = c.beneficiary_id AND r.school_year = v_year) AS has_rights,
            w.account_id AS wallet_account_id,
@@ -33,7 +33,9 @@ BEGIN
       INTO f
       FROM terminals t
       JOIN partners p ON p.id = t.partner_id
+      CROSS JOIN rules rl
       LEFT JOIN cards c ON c.uid = p_card_uid
+      LEFT JOIN card_statuses cs ON cs.status = c.status
       LEFT JOIN wallets w ON w.beneficiary_id = c.beneficiary_id AND w.school_year = v_year
       LEFT JOIN authorizations a ON a.terminal_id = t.id AND a.request_id = p_request_id
      WHERE t.id = p_terminal_id;
@@ -54,12 +56,10 @@ BEGIN
     v_rc := CASE
         WHEN f.terminal_status <> 'ACTIVE' OR f.partner_status <> 'ACTIVE' THEN '58'
         WHEN f.card_id IS NULL THEN '14'
-        WHEN f.card_status = 'LOST' THEN '41'
-        WHEN f.card_status = 'STOLEN' THEN '43'
-        WHEN f.card_status <> 'ACTIVE' THEN '62'
+        WHEN f.card_decline_code IS NOT NULL THEN f.card_decline_code
         WHEN NOT in_wallet_window(v_now) THEN '54'
         WHEN NOT f.has_rights THEN '57'
-        WHEN p_amount_cents > p_max_amount_cents THEN '61'
+        WHEN p_amount_cents > f.max_purchase_amount_cents THEN '61'
     END;
 
     IF v_rc IS NULL THEN

@@ -1,13 +1,14 @@
 -- Irreversible opposition (the trigger cards_opposition_is_irreversible forbids lifting it). The terminal then answers
--- 41 (LOST), 43 (STOLEN) or 62 (DAMAGED, DEFECTIVE).
+-- the opposition's decline code (card_statuses: 41 lost, 43 stolen, 62 damaged or defective).
 CREATE OR REPLACE FUNCTION oppose_card(p_card_id bigint, p_reason text, p_actor text) RETURNS cards
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now  timestamptz := business_now();
     v_card cards;
 BEGIN
-    IF p_reason IS NULL OR p_reason NOT IN ('LOST', 'STOLEN', 'DAMAGED', 'DEFECTIVE') THEN
-        RAISE EXCEPTION 'an opposition reason is LOST, STOLEN, DAMAGED or DEFECTIVE (got %)',
+    IF NOT EXISTS (SELECT 1 FROM card_statuses WHERE status = p_reason AND is_opposition) THEN
+        RAISE EXCEPTION 'an opposition reason is % (got %)',
+            (SELECT string_agg(status, ', ' ORDER BY status) FROM card_statuses WHERE is_opposition),
             coalesce(p_reason, 'nothing') USING ERRCODE = 'HD422';
     END IF;
     SELECT * INTO v_card FROM cards WHERE id = p_card_id FOR NO KEY UPDATE;
