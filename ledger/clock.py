@@ -14,10 +14,3 @@ async def pin_clock(conn: asyncpg.Connection, at: dt.datetime) -> None:
         "INSERT INTO clock_override (pinned_at) VALUES ($1) "
         "ON CONFLICT (only_row) DO UPDATE SET pinned_at = excluded.pinned_at", at)
 
-
-async def unpin_clock(conn: asyncpg.Connection) -> None:
-    await conn.execute("DELETE FROM clock_override")
-
-
-async def business_now(conn: asyncpg.Connection) -> dt.datetime:
-    return await conn.fetchval("SELECT business_now()")

@@ -120,16 +120,10 @@ async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
         in_period = await _flows(conn, period.first_day, period.last_day)
         ever = await _flows(conn, None, None)
         kinds = {r["kind"]: r for r in await conn.fetch("""
-            WITH journal AS (
-                SELECT account_id, sum(debit) AS debits, sum(credit) AS credits FROM (
-                    SELECT debit_account_id AS account_id, amount_cents AS debit, 0::bigint AS credit FROM transfers
-                    UNION ALL
-                    SELECT credit_account_id, 0, amount_cents FROM transfers) moves
-                GROUP BY account_id)
             SELECT a.kind, coalesce(sum(j.debits), 0)::bigint AS debits,
                    coalesce(sum(j.credits), 0)::bigint AS credits,
                    sum(a.debits_posted)::bigint AS debits_posted, sum(a.credits_posted)::bigint AS credits_posted
-              FROM accounts a LEFT JOIN journal j ON j.account_id = a.id GROUP BY a.kind""")}
+              FROM accounts a LEFT JOIN account_journal j ON j.account_id = a.id GROUP BY a.kind""")}
         settled = await conn.fetchrow("""
             SELECT (SELECT coalesce(sum(net_cents), 0) FROM settlement_lines)::bigint AS lines_net,
                    (SELECT coalesce(sum(CASE code WHEN 'PURCHASE' THEN amount_cents ELSE -amount_cents END), 0)

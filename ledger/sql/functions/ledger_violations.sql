@@ -1,11 +1,6 @@
 -- The ledger's invariants, one row each, for tests, `hdfpay ledger check` and load-test reports.
 CREATE OR REPLACE FUNCTION ledger_violations() RETURNS TABLE (rule text, detail text) LANGUAGE sql STABLE AS $$
-    WITH journal AS (
-        SELECT account_id, sum(debit) AS debits, sum(credit) AS credits FROM (
-            SELECT debit_account_id AS account_id, amount_cents AS debit, 0::bigint AS credit FROM transfers
-            UNION ALL
-            SELECT credit_account_id, 0, amount_cents FROM transfers) moves
-        GROUP BY account_id)
+    WITH journal AS (SELECT * FROM account_journal)
     SELECT 'debits equal credits', format('debits %s, credits %s', sum(debits), sum(credits))
       FROM journal HAVING sum(debits) <> sum(credits)
     UNION ALL
