@@ -33,8 +33,7 @@ CLOSING = paris(YEAR + 1, 5, 1, 0, 0, 0)
 LOCK_WAIT_POLLS = 2_000
 EARLY_SALES = 20
 COMMAND_TIMEOUT_S = 120
-PURCHASE_SQL = ("SELECT authorize_purchase($1, $2, '\\x00'::bytea, 1, $3, $4, NULL, false, 30000,"
-                " NULL, NULL)")
+PURCHASE_SQL = "SELECT authorize_purchase($1, $2, '\\x00'::bytea, 1, $3, $4, NULL, false, NULL, NULL)"
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 
 
