@@ -30,7 +30,6 @@ READINESS = web.AppKey("readiness", Readiness)
 @dataclass(frozen=True)
 class ListenerLimits:
     """What the terminal listener needs from the settings, each limit with its unit."""
-    max_purchase_amount_cents: int
     pool_acquire_timeout_ms: int
     db_statement_timeout_ms: int
     # Beyond this many requests in progress the server answers 91 at once instead of queueing.
@@ -63,7 +62,6 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
     metrics = Metrics()
     store = AuthorizationStore(
         pool,
-        max_purchase_amount_cents=limits.max_purchase_amount_cents,
         pool_acquire_timeout_s=limits.pool_acquire_timeout_ms / 1000,
         statement_timeout_s=limits.db_statement_timeout_ms / 1000,
         observe_round_trip_s=(metrics.db_round_trip.observe if limits.metrics_enabled

@@ -72,8 +72,8 @@ OPENAPI_PATHS = {
         body={"type": "object", "required": ["reason"], "properties": {"reason": _REASON}},
         ok_schema=_wrapped("card", "Card"))},
     CARD_PATH + "/replacement": {"post": operation(
-        "replaceCard", f"A new card for the same beneficiary and wallet (rights for the current "
-        f"school year needed). Lost, stolen, damaged: {cards.REPLACEMENT_FEE_CENTS} cents from the "
+        "replaceCard", "A new card for the same beneficiary and wallet (rights for the current "
+        "school year needed). Lost, stolen, damaged: the region's replacement fee from the "
         "balance, the rest pending until the next reload; defective: free.", roles=(_REGION,),
         ok_status="201", errors=_EDIT, parameters=[_CARD],
         body={"type": "object", "required": ["uid"], "properties": {

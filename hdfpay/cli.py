@@ -18,7 +18,7 @@ from backoffice.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
 from ledger.terminals import list_terminals
-from ledger.bulk_reload import reload_school_year
+from ledger.school_calendar import reload_school_year
 from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
 from ledger.audit import append_audit
 from ledger.migrate import MigrationError, migrate

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hdfpay.cli_support import cli_actor as _actor, run_on_database, whole_number
 from ledger import card_requests, cards, partners
-from ledger.cards import REPLACEMENT_FEE_CENTS, Refused
+from ledger.cards import Refused
 from terminal_protocol.amounts import format_euros
 
 REASONS = [r.lower() for r in cards.OPPOSITION_REASONS]
@@ -129,7 +129,7 @@ def cmd_partners(args, settings) -> int:
 def add_commands(subcommands) -> None:
     """Add `cards`, `card-requests` and `partners` to hdfpay's parser."""
     p = subcommands.add_parser("cards", help="oppose a lost, stolen or damaged card; replace a card "
-                                             f"({format_euros(REPLACEMENT_FEE_CENTS)} fee, defective free)")
+                                             "(the region's fee, defective free)")
     sub = p.add_subparsers(dest="cards_command", required=True, metavar="ACTION")
     card_help = "card number (16 digits) or dossier number (that beneficiary's current card)"
     s = sub.add_parser("show", help="a card, its status and replacements")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 
 from hdfpay.cli_support import cli_actor, run_on_database, whole_number
+from ledger.school_calendar import reload_school_year
 from ledger.establishments import establishment_id
 from ledger.bulk_reload import (BULK_RELOAD_CHUNK_ROWS, BulkReloadRefused, BulkReloadRun,
-                                latest_run, reload_school_year, run_bulk_reload)
+                                latest_run, run_bulk_reload)
 from ledger.expiry import ExpiryRefused, expire_school_year, last_closed_school_year
 from ledger.programmes import ProgrammeError, list_amounts, set_amount
 from ledger.rights_renewal import (RenewalFileRefused, RenewalRefused, RenewalReport, renew_file,

@@ -35,8 +35,6 @@ class Settings:
     database_url: str | None
     host: str
     port: int
-    # Business limit per purchase (response 61 above it): the region's per-transaction ceiling.
-    max_purchase_amount_cents: int
     db_pool_size: int
     pool_acquire_timeout_ms: int
     db_statement_timeout_ms: int
@@ -98,7 +96,6 @@ class Settings:
             database_url=os.environ.get("DATABASE_URL") or None,
             host=os.environ.get("HDFPAY_HOST", "127.0.0.1"),
             port=int_from_env("HDFPAY_PORT", 8080, 0, 65535),
-            max_purchase_amount_cents=int_from_env("HDFPAY_MAX_PURCHASE_AMOUNT_CENTS", 300_00, 1, 10_000_000),
             db_pool_size=int_from_env("HDFPAY_DB_POOL_SIZE", 8, 1, 100),
             pool_acquire_timeout_ms=int_from_env("HDFPAY_POOL_ACQUIRE_TIMEOUT_MS", 1000, 1, 60_000),
             db_statement_timeout_ms=int_from_env("HDFPAY_DB_STATEMENT_TIMEOUT_MS", 2000, 1, 60_000),

@@ -26,7 +26,6 @@ SHUTDOWN_GRACE_S = 10.0
 
 def listener_limits(settings: Settings) -> ListenerLimits:
     return ListenerLimits(
-        max_purchase_amount_cents=settings.max_purchase_amount_cents,
         pool_acquire_timeout_ms=settings.pool_acquire_timeout_ms,
         db_statement_timeout_ms=settings.db_statement_timeout_ms,
         max_in_flight_requests=settings.max_in_flight_requests,

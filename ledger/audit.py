@@ -1,5 +1,6 @@
 """The audit trail: every operator action appended, hash-chained, in the same transaction as
-the change it describes (migration 0005 holds the table and append_audit()).
+the change it describes (migrations/0002_audit.sql holds the table, sql/functions/append_audit.sql
+the function).
 
 verify_audit() recomputes the whole chain in Python, independently of the database function, so
 a row edited, inserted or deleted (triggers disabled by a superuser, a restored dump) is found.

@@ -27,7 +27,7 @@ class LedgerFailure(RuntimeError):
     """The database refused the operation for a reason the caller cannot fix (response code 96)."""
 
 
-_PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5, $6, $7)"
 _REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8)"
 _BATCH_CLOSE = "SELECT close_terminal_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
@@ -44,11 +44,9 @@ class MessageOrigin:
 
 
 class AuthorizationStore:
-    def __init__(self, pool: asyncpg.Pool, *, max_purchase_amount_cents: int,
-                 pool_acquire_timeout_s: float, statement_timeout_s: float,
+    def __init__(self, pool: asyncpg.Pool, *, pool_acquire_timeout_s: float, statement_timeout_s: float,
                  observe_round_trip_s: Callable[[float], None] = lambda seconds: None) -> None:
         self._pool = pool
-        self._max_purchase_amount_cents = max_purchase_amount_cents
         self._acquire_timeout_s = pool_acquire_timeout_s
         self._statement_timeout_s = statement_timeout_s
         self._observe_round_trip_s = observe_round_trip_s
@@ -59,8 +57,7 @@ class AuthorizationStore:
                        terminal_local_time: dt.datetime, partial_ok: bool) -> bytes:
         return await self._call(_PURCHASE, origin.terminal_id, request_id, fingerprint, stan,
                                 card_uid, amount_cents, terminal_local_time, partial_ok,
-                                self._max_purchase_amount_cents, origin.initial_key_id,
-                                origin.ksn_counter)
+                                origin.initial_key_id, origin.ksn_counter)
 
     async def reversal(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
                        stan: int, original_request_id: str) -> bytes:

@@ -1,11 +1,11 @@
 """The start-of-year reload of every beneficiary with rights, by programme amounts.
 
-Set-based and chunked: each chunk is one call of bulk_reload_chunk() (migration 0007), one
+Set-based and chunked: each chunk is one call of bulk_reload_chunk() (ledger/sql/functions), one
 round trip and one transaction for up to BULK_RELOAD_CHUNK_ROWS beneficiaries. A crash loses at
 most the chunk in progress; the next run resumes the open run where its last chunk committed.
 Each beneficiary is credited at most once per school year (reference 'bulk:<year>:<id on 12
 digits>'), so running again credits only those renewed since. A beneficiary who already had the
-year's credit from a manual reload without an explicit reference (ledger.reload, migration 0011)
+year's credit from a manual reload without an explicit reference (ledger.reload, sql/functions/reload_wallet.sql)
 is skipped, and that manual reload is refused after the bulk one: the year's credit is made once,
 whichever path comes first. Manual reloads with an explicit reference (corrections) do not count.
 """
@@ -67,11 +67,6 @@ def _run(row: asyncpg.Record) -> BulkReloadRun:
     return BulkReloadRun(**values)
 
 
-async def reload_school_year(conn: asyncpg.Connection) -> int:
-    """The current school year, or in May and June (its wallet closed) the next one."""
-    return await conn.fetchval("SELECT reload_school_year()")
-
-
 async def latest_run(conn: asyncpg.Connection, school_year: int) -> BulkReloadRun | None:
     row = await conn.fetchrow("SELECT * FROM bulk_reload_runs WHERE school_year = $1"
                               " ORDER BY id DESC LIMIT 1", school_year)
@@ -85,9 +80,12 @@ async def get_run(conn: asyncpg.Connection, run_id: int) -> BulkReloadRun | None
 
 async def check_bulk_reload(conn: asyncpg.Connection, school_year: int) -> None:
     """Raise BulkReloadRefused if a run of `school_year` could not start or resume now."""
-    if await conn.fetchval("SELECT business_now() >= wallet_closes_at($1)", school_year):
+    closed, closes_at = await conn.fetchrow(
+        "SELECT business_now() >= wallet_closes_at($1), business_time_text(wallet_closes_at($1))",
+        school_year)
+    if closed:
         raise BulkReloadRefused(f"the wallets of school year {school_year}-{school_year + 1} "
-                                f"closed on 1 May {school_year + 1}: nothing can be reloaded")
+                                f"closed on {closes_at}: nothing can be reloaded")
     if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM bulk_reload_runs WHERE school_year = $1"
                            " AND finished_at IS NULL)", school_year):
         return

@@ -1,6 +1,6 @@
 """First-card requests: submitted → pre-validated by the establishment → photo checked → printed →
 mailed → active, or rejected with a reason from any state before active. The states, their French
-labels and the legal moves are data in migration 0009; each move is kept in the request's history
+labels and the legal moves are data in migrations/0006_cards.sql; each move is kept in the request's history
 (what the beneficiary follows) and in the audit trail.
 """
 

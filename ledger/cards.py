@@ -1,4 +1,5 @@
-"""Card opposition and replacement (migration 0009 holds the rules, one SQL function each).
+"""Card opposition and replacement (the rules are SQL functions, one file each:
+ledger/sql/functions/oppose_card.sql, replace_card.sql).
 
 New cards: the UID is always given by the operator, read from the new card's chip (or the card
 manufacturer's personalisation file): a chip's UID is fixed by its maker, so hdfpay cannot choose
@@ -18,8 +19,10 @@ from typing import Iterator
 
 import asyncpg
 
-# The beneficiary's share of a lost, stolen or damaged card's replacement (a defective one is free).
-REPLACEMENT_FEE_CENTS = 500
+# The opposition reasons of the card_statuses table (the definition, with each one's decline code
+# and whether its replacement is charged), spelled here for the CLI's choices and the OpenAPI
+# document, which are built before any database is reached; tests check they agree. The
+# replacement fee is in the database only (rules, ledger.rules).
 OPPOSITION_REASONS = ("LOST", "STOLEN", "DAMAGED", "DEFECTIVE")
 CARD_NUMBER_DIGITS = 16
 UID_LENGTHS_BYTES = (4, 7, 10)
@@ -152,13 +155,13 @@ async def oppose_card(conn: asyncpg.Connection, card_id: int, reason: str, *, ac
 
 
 async def replace_card(conn: asyncpg.Connection, card_id: int, new_uid: bytes, *, actor: str,
-                       reason: str | None = None, new_card_number: str | None = None,
-                       fee_cents: int = REPLACEMENT_FEE_CENTS) -> Replacement:
-    """A new card for the same beneficiary and wallet; the old one stays opposed. The fee is
-    taken from the balance, the rest pending until the next reload; defective cards are free."""
+                       reason: str | None = None, new_card_number: str | None = None) -> Replacement:
+    """A new card for the same beneficiary and wallet; the old one stays opposed. The region's
+    fee (rules) is taken from the balance, the rest pending until the next reload; defective
+    cards are free."""
     with refusals():
-        row = await conn.fetchrow("SELECT * FROM replace_card($1, $2, $3, $4, $5, $6)", card_id,
-                                  parse_reason(reason), new_uid, new_card_number, fee_cents, actor)
+        row = await conn.fetchrow("SELECT * FROM replace_card($1, $2, $3, $4, $5)", card_id,
+                                  parse_reason(reason), new_uid, new_card_number, actor)
     # A separate statement: the one that called replace_card() cannot see the card it inserted.
     number = await conn.fetchval("SELECT card_number FROM cards WHERE id = $1", row["new_card_id"])
     return Replacement(old_card_id=row["old_card_id"], new_card_id=row["new_card_id"],

@@ -15,19 +15,12 @@ async def pin_clock(conn: asyncpg.Connection, at: dt.datetime) -> None:
         "ON CONFLICT (only_row) DO UPDATE SET pinned_at = excluded.pinned_at", at)
 
 
-async def unpin_clock(conn: asyncpg.Connection) -> None:
-    await conn.execute("DELETE FROM clock_override")
-
-
-async def business_now(conn: asyncpg.Connection) -> dt.datetime:
-    return await conn.fetchval("SELECT business_now()")
-
 
 async def business_local_now(conn: asyncpg.Connection) -> dt.datetime:
-    """The business clock's instant as a naive Paris wall-clock time."""
-    return await conn.fetchval("SELECT business_now() AT TIME ZONE 'Europe/Paris'")
+    """The business clock's instant as a naive wall-clock time of the business time zone."""
+    return await conn.fetchval("SELECT business_now() AT TIME ZONE business_time_zone()")
 
 
 async def business_today(conn: asyncpg.Connection) -> dt.date:
-    """Today's Paris business date by the business clock."""
-    return (await business_local_now(conn)).date()
+    """Today's business date by the business clock."""
+    return await conn.fetchval("SELECT business_day_of(business_now())")

@@ -108,16 +108,17 @@ async def seed_demo_region(conn: asyncpg.Connection, *, beneficiaries: int,
         await conn.execute(
             """
             INSERT INTO rights (beneficiary_id, school_year, renewed_by, renewed_at)
-            SELECT b.id, $1, e.uai, now() FROM beneficiaries b JOIN establishments e
+            SELECT b.id, $1, e.uai, business_now() FROM beneficiaries b JOIN establishments e
                 ON e.id = b.establishment_id
              WHERE substr(b.dossier_number, 4)::integer % $2 <> 0
             """, school_year, NO_RIGHTS_EVERY)
         await conn.execute(
             """
-            INSERT INTO cards (card_number, uid, beneficiary_id, status, opposed_at)
+            INSERT INTO cards (card_number, uid, beneficiary_id, status, opposed_at, issued_at)
             SELECT '6330' || lpad(n::text, 12, '0'),
                    decode('04' || lpad(to_hex(n), 12, '0'), 'hex'),
-                   id, s.status, CASE WHEN s.status = 'ACTIVE' THEN NULL ELSE now() END
+                   id, s.status, CASE WHEN s.status = 'ACTIVE' THEN NULL ELSE business_now() END,
+                   business_now()
               FROM (SELECT id, substr(dossier_number, 4)::integer AS n FROM beneficiaries) b
              CROSS JOIN LATERAL (SELECT CASE n % $1 WHEN 1 THEN 'LOST' WHEN 2 THEN 'STOLEN'
                                                    WHEN 3 THEN 'DAMAGED' ELSE 'ACTIVE' END

@@ -1,8 +1,11 @@
-"""Expiry on 1 May: what is left in a closed school year's wallets moves to the expired-funds
-account (expire_school_year() in migration 0007), audited in the same transaction.
+"""Expiry when the wallets close (1 May, wallet_closes_at()): what is left in a closed school year's wallets moves to the expired-funds
+account (sql/functions/expire_school_year.sql), audited in the same transaction.
 
-Run by a systemd timer (deploy/systemd/hdfpay-expiry.timer) and by hand. Idempotent: a second
-run finds nothing left, so the timer may fire every day of May and after a missed boot.
+Run by a systemd timer every day (deploy/systemd/hdfpay-expiry.timer) and by hand. `hdfpay expire`
+takes the last school year whose wallets have closed, so before a 1 May it re-runs the previous
+year's expiry, and any run after the first finds nothing left (it moves only what a late reversal
+credited since): a daily timer, a missed boot or a repeated start never expire anything early or
+twice. Each run is audited, with what it moved (zero included).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ async def last_closed_school_year(conn: asyncpg.Connection) -> int:
     """The most recent school year whose wallets have closed (business time, Europe/Paris)."""
     return await conn.fetchval(
         "SELECT CASE WHEN business_now() >= wallet_closes_at(y) THEN y ELSE y - 1 END"
-        " FROM (SELECT school_year_of(business_now() AT TIME ZONE 'Europe/Paris') AS y) now")
+        " FROM (SELECT school_year_of(business_now()) AS y) now")
 
 
 async def expire_school_year(conn: asyncpg.Connection, school_year: int, *, actor: str) -> ExpiryResult:

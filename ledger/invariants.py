@@ -1,4 +1,4 @@
-"""The ledger's invariants, checked by the database (see ledger_violations() in the migrations)."""
+"""The ledger's invariants, checked by the database (ledger/sql/functions/ledger_violations.sql)."""
 
 from __future__ import annotations
 

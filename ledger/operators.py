@@ -1,4 +1,4 @@
-"""Operator accounts and their sessions (migration 0006): creation with a provisional password,
+"""Operator accounts and their sessions (migrations/0003_operators.sql): creation with a provisional password,
 argon2id password checks with throttling, bounded sessions, password change and reset, disabling.
 
 Login gives one answer for an unknown login, a wrong password, a locked or a disabled account,

@@ -1,4 +1,4 @@
-"""Partner shops: add, update, suspend (migration 0009's functions, audited), and the search by
+"""Partner shops: add, update, suspend (sql/functions/add_partner.sql and its neighbours, audited), and the search by
 geolocation.
 
 The embedded PostgreSQL has neither PostGIS nor earthdistance, so the search is a bounding box on

@@ -1,4 +1,4 @@
-"""Reload amounts by programme and school year (table reload_programmes, migration 0007).
+"""Reload amounts by programme and school year (table reload_programmes, migrations/0004_school_year.sql).
 
 Amounts are data the region decides each year (books for lycée students, equipment for
 vocational ones), so they live in the database, set by an operator and audited, not in code.

@@ -29,7 +29,7 @@ async def reload_wallet(conn: asyncpg.Connection, dossier_number: str, school_ye
     """Credit once per reference.
 
     Without a reference, this is the year's credit ('reload:<year>:<dossier>',
-    manual_year_credit_reference() in migration 0011): one per beneficiary and school year,
+    sql/functions/manual_year_credit_reference.sql): one per beneficiary and school year,
     whichever of this and the bulk reload comes first. It is refused (ReloadRefused) when the
     bulk reload already credited the beneficiary for that year, and the bulk reload skips a
     beneficiary who already had it. An explicit reference is a deliberate extra credit (a

@@ -1,4 +1,4 @@
-"""Operator reports over Paris business days: volumes by partner and category, declines by
+"""Operator reports over business days (business_day_of(), Europe/Paris): volumes by partner and category, declines by
 response code, and the funds position reconciled against the ledger.
 
 Volumes and declines read the authorizations (what the terminals were answered); the funds
@@ -37,8 +37,8 @@ class Period:
         return self
 
 
-_PERIOD_SQL = """(($1::date IS NULL OR {t}.created_at >= paris_day_start($1::date))
-                  AND {t}.created_at < paris_day_start($2::date + 1))"""
+_PERIOD_SQL = """(($1::date IS NULL OR {t}.created_at >= business_day_starts_at($1::date))
+                  AND {t}.created_at < business_day_starts_at($2::date + 1))"""
 
 
 async def volumes(conn: asyncpg.Connection, period: Period) -> list[dict]:
@@ -47,7 +47,7 @@ async def volumes(conn: asyncpg.Connection, period: Period) -> list[dict]:
     refunds."""
     period.check()
     return [dict(r) for r in await conn.fetch(f"""
-        SELECT (a.created_at AT TIME ZONE 'Europe/Paris')::date AS business_day, p.category,
+        SELECT business_day_of(a.created_at) AS business_day, p.category,
                p.id AS partner_id, min(p.name) AS partner_name,
                count(*) FILTER (WHERE a.message_type = 'PURCHASE') AS purchases_count,
                coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'PURCHASE'), 0)::bigint AS purchases_cents,
@@ -120,21 +120,15 @@ async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
         in_period = await _flows(conn, period.first_day, period.last_day)
         ever = await _flows(conn, None, None)
         kinds = {r["kind"]: r for r in await conn.fetch("""
-            WITH journal AS (
-                SELECT account_id, sum(debit) AS debits, sum(credit) AS credits FROM (
-                    SELECT debit_account_id AS account_id, amount_cents AS debit, 0::bigint AS credit FROM transfers
-                    UNION ALL
-                    SELECT credit_account_id, 0, amount_cents FROM transfers) moves
-                GROUP BY account_id)
             SELECT a.kind, coalesce(sum(j.debits), 0)::bigint AS debits,
                    coalesce(sum(j.credits), 0)::bigint AS credits,
                    sum(a.debits_posted)::bigint AS debits_posted, sum(a.credits_posted)::bigint AS credits_posted
-              FROM accounts a LEFT JOIN journal j ON j.account_id = a.id GROUP BY a.kind""")}
+              FROM accounts a LEFT JOIN account_journal j ON j.account_id = a.id GROUP BY a.kind""")}
         settled = await conn.fetchrow("""
             SELECT (SELECT coalesce(sum(net_cents), 0) FROM settlement_lines)::bigint AS lines_net,
                    (SELECT coalesce(sum(CASE code WHEN 'PURCHASE' THEN amount_cents ELSE -amount_cents END), 0)
                       FROM transfers WHERE code IN ('PURCHASE', 'REVERSAL', 'REFUND')
-                       AND created_at < paris_day_start((SELECT max(through_day) FROM settlement_runs) + 1)
+                       AND created_at < business_day_starts_at((SELECT max(through_day) FROM settlement_runs) + 1)
                    )::bigint AS journal_net""")
         violations = [(r["rule"], r["detail"]) for r in
                       await conn.fetch("SELECT rule, detail FROM ledger_violations() LIMIT 100")]
@@ -170,7 +164,7 @@ async def funds(conn: asyncpg.Connection, period: Period) -> FundsReport:
 async def _flows(conn: asyncpg.Connection, first_day: dt.date | None,
                  last_day: dt.date | None) -> dict[str, int]:
     # A reversal is classified by the account it credited: the wallet, or, once the wallet has
-    # closed (1 May, migration 0007), the expired-funds account. Any other account is left in
+    # closed (1 May, sql/functions/authorize_reversal.sql), the expired-funds account. Any other account is left in
     # reversals_cents only, so that it shows as a mismatch.
     row = await conn.fetchrow(f"""
         SELECT coalesce(sum(t.amount_cents) FILTER (WHERE t.code = 'RELOAD'), 0)::bigint AS funded_cents,

@@ -1,8 +1,9 @@
 """Rights renewal for a school year, by the student's establishment: one student, or a CSV file
 of dossier numbers checked whole before anything changes (a dry run, then the same file applied).
 
-Renewal for school year Y opens on RENEWAL_OPENS_MONTH_DAY of Y (20 June, Europe/Paris) and
-closes when the school year ends (1 July Y+1). A caller scoped to an establishment renews only
+Renewal for school year Y opens at rights_renewal_opens_at(Y) (SQL: 20 June Y, business time),
+or on the month and day HDFPAY_RENEWAL_OPENS gives, and closes when the school year ends
+(school_year_starts_at(Y + 1), 1 July). A caller scoped to an establishment renews only
 that establishment's students. Applied renewals are audited: one row per student, or one per file
 with its counts and SHA-256.
 
@@ -25,6 +26,8 @@ import asyncpg
 from ledger.audit import append_audit
 from ledger.programmes import PROGRAMME_PATTERN
 
+# The month and day of rights_renewal_opens_at() (SQL, the definition), for the callers that show
+# or override it (the API's renewal_opens, HDFPAY_RENEWAL_OPENS); tests check they agree.
 RENEWAL_OPENS_MONTH_DAY = (6, 20)
 RENEWAL_OPENS_VARIABLE = "HDFPAY_RENEWAL_OPENS"      # "MM-DD", overrides the date above
 MAX_RENEWAL_FILE_BYTES = 4_000_000
@@ -32,6 +35,11 @@ MAX_RENEWAL_FILE_ROWS = 50_000
 MAX_RENEWAL_FIELDS = 3
 DOSSIER_PATTERN = re.compile(r"^[0-9A-Z]{6,20}$")
 YEAR_PATTERN = re.compile(r"^(\d{4})(?:\s*[-/]\s*(\d{4}))?$")
+# The instant renewal for a school year opens: rights_renewal_opens_at(), unless the operator
+# moved it (HDFPAY_RENEWAL_OPENS) to another month and day (business time).
+_OPENS_SQL = ("CASE WHEN ({month}, {day}) = ({default_month}, {default_day})"
+              " THEN rights_renewal_opens_at({year})"
+              " ELSE make_timestamp({year}, {month}, {day}, 0, 0, 0) AT TIME ZONE business_time_zone() END")
 
 
 class RenewalRefused(ValueError):
@@ -84,6 +92,13 @@ class _Line:
     programme: str | None
 
 
+def _opens_sql(year: str, month: str, day: str) -> str:
+    """SQL for the opening of renewal for `year`, month and day given as SQL parameters."""
+    return _OPENS_SQL.format(year=year, month=f"{month}::integer", day=f"{day}::integer",
+                             default_month=RENEWAL_OPENS_MONTH_DAY[0],
+                             default_day=RENEWAL_OPENS_MONTH_DAY[1])
+
+
 def renewal_opens_from_env() -> tuple[int, int]:
     """RENEWAL_OPENS_MONTH_DAY, or HDFPAY_RENEWAL_OPENS as MM-DD."""
     text = os.environ.get(RENEWAL_OPENS_VARIABLE, "").strip()
@@ -101,23 +116,24 @@ async def renewal_school_year(conn: asyncpg.Connection,
     """The newest school year open for renewal: the next one from its opening date, else the
     current one."""
     return await conn.fetchval(
-        "SELECT CASE WHEN business_now() >= make_timestamptz(y + 1, $1, $2, 0, 0, 0, 'Europe/Paris')"
-        " THEN y + 1 ELSE y END"
-        " FROM (SELECT school_year_of(business_now() AT TIME ZONE 'Europe/Paris') AS y) now", *opens)
+        f"SELECT CASE WHEN business_now() >= {_opens_sql('y + 1', '$1', '$2')} THEN y + 1 ELSE y END"
+        " FROM (SELECT school_year_of(business_now()) AS y) now", *opens)
 
 
 async def check_renewal_open(conn: asyncpg.Connection, school_year: int,
                              opens: tuple[int, int] = RENEWAL_OPENS_MONTH_DAY) -> None:
     row = await conn.fetchrow(
-        "SELECT business_now() >= make_timestamptz($1, $2, $3, 0, 0, 0, 'Europe/Paris') AS opened,"
-        " business_now() >= make_timestamptz($1 + 1, 7, 1, 0, 0, 0, 'Europe/Paris') AS over",
+        f"SELECT business_now() >= {_opens_sql('$1', '$2', '$3')} AS opened,"
+        f" to_char({_opens_sql('$1', '$2', '$3')} AT TIME ZONE business_time_zone(), 'DD/MM/YYYY') AS opens,"
+        " business_now() >= school_year_starts_at($1 + 1) AS over,"
+        " to_char(business_day_of(school_year_starts_at($1 + 1)) - 1, 'DD/MM/YYYY') AS last_day,"
+        " business_time_zone() AS zone",
         school_year, *opens)
     name = f"{school_year}-{school_year + 1}"
     if not row["opened"]:
-        raise RenewalRefused(f"renewal for school year {name} opens on {opens[1]:02d}/{opens[0]:02d}/"
-                             f"{school_year} (Europe/Paris)")
+        raise RenewalRefused(f"renewal for school year {name} opens on {row['opens']} ({row['zone']})")
     if row["over"]:
-        raise RenewalRefused(f"school year {name} ended on 30/06/{school_year + 1}: its rights can "
+        raise RenewalRefused(f"school year {name} ended on {row['last_day']}: its rights can "
                              f"no longer be renewed")
 
 

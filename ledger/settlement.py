@@ -1,5 +1,5 @@
 """Settlement runs: what each partner is owed per business day, moved out of its merchant payable
-account by SETTLEMENT transfers (settle_through() in migration 0008 does the set-based work).
+account by SETTLEMENT transfers (sql/functions/settle_through.sql does the set-based work).
 
 A run settles every closed day not yet settled up to the day asked, so runs leave no gap and a
 day settled twice moves nothing more. A partner's negative day (refunds of purchases paid
@@ -83,7 +83,7 @@ class SettlementLine:
 async def last_closed_day(conn: asyncpg.Connection) -> dt.date:
     """Yesterday in Paris (the day before, within the grace after midnight)."""
     return await conn.fetchval(
-        "SELECT ((business_now() - $1::interval) AT TIME ZONE 'Europe/Paris')::date - 1",
+        "SELECT business_day_of(business_now() - $1::interval) - 1",
         dt.timedelta(milliseconds=SETTLEMENT_GRACE_MS))
 
 

@@ -212,7 +212,6 @@ def _pgbench(bench: Bench, index: int, run: Run) -> dict:
     tag, clients = f"pgb{index}", slice(0, run.concurrency)
     script = pgbench_script(tag, bench.options.cards, bench.hot_cards if run.hot else None,
                             bench.keys.pgbench_terminals[clients],
-                            bench.settings.max_purchase_amount_cents,
                             bench.keys.pgbench_key_ids[clients] if run.mac else None,
                             counter_start(index))
     return {"tag": tag, **run_pgbench(bench.pgbench, bench.dsn, bench.workdir / tag, script,

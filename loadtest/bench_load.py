@@ -177,7 +177,7 @@ async def run_load(args: argparse.Namespace) -> dict:
 
 
 def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals: list[str],
-                   max_amount_cents: int, key_ids: list[bytes] | None = None,
+                   key_ids: list[bytes] | None = None,
                    counter_start: int = 0) -> str:
     """The server's SQL call, verbatim, on the load generator's mix: approvable cards drawn
     uniformly (or hot cards), small amounts; client k is the k-th terminal, as a load worker is.
@@ -209,7 +209,7 @@ def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals:
         "\\set stan random(0, 999999)",
         f"SELECT authorize_purchase((ARRAY[{listed}])[:t], '{tag}-' || :client_id || '-' || :cnt,"
         " '\\x00'::bytea, :stan, '\\x04'::bytea || substring(int8send(:n::bigint) FROM 3),"
-        f" :amount, localtimestamp, true, {max_amount_cents}, {ksn});", ""])
+        f" :amount, localtimestamp, true, {ksn});", ""])
 
 
 def run_pgbench(pgbench: Path, dsn: str, base: Path, script: str, concurrency: int,

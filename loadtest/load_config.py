@@ -29,7 +29,7 @@ COUNTER_START_VARIABLE = "HDFPAY_LOADTEST_COUNTER_START"
 RANDOM_SEED_VARIABLE = "HDFPAY_LOADTEST_RANDOM_SEED"
 
 DEFAULT_CARDS = 1000                      # `hdfpay seed`'s default region
-DEFAULT_MAX_PURCHASE_CENTS = 300_00       # the server's default HDFPAY_MAX_PURCHASE_AMOUNT_CENTS
+DEFAULT_MAX_PURCHASE_CENTS = 300_00       # the ledger's default purchase limit (table rules)
 DEFAULT_HOT_CARD = 4                      # the lowest demo beneficiary whose card is approved
 MAX_THINK_MS = 600_000                    # a cashier never waits ten minutes between sales
 MAX_COUNTER_START = 0xFFFF_0000           # leaves room below the 32-bit DUKPT counter

@@ -37,6 +37,7 @@ class LoadRun:
         default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
     keys: BenchKeys | None = None
     categories: dict[str, str] = dataclasses.field(default_factory=dict)
+    max_purchase_cents: int = 0          # the ledger's rule, read once the database is ready
     server_pid: int = 0
 
     @property

@@ -31,6 +31,7 @@ from loadtest.bench import _server
 from loadtest.bench_keys import MAX_BENCH_TERMINALS, provision_bench_terminals
 from loadtest.bench_load import BenchError
 from hdfpay.config import Settings
+from ledger.rules import current_rules
 from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
 from ledger.demo_region import DEMO_RELOAD_CENTS_BY_KIND, seed_demo_region
@@ -86,10 +87,6 @@ def option_problem(options: LoadtestOptions, settings: Settings) -> str | None:
         return f"--cards must be at least {MIN_CARDS}"
     if options.think_ms < 0:
         return "--think-ms cannot be negative"
-    if (options.scenario == "decline-mix"
-            and settings.max_purchase_amount_cents <= max(DEMO_RELOAD_CENTS_BY_KIND.values())):
-        return ("the decline mix needs HDFPAY_MAX_PURCHASE_AMOUNT_CENTS above every seeded "
-                "balance, or 51 cannot be told from 61")
     if importlib.util.find_spec("locust") is None:   # found, not imported: gevent patches on import
         return "locust is not installed in this environment (pip install locust)"
     if not (LOCUSTFILE_DIR / SCENARIOS[options.scenario]).is_file():
@@ -160,7 +157,12 @@ async def _prepare(run: LoadRun) -> None:
         run.categories = {r["id"]: r["category"] for r in await conn.fetch(
             "SELECT t.id, p.category FROM terminals t JOIN partners p ON p.id = t.partner_id"
             " WHERE t.id = ANY($1::text[])", run.terminals)}
+        run.max_purchase_cents = (await current_rules(conn)).max_purchase_amount_cents
         await conn.execute("VACUUM ANALYZE")
+    if (run.options.scenario == "decline-mix"
+            and run.max_purchase_cents <= max(DEMO_RELOAD_CENTS_BY_KIND.values())):
+        raise LoadtestError("the decline mix needs the ledger's purchase limit (table rules) "
+                            "above every seeded balance, or 51 cannot be told from 61")
     print(f"seeded {summary.beneficiaries} cards ({format_euros(summary.funded_cents)} funded), "
           f"business day {run.business_time:%d/%m/%Y} (Europe/Paris); {len(run.terminals)} "
           f"terminals for the users, AES-DUKPT keys under BDK {run.keys.bdk}", flush=True)
@@ -172,7 +174,7 @@ def locust_environment(run: LoadRun, journal_dir: Path) -> dict[str, str]:
     terminals = ",".join(f"{t}:{run.categories[t]}" for t in run.terminals)
     return {ENV_KEY_FILE: str(run.keys.key_file), ENV_TERMINALS: terminals,
             ENV_JOURNAL_DIR: str(journal_dir), ENV_CARDS: str(run.options.cards),
-            ENV_MAX_PURCHASE: str(run.settings.max_purchase_amount_cents),
+            ENV_MAX_PURCHASE: str(run.max_purchase_cents),
             ENV_HOT_CARD: str(HOT_CARD), ENV_THINK_MS: str(run.options.think_ms)}
 
 

@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 
 from ledger.audit import verify_audit
-from ledger.cards import (REPLACEMENT_FEE_CENTS, Conflict, Invalid, NotFound, find_card,
-                          oppose_card, replace_card)
+from ledger.cards import Conflict, Invalid, NotFound, find_card, oppose_card, replace_card
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid
 from ledger.reload import reload_wallet
+from ledger.rules import current_rules
 
 from conftest import TEST_SCHOOL_YEAR, balance_of, paris, set_balance
 
@@ -90,7 +90,7 @@ async def test_an_opposition_is_irreversible_and_checked(conn):
 
 
 async def test_fee_larger_than_the_balance_is_taken_then_recovered_from_the_next_reload(conn):
-    assert REPLACEMENT_FEE_CENTS == 5_00
+    assert (await current_rules(conn)).replacement_fee_cents == 5_00
     await set_balance(conn, card_uid(ORDINARY), 3_00)
     done = await replace(conn, ORDINARY, 1, "LOST")
     assert (done.fee_cents, done.fee_taken_cents, done.fee_pending_cents) == (5_00, 3_00, 2_00)

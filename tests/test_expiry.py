@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import configparser
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from ledger.clock import pin_clock
 from ledger.demo_region import card_uid
 from ledger.expiry import ExpiryRefused, expire_school_year, last_closed_school_year
 
-from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, TEST_SCHOOL_YEAR, balance_of, paris, set_balance
+from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, PARIS, TEST_SCHOOL_YEAR, balance_of, paris, set_balance
 
 YEAR = TEST_SCHOOL_YEAR
 CARD = card_uid(5)
@@ -31,8 +33,7 @@ CLOSING = paris(YEAR + 1, 5, 1, 0, 0, 0)
 LOCK_WAIT_POLLS = 2_000
 EARLY_SALES = 20
 COMMAND_TIMEOUT_S = 120
-PURCHASE_SQL = ("SELECT authorize_purchase($1, $2, '\\x00'::bytea, 1, $3, $4, NULL, false, 30000,"
-                " NULL, NULL)")
+PURCHASE_SQL = "SELECT authorize_purchase($1, $2, '\\x00'::bytea, 1, $3, $4, NULL, false, NULL, NULL)"
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 
 
@@ -258,7 +259,7 @@ async def test_a_reversal_on_the_last_second_still_credits_the_wallet(client, co
     assert (reversal.approved_cents, reversal.balance_cents) == (12_00, 30_00)
 
 
-def test_the_timer_runs_hdfpay_expire_in_may_paris_time():
+def test_the_timer_runs_hdfpay_expire_daily_paris_time():
     service = configparser.ConfigParser(interpolation=None, strict=False)
     service.read(DEPLOY / "hdfpay-expiry.service")
     timer = configparser.ConfigParser(interpolation=None, strict=False)
@@ -273,9 +274,14 @@ def test_the_timer_runs_hdfpay_expire_in_may_paris_time():
         checked = subprocess.run(["systemd-analyze", "calendar", "--iterations=3", calendar],
                                  capture_output=True, text=True, timeout=30)
         assert checked.returncode == 0, checked.stderr
-        elapses = [line for line in checked.stdout.splitlines() if "Iter." in line or "Next elapse" in line]
-        # 00:05 Paris in May is 22:05 UTC the day before (CEST, UTC+2).
-        assert all("-04-30 22:05:00 UTC" in e or "-05-" in e for e in elapses), checked.stdout
+        # Whatever the machine's date: every elapse is 00:05 Paris time, one day after the other.
+        elapses = [dt.datetime.strptime(match, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+                   .astimezone(PARIS) for match in re.findall(
+                       r"(?:Iter\. #\d+|Next elapse): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC",
+                       checked.stdout)]
+        assert len(elapses) == 3, checked.stdout
+        assert all((e.hour, e.minute) == (0, 5) for e in elapses), checked.stdout
+        assert [(b.date() - a.date()).days for a, b in zip(elapses, elapses[1:])] == [1, 1]
 
 
 def _hdfpay(dsn: str, *args: str):

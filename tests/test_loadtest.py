@@ -7,7 +7,6 @@ would break the asyncio tests of the same session. The scenarios run in their ow
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -69,12 +68,12 @@ def test_the_users_read_what_the_command_provisions(tmp_path):
     terminals = ["BENCH-E2E-0001", "BENCH-E2E-0002"]
     key_file = tmp_path / "terminal-keys.json"
     key_file.write_text(json.dumps({t: {} for t in terminals}))
-    settings = dataclasses.replace(Settings.from_env(), max_purchase_amount_cents=250_00)
     run = LoadRun(LoadtestOptions("peak", users=2, seconds=1, cards=1234, think_ms=50),
-                  settings, "postgresql://unused", tmp_path, tmp_path,
+                  Settings.from_env(), "postgresql://unused", tmp_path, tmp_path,
                   keys=BenchKeys(tmp_path / "keystore.json", "x", key_file, "bdk", terminals,
                                  [], [], 0.0),
-                  categories={terminals[0]: "BOOKSHOP", terminals[1]: "EQUIPMENT"})
+                  categories={terminals[0]: "BOOKSHOP", terminals[1]: "EQUIPMENT"},
+                  max_purchase_cents=250_00)
     config = load_config_from(locust_environment(run, tmp_path / "journal"))
     assert [(s.terminal_id, s.category) for s in config.terminals] == [
         ("BENCH-E2E-0001", "BOOKSHOP"), ("BENCH-E2E-0002", "EQUIPMENT")]

@@ -6,6 +6,7 @@ import pytest
 
 from ledger.clock import pin_clock
 from ledger.demo_region import PARTNERS, card_uid, terminal_id
+from ledger.rules import current_rules
 from terminal_protocol.client import TerminalClient
 
 from conftest import TEST_SCHOOL_YEAR, balance_of, paris, set_balance
@@ -56,11 +57,11 @@ async def test_unknown_terminal(server, keys_for, conn):
     assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'PURCHASE'") == 0
 
 
-async def test_over_the_per_transaction_limit(client, settings):
-    response = await client.purchase(ORDINARY, settings.max_purchase_amount_cents + 1)
+async def test_over_the_per_transaction_limit(client, conn):
+    limit_cents = (await current_rules(conn)).max_purchase_amount_cents
+    response = await client.purchase(ORDINARY, limit_cents + 1)
     assert response.rc == "61"
-    at_limit = await client.purchase(card_uid(6), settings.max_purchase_amount_cents,
-                                     partial_ok=True)
+    at_limit = await client.purchase(card_uid(6), limit_cents, partial_ok=True)
     assert at_limit.rc in ("00", "10")
 
 
@@ -104,6 +105,7 @@ async def test_rules_are_checked_in_order(client, conn, uid, when, rc):
     assert (await client.purchase(uid, 1_00)).rc == rc
 
 
-async def test_limit_is_checked_before_funds(client, conn, settings):
+async def test_limit_is_checked_before_funds(client, conn):
     await set_balance(conn, ORDINARY, 0)
-    assert (await client.purchase(ORDINARY, settings.max_purchase_amount_cents + 1)).rc == "61"
+    limit_cents = (await current_rules(conn)).max_purchase_amount_cents
+    assert (await client.purchase(ORDINARY, limit_cents + 1)).rc == "61"

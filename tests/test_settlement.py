@@ -23,7 +23,6 @@ from ledger.settlement import SettlementRefused, get_run, run_lines, settle
 from conftest import paris
 
 ACTOR = "cli:test"
-MAX_PURCHASE_CENTS = 300_00
 BENCH_TIMEOUT_S = 120
 _request_numbers = itertools.count(1)
 
@@ -45,8 +44,8 @@ class LedgerTill:
 
     async def purchase(self, card: int, cents: int, at: dt.datetime, expect: str = "00") -> dict:
         answer = await self._call(
-            at, "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, NULL, false, $7, NULL, NULL)",
-            card_uid(card), cents, MAX_PURCHASE_CENTS)
+            at, "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, NULL, false, NULL, NULL)",
+            card_uid(card), cents)
         assert answer["rc"] == expect, answer
         return answer
 

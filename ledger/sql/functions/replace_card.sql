@@ -1,32 +1,18 @@
--- Two fixes from the review of the region's operations.
---
--- 1. audit_head may only move forward, one row at a time, onto the hash of the row just appended:
---    resetting it (to hide rows deleted at the end of the trail) now needs its trigger disabled
---    as well, which `hdfpay audit verify --expect-head` then shows against a head written down
---    earlier.
--- 2. replace_card locks the wallet row before appending to the audit trail (see below).
-
-CREATE FUNCTION guard_audit_head() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP <> 'UPDATE' OR NEW.last_id <> OLD.last_id + 1
-       OR NEW.last_hash IS DISTINCT FROM (SELECT row_hash FROM audit_log WHERE id = NEW.last_id) THEN
-        RAISE EXCEPTION 'audit_head only follows append_audit()' USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NEW;
-END $$;
-
-CREATE TRIGGER audit_head_follows_the_log BEFORE INSERT OR UPDATE OR DELETE ON audit_head
-    FOR EACH ROW EXECUTE FUNCTION guard_audit_head();
-CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
-    FOR EACH STATEMENT EXECUTE FUNCTION refuse_audit_change();
-
+-- Replace a card. An active card is first opposed with p_reason; an opposed card keeps its own
+-- reason (p_reason, if given, must agree). Refused without rights for the current school year.
+-- The fee is the region's replacement fee (rules) when the reason charges it (card_statuses: lost,
+-- stolen, damaged; a defective card, returned by mail, is free): taken from the current school
+-- year's wallet while its window is open (the wallet row is locked, as a purchase's debit does,
+-- so the two serialise and never overspend), the rest recorded as a pending fee that the next
+-- reload recovers. The wallet row is locked before anything that appends to the audit trail
+-- (oppose_card does): the expiry locks wallets and then appends, so the other order could
+-- deadlock with it.
 CREATE OR REPLACE FUNCTION replace_card(p_card_id bigint, p_reason text, p_new_uid bytea,
-                             p_new_card_number text, p_fee_cents bigint, p_actor text)
+                                        p_new_card_number text, p_actor text)
 RETURNS card_replacements LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := business_now();
-    v_local    timestamp   := v_now AT TIME ZONE 'Europe/Paris';
-    v_year     integer     := school_year_of(v_local);
+    v_year     integer     := school_year_of(v_now);
     v_old      cards;
     v_new      cards;
     v_reason   text;
@@ -38,9 +24,6 @@ DECLARE
     v_pending  bigint;
     v_row      card_replacements;
 BEGIN
-    IF p_fee_cents IS NULL OR p_fee_cents < 0 THEN
-        RAISE EXCEPTION 'a replacement fee is zero or more cents' USING ERRCODE = 'HD422';
-    END IF;
     -- NO KEY UPDATE, not UPDATE: a purchase holding the wallet row takes KEY SHARE on the card
     -- (its authorization's foreign key); FOR UPDATE would wait on it while it waits on us.
     SELECT * INTO v_old FROM cards WHERE id = p_card_id FOR NO KEY UPDATE;
@@ -54,8 +37,9 @@ BEGIN
     END IF;
     IF v_old.status = 'ACTIVE' THEN
         IF p_reason IS NULL THEN
-            RAISE EXCEPTION 'card % is active: say why it is replaced (LOST, STOLEN, DAMAGED or DEFECTIVE)',
-                p_card_id USING ERRCODE = 'HD422';
+            RAISE EXCEPTION 'card % is active: say why it is replaced (%)', p_card_id,
+                (SELECT string_agg(status, ', ' ORDER BY status) FROM card_statuses WHERE is_opposition)
+                USING ERRCODE = 'HD422';
         END IF;
         v_reason := p_reason;
     ELSE
@@ -86,10 +70,11 @@ BEGIN
     END IF;
     v_new := issue_card(v_old.beneficiary_id, p_new_uid, p_new_card_number, v_now);
 
-    IF v_reason <> 'DEFECTIVE' THEN
-        v_fee := p_fee_cents;
-    END IF;
-    IF v_fee > 0 AND in_wallet_window(v_local) THEN
+    -- The fee is the region's (rules), when the reason charges it (card_statuses).
+    SELECT rl.replacement_fee_cents INTO v_fee FROM rules rl, card_statuses cs
+     WHERE cs.status = v_reason AND cs.replacement_charged;
+    v_fee := coalesce(v_fee, 0);
+    IF v_fee > 0 AND in_wallet_window(v_now) THEN
         v_taken := least(v_fee, greatest(coalesce(v_balance, 0), 0));
         IF v_taken > 0 THEN
             UPDATE accounts SET debits_posted = debits_posted + v_taken WHERE id = v_wallet;

@@ -1,9 +1,13 @@
+-- The common first step of a reversal, a refund or a batch close: the terminal is known and
+-- active (58), the KSN is accepted (63), and an earlier message under the same key is replayed or
+-- is a duplicate (94). early_response is the whole answer when the message is decided here;
+-- otherwise it is NULL and the terminal's partner and merchant account are returned.
+--
 -- A suspended terminal may still reverse its own purchases and close its batch: a reversal only
 -- gives a student's money back (typically a purchase whose answer was lost just before the
 -- region suspended the shop), and refusing it (58) left the student debited for goods never
 -- handed over. Purchases and refunds from a suspended terminal stay refused; a revoked terminal
 -- or a closed partner can send nothing.
-
 CREATE OR REPLACE FUNCTION open_terminal_message(
     p_type text, p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_requested_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint,

@@ -18,38 +18,12 @@ CREATE TABLE operators (
     -- locked_until, and login answers as for a wrong password without checking it.
     failed_logins         integer NOT NULL DEFAULT 0 CHECK (failed_logins >= 0),
     locked_until          timestamptz,
-    created_at            timestamptz NOT NULL DEFAULT business_now(),
+    created_at            timestamptz NOT NULL,     -- DEFAULT business_now() (sql/functions/business_now.sql)
     CONSTRAINT staff_have_their_establishment
         CHECK ((role = 'establishment_staff') = (establishment_id IS NOT NULL)),
     CONSTRAINT partners_have_their_partner
         CHECK ((role = 'partner') = (partner_id IS NOT NULL))
 );
-
-CREATE FUNCTION operators_are_never_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'operator accounts are never deleted (operator %): disable it', OLD.login
-        USING ERRCODE = 'integrity_constraint_violation';
-END $$;
-CREATE TRIGGER operators_are_never_deleted BEFORE DELETE ON operators
-    FOR EACH ROW EXECUTE FUNCTION operators_are_never_deleted();
-
--- A role and its scope are fixed at creation: a new role is a new account, audited as such.
-CREATE FUNCTION operators_role_is_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.login <> OLD.login OR NEW.role <> OLD.role
-       OR NEW.establishment_id IS DISTINCT FROM OLD.establishment_id
-       OR NEW.partner_id IS DISTINCT FROM OLD.partner_id THEN
-        RAISE EXCEPTION 'operator %: login, role and scope cannot change', OLD.login
-            USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
-    IF OLD.disabled AND NOT NEW.disabled THEN
-        RAISE EXCEPTION 'operator % is disabled: create a new account', OLD.login
-            USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER operators_role_is_fixed BEFORE UPDATE ON operators
-    FOR EACH ROW EXECUTE FUNCTION operators_role_is_fixed();
 
 CREATE TABLE operator_sessions (
     id           bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

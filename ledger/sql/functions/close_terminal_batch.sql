@@ -1,44 +1,4 @@
--- Batch close (the terminal's end of day): the terminal sends the counts and totals of its batch,
--- that is every message it sent since its previous close; the ledger counts the same from what it
--- approved and answers in balance (00) or out of balance (95, ISO 8583's "reconcile error") with
--- the differences. The batch closes either way: an out-of-balance batch is for the region's staff
--- to look into, with both sets of totals kept here. A batch close is a terminal message like any
--- other (MAC'd, KSN checked, replayed byte for byte on a retry), hence its row in authorizations.
-
-ALTER TABLE authorizations DROP CONSTRAINT authorizations_message_type_check;
-ALTER TABLE authorizations ADD CONSTRAINT authorizations_message_type_check
-    CHECK (message_type IN ('PURCHASE', 'REVERSAL', 'REFUND', 'BATCH_CLOSE'));
-
-CREATE TABLE terminal_batches (
-    id                      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    terminal_id             text    NOT NULL REFERENCES terminals,
-    batch_number            integer NOT NULL CHECK (batch_number > 0),
-    -- The batch is the terminal's authorizations with first_authorization_id <= id < close_authorization_id.
-    first_authorization_id  bigint  NOT NULL,
-    close_authorization_id  bigint  NOT NULL UNIQUE REFERENCES authorizations,
-    terminal_totals         jsonb   NOT NULL,
-    ledger_totals           jsonb   NOT NULL,
-    in_balance              boolean NOT NULL,
-    closed_at               timestamptz NOT NULL,
-    UNIQUE (terminal_id, batch_number)
-);
-
--- Counts and totals in cents of what the ledger approved for one terminal in an id range.
-CREATE FUNCTION batch_totals(p_terminal_id text, p_from_id bigint, p_below_id bigint)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'purchases_count', count(*) FILTER (WHERE message_type = 'PURCHASE'),
-        'purchases_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'PURCHASE'), 0),
-        'reversals_count', count(*) FILTER (WHERE message_type = 'REVERSAL'),
-        'reversals_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'REVERSAL'), 0),
-        'refunds_count', count(*) FILTER (WHERE message_type = 'REFUND'),
-        'refunds_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'REFUND'), 0))
-      FROM authorizations
-     WHERE terminal_id = p_terminal_id AND id >= p_from_id AND id < p_below_id
-       AND request_hash IS NOT NULL AND amount_approved_cents > 0
-$$;
-
-CREATE FUNCTION close_terminal_batch(
+CREATE OR REPLACE FUNCTION close_terminal_batch(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_terminal_totals jsonb, p_initial_key_id bytea, p_ksn_counter bigint
 ) RETURNS text LANGUAGE plpgsql AS $$

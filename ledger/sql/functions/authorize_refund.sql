@@ -1,0 +1,72 @@
+-- Refund part or all of a purchase made at the same partner, found by its RRN. Cumulative refunds
+-- never exceed what is left of the purchase (61 otherwise); the wallet of the purchase's school
+-- year is credited while its window is open (54 after).
+CREATE OR REPLACE FUNCTION authorize_refund(
+    p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
+    p_original_rrn text, p_amount_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_now       timestamptz := business_now();
+    f           record;
+    o           record;
+    v_rc        text;
+    v_amount    bigint := 0;
+    v_balance   bigint;
+    v_rrn       text;
+    v_response  text;
+    v_auth_id   bigint;
+    v_card_id   bigint;
+    v_wallet_account_id bigint;
+    v_school_year integer;
+    v_original_id bigint;
+BEGIN
+    SELECT * INTO f FROM open_terminal_message('refund', p_terminal_id, p_request_id, p_request_hash,
+                                               p_stan, p_amount_cents, p_initial_key_id, p_ksn_counter);
+    IF f.early_response IS NOT NULL THEN
+        RETURN f.early_response;
+    END IF;
+
+    SELECT a.* INTO o FROM authorizations a JOIN terminals t ON t.id = a.terminal_id
+     WHERE a.rrn = p_original_rrn AND a.message_type = 'PURCHASE' AND t.partner_id = f.partner_id
+       AND a.amount_approved_cents > 0
+       FOR UPDATE OF a;
+
+    IF NOT FOUND THEN
+        v_rc := '25';
+    ELSIF NOT in_wallet_window(v_now) OR school_year_of(v_now) <> o.school_year THEN
+        v_rc := '54';
+    ELSIF p_amount_cents > o.amount_approved_cents - o.amount_reversed_cents - o.amount_refunded_cents THEN
+        v_rc := '61';
+    ELSE
+        v_rc := '00';
+        v_amount := p_amount_cents;
+        UPDATE accounts SET credits_posted = credits_posted + v_amount
+         WHERE id = o.wallet_account_id
+        RETURNING credits_posted - debits_posted INTO v_balance;
+        UPDATE authorizations SET amount_refunded_cents = amount_refunded_cents + v_amount
+         WHERE id = o.id;
+    END IF;
+
+    IF v_rc <> '25' THEN
+        v_card_id := o.card_id;
+        v_wallet_account_id := o.wallet_account_id;
+        v_school_year := o.school_year;
+        v_original_id := o.id;
+    END IF;
+    v_rrn := next_rrn(v_now);
+    v_response := terminal_response('refund', p_request_id, p_stan, v_rc, p_amount_cents,
+                                    v_amount, v_balance, NULL, v_rrn);
+    INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan, card_id,
+                                wallet_account_id, school_year, original_id, amount_requested_cents,
+                                amount_approved_cents, response_code, rrn, created_at, response)
+    VALUES (p_terminal_id, p_request_id, 'REFUND', p_request_hash, p_stan, v_card_id,
+            v_wallet_account_id, v_school_year, v_original_id, p_amount_cents, v_amount, v_rc,
+            v_rrn, v_now, v_response)
+    RETURNING id INTO v_auth_id;
+
+    IF v_amount > 0 THEN
+        INSERT INTO transfers (code, debit_account_id, credit_account_id, amount_cents, authorization_id, created_at)
+        VALUES ('REFUND', f.merchant_account_id, v_wallet_account_id, v_amount, v_auth_id, v_now);
+    END IF;
+    RETURN v_response;
+END $$;
