@@ -20,7 +20,7 @@ from hsm.interface import DUKPT_MAC_BYTES, INITIAL_KEY_ID_BYTES, Hsm, HsmError, 
 from hsm.key_blocks import FULL_MODE
 from hsm.software_backend import SoftwareHsm
 
-# ANSI X9.24-3-2017 AES-128 test BDK and initial key ID (shared/notes/hsm.md).
+# ANSI X9.24-3-2017 AES-128 test BDK and initial key ID (the standard's test-vector supplement).
 KNOWN_BDK = bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")
 KNOWN_INITIAL_KEY_ID = bytes.fromhex("1234567890123456")
 KNOWN_INITIAL_KEY = bytes.fromhex("1273671EA26AC29AFA4D1084127652A1")

@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger.bulk_reload import (BULK_RELOAD_LOCK_KEY, BulkReloadRefused, latest_run,
-                                reload_school_year, run_bulk_reload)
+from ledger.bulk_reload import (BULK_RELOAD_LOCK_KEY, BulkReloadRefused, latest_run, run_bulk_reload)
+from ledger.school_calendar import reload_school_year
 from ledger.clock import pin_clock
 from ledger.programmes import ProgrammeError, list_amounts, set_amount
 

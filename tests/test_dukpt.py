@@ -1,6 +1,6 @@
 """AES-DUKPT against published vectors, counter rules, and the host-side ladder cache.
 
-Vectors: ANSI X9.24-3-2017 test-vector supplement, AES-128 BDK (shared/notes/hsm.md; the
+Vectors: ANSI X9.24-3-2017 test-vector supplement, AES-128 BDK (the
 derivation keys of counters 3 to 0xFFFF0000 as also listed by openemv/dukpt
 test/dukpt_aes128_test.c), and the CMACs of moov-io/dukpt pkg/aes/aes_test.go (request under
 the MAC generation key, response under the MAC verification key, over its ASCII test data).

@@ -1,7 +1,7 @@
 """Blocking PC/SC card reader for the terminal agent (the agent calls it through asyncio.to_thread).
 
 It runs its own SCardGetStatusChange loop on pyscard's low-level API rather than CardMonitor,
-which is a process-wide thread that stops for good when pcscd restarts (shared/notes/pcsc.md).
+which is a process-wide thread that stops for good when pcscd restarts (pyscard 2.x).
 Every wait is cut into STATUS_POLL_MS slices so the caller's deadline and cancel event are
 honoured; when pcscd goes away the context is re-established with a bounded backoff and the wait
 carries on.
