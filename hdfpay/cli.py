@@ -190,8 +190,9 @@ def cmd_reload(args, settings: Settings) -> int:
                                               "credited_cents": result.credited_cents,
                                               "fee_recovered_cents": result.fee_recovered_cents})
         if result.already_done:
-            print(f"already reloaded (same reference): nothing credited; balance "
-                  f"{format_euros(result.balance_cents)}")
+            what = (f"the year's credit for {year}-{year + 1} was already made"
+                    if args.reference is None else "already reloaded (same reference)")
+            print(f"{what}: nothing credited; balance {format_euros(result.balance_cents)}")
         else:
             print(f"credited {format_euros(result.credited_cents)} for {year}-{year + 1}, "
                   f"fees recovered {format_euros(result.fee_recovered_cents)}, balance "

@@ -14,11 +14,11 @@ import dataclasses
 import datetime as dt
 import os
 from typing import Iterator
-from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from hdfpay.config import Settings
+from ledger import school_calendar
 from ledger.database import connection, recreate_database
 from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
 from hdfpay.server import running_server
@@ -36,16 +36,25 @@ from terminal_protocol.ksn_counter import MemoryCounter
 from terminal_protocol.terminal_keys import TerminalKeys
 from terminal_protocol.messages import Response
 
-PARIS = ZoneInfo("Europe/Paris")
 DEMO_BENEFICIARIES = 1000
 DEMO_DATABASE = "hdfpay_demo"
+# Outside the wallet window, the demo (and the benchmarks) play the next school year's rentrée:
+# this long after its wallets open, at this hour.
+RENTREE_AFTER_WALLET_OPENS = dt.timedelta(days=62, hours=10)
+# When the demo moves the clock past the wallet's closing, it goes this far past it.
+AFTER_CLOSING = dt.timedelta(hours=9)
 
 
-def demo_business_time(now: dt.datetime) -> dt.datetime:
-    """Today if the wallet window is open, else 1 September (May and June are outside it)."""
-    if now.month in (5, 6):
-        return now.replace(month=9, day=1, hour=10, minute=0, second=0, microsecond=0)
-    return now.replace(microsecond=0)
+async def demo_business_time(conn: asyncpg.Connection) -> tuple[dt.datetime, int]:
+    """The moment to pin and its school year: now if the wallet window is open, else the next
+    school year's rentrée (the calendar is the ledger's: ledger.school_calendar)."""
+    zone = await school_calendar.business_time_zone(conn)
+    now = dt.datetime.now(zone).replace(microsecond=0)
+    year = await school_calendar.school_year_of(conn, now)
+    if await school_calendar.in_wallet_window(conn, now):
+        return now, year
+    opens = (await school_calendar.calendar(conn, year + 1)).wallet_opens_at
+    return (opens + RENTREE_AFTER_WALLET_OPENS).astimezone(zone), year + 1
 
 
 @contextlib.contextmanager
@@ -82,8 +91,6 @@ class Till:
 
 
 async def run_demo(settings: Settings, out=print) -> int:
-    business_time = demo_business_time(dt.datetime.now(PARIS))
-    school_year = business_time.year if business_time.month >= 7 else business_time.year - 1
     out("Carte Génération #HDF — démonstration du serveur d'autorisation")
     with demo_environment(settings.database_url) as (base_dsn, hsm):
         # On someone else's server, a database of our own; our throwaway cluster is all ours.
@@ -91,6 +98,7 @@ async def run_demo(settings: Settings, out=print) -> int:
                else base_dsn)
         async with connection(dsn) as conn:
             await migrate(conn)
+            business_time, school_year = await demo_business_time(conn)
             await pin_clock(conn, business_time)
             summary = await seed_demo_region(conn, beneficiaries=DEMO_BENEFICIARIES,
                                              school_year=school_year)
@@ -103,7 +111,7 @@ async def run_demo(settings: Settings, out=print) -> int:
                 f"{summary.partners} partenaires, {summary.terminals} terminaux, "
                 f"{format_euros(summary.funded_cents)} chargés pour l'année scolaire "
                 f"{school_year}-{school_year + 1}.")
-            out(f"Horloge de démonstration : {business_time:%d/%m/%Y %H:%M} (Europe/Paris)")
+            out(f"Horloge de démonstration : {business_time:%d/%m/%Y %H:%M} ({business_time.tzinfo})")
             out(f"Clés : BDK {bdk.alias} (KCV {bdk.kcv}) dans un HSM logiciel au trousseau chiffré ; "
                 f"{len(keys)} terminaux ont reçu leur clé initiale AES-DUKPT en bloc TR-31.")
             server_settings = dataclasses.replace(settings, host="127.0.0.1", port=0,
@@ -158,11 +166,15 @@ async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connec
             await Till(revoked, shop, out).sale(card_uid(9), 10_00)          # 58 revoked terminal
         async with terminal(terminal_id(len(PARTNERS), 1)) as suspended:
             await Till(suspended, PARTNERS[-1][0], out).sale(card_uid(9), 10_00)  # 58 partner
-        may_day = dt.datetime(school_year + 1, 5, 1, 9, 0, tzinfo=PARIS)
-        await pin_clock(conn, may_day)
-        out(f"  (horloge avancée au {may_day:%d/%m/%Y %H:%M} : le porte-monnaie est fermé)")
+        closes = (await school_calendar.calendar(conn, school_year)).wallet_closes_at
+        after_closing = closes + AFTER_CLOSING
+        await pin_clock(conn, after_closing)
+        out(f"  (horloge avancée au {after_closing:%d/%m/%Y %H:%M} : le porte-monnaie est fermé "
+            f"depuis le {closes:%d/%m/%Y à %H:%M})")
         await till.sale(card_uid(9), 10_00)                                 # 54
         await pin_clock(conn, business_time)
+        out(f"  (horloge ramenée au {business_time:%d/%m/%Y %H:%M} : le porte-monnaie est de "
+            "nouveau ouvert pour la suite)")
 
         till.header("Annulation de la dernière vente (le client renonce)")
         voided = await till.sale(card_uid(11), 31_50)

@@ -35,6 +35,7 @@ from loadtest.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snapsho
 from loadtest.bench_plan import HOT_CARD_COUNT, Bench, BenchOptions, Run, bench_plan
 from loadtest.bench_report import (TABLE_ROW, final_lines, report_mac_cost,
                                      report_metrics_cost, report_run, results, verify)
+from hdfpay.demo import demo_business_time
 from hdfpay.config import Settings
 from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
@@ -122,12 +123,13 @@ def _bench(bench: Bench) -> int:
 async def _prepare(bench: Bench) -> None:
     """Schema, region, the bench's terminals and their keys, hot cards funded so they never run
     dry; then a vacuumed, analysed, checkpointed start, so that no run pays for the bulk load."""
-    year = bench.business_time.year - (0 if bench.business_time.month >= 7 else 1)
     async with connection(bench.dsn) as conn:
         await migrate(conn)
         started = time.perf_counter()
+        bench.business_time, bench.school_year = await demo_business_time(conn)
         await pin_clock(conn, bench.business_time)
-        summary = await seed_demo_region(conn, beneficiaries=bench.options.cards, school_year=year)
+        summary = await seed_demo_region(conn, beneficiaries=bench.options.cards,
+                                         school_year=bench.school_year)
         bench.seed_s = round(time.perf_counter() - started, 2)
         print(f"seeded {summary.beneficiaries} beneficiaries in {bench.seed_s:.2f} s")
         keys = bench.keys = await provision_bench_terminals(
@@ -140,14 +142,14 @@ async def _prepare(bench: Bench) -> None:
         await conn.execute(
             "SELECT reload_wallet(beneficiary_id, $2, $3, 'bench-hot:' || id) FROM cards"
             " WHERE uid IN (SELECT '\\x04'::bytea || substring(int8send(n) FROM 3)"
-            "                 FROM unnest($1::bigint[]) AS n)", bench.hot_cards, year, reload_cents)
+            "                 FROM unnest($1::bigint[]) AS n)", bench.hot_cards, bench.school_year, reload_cents)
         await conn.execute("VACUUM ANALYZE")
         if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
             await conn.execute("CHECKPOINT")
         bench.postgres_version = await conn.fetchval("SHOW server_version")
     print(f"hot cards {bench.hot_cards} "
           f"(+{reload_cents // 100} € each), PostgreSQL {bench.postgres_version}, "
-          f"{os.cpu_count()} CPUs, business day {bench.business_time:%d/%m/%Y} (Europe/Paris)")
+          f"{os.cpu_count()} CPUs, business day {bench.business_time:%d/%m/%Y} ({bench.business_time.tzinfo})")
 
 
 @contextlib.contextmanager

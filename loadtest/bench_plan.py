@@ -8,7 +8,6 @@ import datetime as dt
 from pathlib import Path
 
 from hdfpay.config import Settings
-from hdfpay.demo import PARIS, demo_business_time
 from loadtest.bench_keys import BenchKeys
 from loadtest.bench_load import first_approvable
 
@@ -52,8 +51,8 @@ class Bench:
     settings: Settings
     options: BenchOptions
     seconds: int
-    business_time: dt.datetime = dataclasses.field(
-        default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
+    business_time: dt.datetime | None = None    # the demo's moment, set once migrated
+    school_year: int = 0
     hot_cards: list[int] = dataclasses.field(
         default_factory=lambda: first_approvable(HOT_CARD_COUNT))
     keys: BenchKeys | None = None

@@ -8,7 +8,6 @@ import datetime as dt
 from pathlib import Path
 
 from hdfpay.config import Settings
-from hdfpay.demo import PARIS, demo_business_time
 from loadtest.bench_keys import BenchKeys
 
 DEFAULT_CARDS = 100_000            # as `hdfpay bench`: a minute of peak leaves most wallets funded
@@ -33,16 +32,12 @@ class LoadRun:
     dsn: str
     workdir: Path
     output: Path
-    business_time: dt.datetime = dataclasses.field(
-        default_factory=lambda: demo_business_time(dt.datetime.now(PARIS)))
+    business_time: dt.datetime | None = None    # the demo's moment, set once migrated
+    school_year: int = 0
     keys: BenchKeys | None = None
     categories: dict[str, str] = dataclasses.field(default_factory=dict)
     max_purchase_cents: int = 0          # the ledger's rule, read once the database is ready
     server_pid: int = 0
-
-    @property
-    def school_year(self) -> int:
-        return self.business_time.year - (0 if self.business_time.month >= 7 else 1)
 
     @property
     def terminals(self) -> list[str]:

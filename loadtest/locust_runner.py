@@ -30,6 +30,7 @@ import uvloop
 from loadtest.bench import _server
 from loadtest.bench_keys import MAX_BENCH_TERMINALS, provision_bench_terminals
 from loadtest.bench_load import BenchError
+from hdfpay.demo import demo_business_time
 from hdfpay.config import Settings
 from ledger.rules import current_rules
 from ledger.database import connection, recreate_database
@@ -150,6 +151,7 @@ async def _prepare(run: LoadRun) -> None:
     region, one terminal per user with its key, and statistics fresh after the bulk load."""
     async with connection(run.dsn) as conn:
         await migrate(conn)
+        run.business_time, run.school_year = await demo_business_time(conn)
         await pin_clock(conn, run.business_time)
         summary = await seed_demo_region(conn, beneficiaries=run.options.cards,
                                          school_year=run.school_year)
@@ -164,7 +166,7 @@ async def _prepare(run: LoadRun) -> None:
         raise LoadtestError("the decline mix needs the ledger's purchase limit (table rules) "
                             "above every seeded balance, or 51 cannot be told from 61")
     print(f"seeded {summary.beneficiaries} cards ({format_euros(summary.funded_cents)} funded), "
-          f"business day {run.business_time:%d/%m/%Y} (Europe/Paris); {len(run.terminals)} "
+          f"business day {run.business_time:%d/%m/%Y} ({run.business_time.tzinfo}); {len(run.terminals)} "
           f"terminals for the users, AES-DUKPT keys under BDK {run.keys.bdk}", flush=True)
 
 

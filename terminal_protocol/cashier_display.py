@@ -13,6 +13,14 @@ def masked_uid(uid: bytes | str) -> str:
     return text[:2] + "•" * (len(text) - 6) + text[-4:]
 
 
+def _refund_refusal(response: Response) -> str:
+    if response.detail == "voided":
+        return "Vente annulée : rien à rembourser"
+    if response.detail == "refunded":
+        return "Vente déjà remboursée en totalité"
+    return describe(response.rc).cashier_text
+
+
 def cashier_lines(response: Response) -> list[str]:
     """Two or three short lines: the verdict, then what to do or the new balance."""
     code = describe(response.rc)
@@ -28,6 +36,10 @@ def cashier_lines(response: Response) -> list[str]:
         lines.append(f"ANNULATION ACCEPTÉE  {format_euros(response.approved_cents)} recrédités")
     elif response.type == "refund" and response.rc == "00":
         lines.append(f"REMBOURSEMENT ACCEPTÉ  {format_euros(response.approved_cents)}")
+    elif response.type == "refund" and response.rc == "13":
+        lines.append(f"REFUSÉ : {_refund_refusal(response)} (code 13)")
+        if response.refundable_cents:
+            lines.append(f"Remboursable au plus : {format_euros(response.refundable_cents)}")
     else:
         lines.append(f"REFUSÉ : {code.cashier_text} (code {response.rc})")
     if response.balance_cents is not None:

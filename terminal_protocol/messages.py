@@ -105,6 +105,8 @@ class Response(msgspec.Struct, frozen=True):
     auth_code: str | None = None
     rrn: str | None = None
     detail: str | None = None
+    # Refund declined 13: what is left to refund of the sale.
+    refundable_cents: int | None = None
     # Batch close only.
     batch_number: int | None = None
     ledger_totals: BatchTotals | None = None

@@ -16,6 +16,8 @@ class ResponseCode:
 _CODES = [
     ResponseCode("00", "approved", "Paiement accepté", approved=True),
     ResponseCode("10", "partial approval", "Paiement partiel accepté", approved=True),
+    ResponseCode("13", "invalid amount (refund above what is left of the sale)",
+                 "Montant supérieur au reste remboursable de la vente"),
     ResponseCode("14", "unknown card", "Carte inconnue"),
     ResponseCode("25", "original not found", "Transaction d'origine introuvable"),
     ResponseCode("30", "format error", "Message invalide"),

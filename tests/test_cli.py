@@ -103,6 +103,9 @@ def test_embedded_cluster_start_status_stop():
         assert "already up to date" in hdfpay("db", "migrate", env=env).stdout
         seeded = hdfpay("seed", "--beneficiaries", "20", env=env)
         assert seeded.returncode == 0 and "20 beneficiaries" in seeded.stdout
+        year_credit = hdfpay("reload", "HDF0000005", "100", env=env)   # the seed made it already
+        assert year_credit.returncode == 0, year_credit.stderr
+        assert "the year's credit for" in year_credit.stdout and "was already made" in year_credit.stdout
         reloaded = hdfpay("reload", "HDF0000005", "12,50", "--reference", "cli-test", env=env)
         assert reloaded.returncode == 0 and "credited 12,50" in reloaded.stdout
         again = hdfpay("reload", "HDF0000005", "12,50", "--reference", "cli-test", env=env)
@@ -213,6 +216,9 @@ def test_demo_runs_a_till_session_in_french():
     for expected in ["ACCEPTÉ", "ACCEPTÉ PARTIELLEMENT", "ANNULATION ACCEPTÉE", "REMBOURSEMENT ACCEPTÉ",
                      "Grand livre vérifié"]:
         assert expected in result.stdout
-    for code in ["14", "41", "43", "51", "54", "57", "58", "61", "62"]:
+    for code in ["13", "14", "41", "43", "51", "54", "57", "58", "61", "62"]:
         assert f"(code {code})" in result.stdout
     assert "040000000005" not in result.stdout          # card UIDs are masked
+    assert "le porte-monnaie est fermé" in result.stdout
+    assert "horloge ramenée au" in result.stdout        # and the demo says the clock went back
+    assert "Remboursable au plus : 27,00\u00a0€" in result.stdout   # 42,00 sold, 15,00 refunded

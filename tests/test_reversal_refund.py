@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from terminal_protocol.cashier_display import cashier_lines
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, terminal_id
 
@@ -72,10 +73,15 @@ async def test_refunds_are_capped_by_the_purchase(client, conn):
     first = await client.refund(sale.rrn, 12_00)
     assert (first.rc, first.approved_cents, first.balance_cents) == ("00", 12_00, before - 18_00)
     too_much = await client.refund(sale.rrn, 18_01)
-    assert (too_much.rc, too_much.approved_cents) == ("61", 0)
+    assert (too_much.rc, too_much.approved_cents, too_much.refundable_cents) == ("13", 0, 18_00)
+    assert cashier_lines(too_much)[:2] == [
+        "REFUSÉ : Montant supérieur au reste remboursable de la vente (code 13)",
+        "Remboursable au plus : 18,00\u00a0€"]
     rest = await client.refund(sale.rrn, 18_00)
     assert rest.rc == "00"
-    assert (await client.refund(sale.rrn, 1)).rc == "61"
+    nothing_left = await client.refund(sale.rrn, 1)
+    assert (nothing_left.rc, nothing_left.refundable_cents, nothing_left.detail) == ("13", 0, "refunded")
+    assert cashier_lines(nothing_left)[0] == "REFUSÉ : Vente déjà remboursée en totalité (code 13)"
     assert await balance_of(conn, CARD) == before
 
 
@@ -83,7 +89,9 @@ async def test_refund_after_a_reversal_is_refused(client, conn):
     sale = client.purchase_request(CARD, 10_00)
     response = await client.send(sale)
     await client.reversal(sale.request_id)
-    assert (await client.refund(response.rrn, 1_00)).rc == "61"
+    refused = await client.refund(response.rrn, 1_00)
+    assert (refused.rc, refused.refundable_cents, refused.detail) == ("13", 0, "voided")
+    assert cashier_lines(refused)[0] == "REFUSÉ : Vente annulée : rien à rembourser (code 13)"
 
 
 async def test_refund_only_at_the_partner_of_the_sale(terminal, client, conn):

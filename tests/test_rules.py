@@ -60,5 +60,5 @@ async def test_every_response_code_the_sql_can_answer_is_known_to_the_protocol(c
         codes |= set(re.findall(r"'(\d\d)'", body))
     codes |= {r["decline_code"] for r in await conn.fetch(
         "SELECT decline_code FROM card_statuses WHERE decline_code IS NOT NULL")}
-    assert {"00", "10", "41", "43", "51", "54", "57", "58", "61", "62", "63", "94", "95"} <= codes
+    assert {"00", "10", "13", "41", "43", "51", "54", "57", "58", "61", "62", "63", "94", "95"} <= codes
     assert sorted(codes - set(RESPONSE_CODES)) == []

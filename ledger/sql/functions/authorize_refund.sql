@@ -1,6 +1,8 @@
 -- Refund part or all of a purchase made at the same partner, found by its RRN. Cumulative refunds
--- never exceed what is left of the purchase (61 otherwise); the wallet of the purchase's school
--- year is credited while its window is open (54 after).
+-- never exceed what is left of the purchase: above it the answer is 13 (invalid amount) with
+-- refundable_cents, what can still be refunded, and `detail` 'voided' when the sale was voided
+-- (or 'refunded' when refunds took it all), so that the cashier is told which. The wallet of the
+-- purchase's school year is credited while its window is open (54 after).
 CREATE OR REPLACE FUNCTION authorize_refund(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_original_rrn text, p_amount_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint
@@ -19,6 +21,7 @@ DECLARE
     v_wallet_account_id bigint;
     v_school_year integer;
     v_original_id bigint;
+    v_refundable bigint;
 BEGIN
     SELECT * INTO f FROM open_terminal_message('refund', p_terminal_id, p_request_id, p_request_hash,
                                                p_stan, p_amount_cents, p_initial_key_id, p_ksn_counter);
@@ -36,7 +39,8 @@ BEGIN
     ELSIF NOT in_wallet_window(v_now) OR school_year_of(v_now) <> o.school_year THEN
         v_rc := '54';
     ELSIF p_amount_cents > o.amount_approved_cents - o.amount_reversed_cents - o.amount_refunded_cents THEN
-        v_rc := '61';
+        v_rc := '13';
+        v_refundable := o.amount_approved_cents - o.amount_reversed_cents - o.amount_refunded_cents;
     ELSE
         v_rc := '00';
         v_amount := p_amount_cents;
@@ -56,6 +60,12 @@ BEGIN
     v_rrn := next_rrn(v_now);
     v_response := terminal_response('refund', p_request_id, p_stan, v_rc, p_amount_cents,
                                     v_amount, v_balance, NULL, v_rrn);
+    IF v_rc = '13' THEN
+        v_response := (v_response::jsonb || jsonb_strip_nulls(jsonb_build_object(
+            'refundable_cents', v_refundable,
+            'detail', CASE WHEN v_refundable > 0 THEN NULL
+                           WHEN o.amount_reversed_cents > 0 THEN 'voided' ELSE 'refunded' END)))::text;
+    END IF;
     INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan, card_id,
                                 wallet_account_id, school_year, original_id, amount_requested_cents,
                                 amount_approved_cents, response_code, rrn, created_at, response)
