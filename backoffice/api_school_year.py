@@ -18,13 +18,13 @@ from backoffice.api_school_year_openapi import (BASE, FALSE_WORDS, OPENAPI_PATHS
                                                 OPENAPI_SCHEMAS, TRUE_WORDS)
 from backoffice.operator_auth import POOL, Operator, Role, json_error, require
 from backoffice.ops_requests import acquire, read_json_object
+from ledger import school_calendar
 from ledger.establishments import establishment_id
 from ledger import bulk_reload, expiry, programmes, rights_renewal
 from ledger.rights_renewal import RenewalReport
 
 log = logging.getLogger("hdfpay.school_year")
 REGION, AUDITOR, STAFF = Role.REGION_OPERATOR, Role.AUDITOR, Role.ESTABLISHMENT_STAFF
-RENEWAL_OPENS = web.AppKey("renewal_opens_month_day", tuple)
 BULK_RELOADS = web.AppKey("bulk_reloads_in_progress", dict)      # school year → asyncio.Task
 BULK_RELOAD_ERRORS = web.AppKey("bulk_reload_last_errors", dict)  # school year → message
 MIN_SCHOOL_YEAR, MAX_SCHOOL_YEAR = 2000, 2100
@@ -90,7 +90,7 @@ async def renew_student(request: web.Request) -> web.Response:
         with _answers():
             result = await rights_renewal.renew_one(
                 conn, dossier, school_year=year, actor=operator.actor, establishment_id=_scope(operator),
-                programme=programme, opens=request.app[RENEWAL_OPENS])
+                programme=programme)
     return web.json_response({"renewal": {
         "dossier_number": result.dossier_number, "school_year": result.school_year,
         "programme": result.programme, "already_renewed": result.already_renewed}},
@@ -125,7 +125,7 @@ async def renew_file(request: web.Request) -> web.Response:
                     raise json_error(web.HTTPNotFound, "no establishment with this UAI")
             report = await rights_renewal.renew_file(
                 conn, data, school_year=year, actor=operator.actor, establishment_id=scope,
-                apply=not dry_run, opens=request.app[RENEWAL_OPENS])
+                apply=not dry_run)
     status = 422 if report.errors and not dry_run else 200
     return web.json_response({"report": _report(report, operator)}, status=status)
 
@@ -135,8 +135,8 @@ async def renewal_counts(request: web.Request) -> web.Response:
     year = _school_year(request)
     async with acquire(request) as conn:
         counts = await rights_renewal.renewal_counts(conn, year, _scope(operator))
-    month, day = request.app[RENEWAL_OPENS]
-    return web.json_response({"school_year": year, "renewal_opens": f"{year}-{month:02d}-{day:02d}",
+        opens = (await school_calendar.calendar(conn, year)).rights_renewal_opens_at
+    return web.json_response({"school_year": year, "renewal_opens": opens.date().isoformat(),
                               "establishments": counts})
 
 
@@ -242,7 +242,6 @@ async def expiry_status(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register this area's routes on the operator application."""
-    app[RENEWAL_OPENS] = rights_renewal.renewal_opens_from_env()
     app[BULK_RELOADS] = {}
     app[BULK_RELOAD_ERRORS] = {}
     app.on_shutdown.append(_stop_bulk_reloads)

@@ -16,7 +16,7 @@ from ledger.bulk_reload import (BULK_RELOAD_CHUNK_ROWS, BulkReloadRefused, BulkR
 from ledger.expiry import ExpiryRefused, expire_school_year, last_closed_school_year
 from ledger.programmes import ProgrammeError, list_amounts, set_amount
 from ledger.rights_renewal import (RenewalFileRefused, RenewalRefused, RenewalReport, renew_file,
-                                   renew_one, renewal_opens_from_env, renewal_school_year)
+                                   renew_one, renewal_school_year)
 from terminal_protocol.amounts import AmountError, format_euros, parse_euros
 
 PROGRESS_BAR_CHARS = 30
@@ -45,18 +45,17 @@ async def _establishment_id_or_refuse(conn, uai: str | None) -> int | None:
 
 def cmd_rights(args, settings) -> int:
     async def work(conn) -> int:
-        opens = renewal_opens_from_env()
-        year = args.school_year or await renewal_school_year(conn, opens)
+        year = args.school_year or await renewal_school_year(conn)
         scope = await _establishment_id_or_refuse(conn, args.establishment)
         if args.rights_action == "renew":
             result = await renew_one(conn, args.dossier, school_year=year, actor=cli_actor(),
-                                     establishment_id=scope, programme=args.programme, opens=opens)
+                                     establishment_id=scope, programme=args.programme)
             state = "already renewed" if result.already_renewed else "renewed"
             print(f"{result.dossier_number}: {state} for {year}-{year + 1} ({result.programme})")
             return 0
         data = Path(args.file).read_bytes()
         report = await renew_file(conn, data, school_year=year, actor=cli_actor(),
-                                  establishment_id=scope, apply=args.apply, opens=opens)
+                                  establishment_id=scope, apply=args.apply)
         _print_report(report)
         return 0 if report.ok else 1
     return _with_database(settings, work)

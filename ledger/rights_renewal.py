@@ -1,8 +1,8 @@
 """Rights renewal for a school year, by the student's establishment: one student, or a CSV file
 of dossier numbers checked whole before anything changes (a dry run, then the same file applied).
 
-Renewal for school year Y opens at rights_renewal_opens_at(Y) (SQL: 20 June Y, business time),
-or on the month and day HDFPAY_RENEWAL_OPENS gives, and closes when the school year ends
+Renewal for school year Y opens at rights_renewal_opens_at(Y) (SQL: 20 June Y, business time, a
+rule of the table rules), and closes when the school year ends
 (school_year_starts_at(Y + 1), 1 July). A caller scoped to an establishment renews only
 that establishment's students. Applied renewals are audited: one row per student, or one per file
 with its counts and SHA-256.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -26,22 +25,11 @@ import asyncpg
 from ledger.audit import append_audit
 from ledger.programmes import PROGRAMME_PATTERN
 
-# The month and day of rights_renewal_opens_at() (SQL, the definition), for the callers that show
-# or override it (the API's renewal_opens, HDFPAY_RENEWAL_OPENS); tests check they agree.
-RENEWAL_OPENS_MONTH_DAY = (6, 20)
-RENEWAL_OPENS_VARIABLE = "HDFPAY_RENEWAL_OPENS"      # "MM-DD", overrides the date above
 MAX_RENEWAL_FILE_BYTES = 4_000_000
 MAX_RENEWAL_FILE_ROWS = 50_000
 MAX_RENEWAL_FIELDS = 3
 DOSSIER_PATTERN = re.compile(r"^[0-9A-Z]{6,20}$")
 YEAR_PATTERN = re.compile(r"^(\d{4})(?:\s*[-/]\s*(\d{4}))?$")
-# The instant renewal for a school year opens: rights_renewal_opens_at(), unless the operator
-# moved it (HDFPAY_RENEWAL_OPENS) to another month and day (business time).
-_OPENS_SQL = ("CASE WHEN ({month}, {day}) = ({default_month}, {default_day})"
-              " THEN rights_renewal_opens_at({year})"
-              " ELSE make_timestamp({year}, {month}, {day}, 0, 0, 0) AT TIME ZONE business_time_zone() END")
-
-
 class RenewalRefused(ValueError):
     """Renewal closed for that school year, or a student the caller may not renew."""
 
@@ -92,43 +80,22 @@ class _Line:
     programme: str | None
 
 
-def _opens_sql(year: str, month: str, day: str) -> str:
-    """SQL for the opening of renewal for `year`, month and day given as SQL parameters."""
-    return _OPENS_SQL.format(year=year, month=f"{month}::integer", day=f"{day}::integer",
-                             default_month=RENEWAL_OPENS_MONTH_DAY[0],
-                             default_day=RENEWAL_OPENS_MONTH_DAY[1])
-
-
-def renewal_opens_from_env() -> tuple[int, int]:
-    """RENEWAL_OPENS_MONTH_DAY, or HDFPAY_RENEWAL_OPENS as MM-DD."""
-    text = os.environ.get(RENEWAL_OPENS_VARIABLE, "").strip()
-    if not text:
-        return RENEWAL_OPENS_MONTH_DAY
-    match = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text)
-    if not match or not (1 <= int(match[1]) <= 6 and 1 <= int(match[2]) <= 30):
-        raise RenewalRefused(f"{RENEWAL_OPENS_VARIABLE} must be a date MM-DD between 01-01 and "
-                             f"06-30 (renewal opens before the school year starts), not {text!r}")
-    return int(match[1]), int(match[2])
-
-
-async def renewal_school_year(conn: asyncpg.Connection,
-                              opens: tuple[int, int] = RENEWAL_OPENS_MONTH_DAY) -> int:
+async def renewal_school_year(conn: asyncpg.Connection) -> int:
     """The newest school year open for renewal: the next one from its opening date, else the
     current one."""
     return await conn.fetchval(
-        f"SELECT CASE WHEN business_now() >= {_opens_sql('y + 1', '$1', '$2')} THEN y + 1 ELSE y END"
-        " FROM (SELECT school_year_of(business_now()) AS y) now", *opens)
+        "SELECT CASE WHEN business_now() >= rights_renewal_opens_at(y + 1) THEN y + 1 ELSE y END"
+        " FROM (SELECT school_year_of(business_now()) AS y) now")
 
 
-async def check_renewal_open(conn: asyncpg.Connection, school_year: int,
-                             opens: tuple[int, int] = RENEWAL_OPENS_MONTH_DAY) -> None:
+async def check_renewal_open(conn: asyncpg.Connection, school_year: int) -> None:
     row = await conn.fetchrow(
-        f"SELECT business_now() >= {_opens_sql('$1', '$2', '$3')} AS opened,"
-        f" to_char({_opens_sql('$1', '$2', '$3')} AT TIME ZONE business_time_zone(), 'DD/MM/YYYY') AS opens,"
+        "SELECT business_now() >= rights_renewal_opens_at($1) AS opened,"
+        " to_char(business_day_of(rights_renewal_opens_at($1)), 'DD/MM/YYYY') AS opens,"
         " business_now() >= school_year_starts_at($1 + 1) AS over,"
         " to_char(business_day_of(school_year_starts_at($1 + 1)) - 1, 'DD/MM/YYYY') AS last_day,"
         " business_time_zone() AS zone",
-        school_year, *opens)
+        school_year)
     name = f"{school_year}-{school_year + 1}"
     if not row["opened"]:
         raise RenewalRefused(f"renewal for school year {name} opens on {row['opens']} ({row['zone']})")
@@ -139,13 +106,13 @@ async def check_renewal_open(conn: asyncpg.Connection, school_year: int,
 
 async def renew_one(conn: asyncpg.Connection, dossier_number: str, *, school_year: int, actor: str,
                     establishment_id: int | None = None, programme: str | None = None,
-                    opens: tuple[int, int] = RENEWAL_OPENS_MONTH_DAY) -> RenewalResult:
+                    ) -> RenewalResult:
     """Renew one student (programme: given, else last year's, else the establishment's kind)."""
     dossier = dossier_number.strip().upper()
     if programme is not None and not PROGRAMME_PATTERN.match(programme):
         raise RenewalRefused(f"{programme!r} is not a programme code")
     async with conn.transaction():
-        await check_renewal_open(conn, school_year, opens)
+        await check_renewal_open(conn, school_year)
         student = await conn.fetchrow("SELECT id, establishment_id FROM beneficiaries"
                                       " WHERE dossier_number = $1", dossier)
         if student is None or (establishment_id is not None
@@ -232,14 +199,14 @@ def _line_error(number: int, cells: list[str], school_year: int,
 
 async def renew_file(conn: asyncpg.Connection, data: bytes, *, school_year: int, actor: str,
                      establishment_id: int | None = None, apply: bool = False,
-                     opens: tuple[int, int] = RENEWAL_OPENS_MONTH_DAY) -> RenewalReport:
+                     ) -> RenewalReport:
     """Check the whole file; if it has no error and `apply`, renew every student in it in one
     transaction (already renewed students are left as they are). Any error: nothing changes."""
     digest = hashlib.sha256(data).hexdigest()
     lines, errors = parse_renewal_file(data, school_year)
     read = len(lines) + len(errors)
     async with conn.transaction():
-        await check_renewal_open(conn, school_year, opens)
+        await check_renewal_open(conn, school_year)
         await conn.execute("CREATE TEMP TABLE renewal_lines (line integer PRIMARY KEY,"
                            " dossier text NOT NULL, programme text) ON COMMIT DROP")
         await conn.copy_records_to_table("renewal_lines", records=[

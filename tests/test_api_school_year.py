@@ -20,6 +20,7 @@ REGION, STAFF, PARTNER, AUDITOR = (Role.REGION_OPERATOR, Role.ESTABLISHMENT_STAF
                                    Role.AUDITOR)
 YEAR = TEST_SCHOOL_YEAR
 BASE = f"/v1/ops/school-years/{YEAR}"
+NEXT_BASE = f"/v1/ops/school-years/{YEAR + 1}"
 # Staff of the fixture's establishment 1 (Lycée Faidherbe, 0590117G): students 10, 20, 30…;
 # 50, 100, 150… have no rights for YEAR. Student 11 is another establishment's.
 OWN_UNRENEWED = ["HDF0000050", "HDF0000100", "HDF0000150"]
@@ -135,35 +136,41 @@ async def test_a_staff_dry_run_reveals_nothing_about_other_establishments(ops_cl
 
 
 async def test_amounts_then_a_bulk_reload_in_the_background(ops_client, conn):
+    """25 June: last year's wallets closed, the next year's rights renewed for every student
+    of the seed, whose year's credit the bulk reload makes."""
+    await conn.execute("INSERT INTO rights (beneficiary_id, school_year, renewed_by)"
+                       " SELECT beneficiary_id, $1, 'test' FROM rights WHERE school_year = $2",
+                       YEAR + 1, YEAR)
+    await pin_clock(conn, paris(YEAR + 1, 6, 25, 10, 0, 0))     # sessions live in business time
     async with ops_client(REGION) as region, ops_client(AUDITOR) as auditor:
-        status, answer = await call(region, "POST", f"{BASE}/bulk-reload")
+        status, answer = await call(region, "POST", f"{NEXT_BASE}/bulk-reload")
         assert status == 409 and "no amount" in answer["error"]
-        status, answer = await call(auditor, "GET", f"{BASE}/programmes")
+        status, answer = await call(auditor, "GET", f"{NEXT_BASE}/programmes")
         assert {m["programme"] for m in answer["missing"]} == {"BOOKS", "EQUIPMENT"}
-        assert (await call(region, "PUT", f"{BASE}/programmes/BOOKS", {"amount_cents": 90_00}))[0] == 200
-        assert (await call(region, "PUT", f"{BASE}/programmes/EQUIPMENT", {"amount_cents": 140_00}))[0] == 200
+        assert (await call(region, "PUT", f"{NEXT_BASE}/programmes/BOOKS", {"amount_cents": 90_00}))[0] == 200
+        assert (await call(region, "PUT", f"{NEXT_BASE}/programmes/EQUIPMENT", {"amount_cents": 140_00}))[0] == 200
         for bad in [{"amount_cents": "90"}, {"amount_cents": 0}, {}]:
-            assert (await call(region, "PUT", f"{BASE}/programmes/BOOKS", bad))[0] == 400
-        status, answer = await call(region, "POST", f"{BASE}/bulk-reload")
+            assert (await call(region, "PUT", f"{NEXT_BASE}/programmes/BOOKS", bad))[0] == 400
+        status, answer = await call(region, "POST", f"{NEXT_BASE}/bulk-reload")
         assert status == 202 and answer["in_progress"] in (True, False)
-        answer = await _until_finished(auditor)
+        answer = await _until_finished(auditor, NEXT_BASE)
         run = answer["run"]
         assert (run["finished"], run["wallets_credited"], answer["last_error"]) == (True, 294, None)
         assert run["amounts"] == {"BOOKS": 90_00, "EQUIPMENT": 140_00}
-        status, answer = await call(region, "POST", f"{BASE}/bulk-reload")
+        status, answer = await call(region, "POST", f"{NEXT_BASE}/bulk-reload")
         assert status == 202
-        answer = await _until_finished(auditor)
+        answer = await _until_finished(auditor, NEXT_BASE)
         assert (answer["run"]["id"], answer["run"]["wallets_credited"]) == (run["id"] + 1, 0)
     assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'RELOAD' AND reference LIKE $1",
-                               f"bulk:{YEAR}:%") == 294
+                               f"bulk:{YEAR + 1}:%") == 294
     assert (await conn.fetchval("SELECT actor FROM audit_log WHERE action = 'reload.bulk_start'")).startswith(
         "region_operator:")
 
 
-async def _until_finished(session) -> dict:
+async def _until_finished(session, base: str = BASE) -> dict:
     """Poll the status until the background run ends (a condition, bounded)."""
     for _ in range(STATUS_POLLS):
-        status, answer = await call(session, "GET", f"{BASE}/bulk-reload")
+        status, answer = await call(session, "GET", f"{base}/bulk-reload")
         assert status == 200
         if not answer["in_progress"] and answer["run"] and answer["run"]["finished"]:
             return answer

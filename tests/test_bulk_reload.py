@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from ledger.bulk_reload import (BULK_RELOAD_LOCK_KEY, BulkReloadRefused, latest_run, run_bulk_reload)
+from ledger.reload import reload_wallet
 from ledger.school_calendar import reload_school_year
 from ledger.clock import pin_clock
 from ledger.programmes import ProgrammeError, list_amounts, set_amount
@@ -96,17 +97,32 @@ async def test_every_beneficiary_with_rights_gets_their_programme_amount_in_new_
     assert actions == ["reload.bulk_start", "reload.bulk_finish"]
 
 
-async def test_existing_wallets_are_topped_up(conn):
-    """The current year: wallets exist (the seed's reload); the programme amount adds to them."""
+async def test_the_seeds_year_credit_is_not_made_again(conn):
+    """The current year: the seed made each student's year's credit, as `hdfpay reload` does;
+    the bulk reload sees them all and credits none a second time."""
     await _amounts(conn, TEST_SCHOOL_YEAR)
     before = dict(await conn.fetch(
         "SELECT w.beneficiary_id, a.credits_posted - a.debits_posted FROM wallets w"
         " JOIN accounts a ON a.id = w.account_id WHERE w.school_year = $1", TEST_SCHOOL_YEAR))
     run = await run_bulk_reload(conn, TEST_SCHOOL_YEAR, actor=ACTOR, chunk_rows=CHUNK_ROWS)
-    expected = await _expected(conn, TEST_SCHOOL_YEAR)
-    assert run.wallets_opened == 0 and run.wallets_credited == len(expected) == len(before)
-    for beneficiary_id, cents in expected.items():
-        assert await _balance(conn, beneficiary_id, TEST_SCHOOL_YEAR) == before[beneficiary_id] + cents
+    assert (run.wallets_opened, run.wallets_credited, run.credited_cents) == (0, 0, 0)
+    assert run.beneficiaries_seen == len(await _expected(conn, TEST_SCHOOL_YEAR)) == len(before)
+    for beneficiary_id, balance in before.items():
+        assert await _balance(conn, beneficiary_id, TEST_SCHOOL_YEAR) == balance
+
+
+async def test_existing_wallets_are_topped_up(conn):
+    """A wallet that exists without the year's credit (a correction opened it) gets the
+    programme amount on top."""
+    await _amounts(conn)
+    await _renew_next_year(conn, "id IN (5, 6)")
+    corrected = await reload_wallet(conn, "HDF0000005", NEXT, 7_00, reference="correction-1")
+    assert corrected.credited_cents == 7_00
+    run = await run_bulk_reload(conn, NEXT, actor=ACTOR, chunk_rows=CHUNK_ROWS)
+    expected = await _expected(conn, NEXT)
+    assert (run.wallets_opened, run.wallets_credited) == (1, 2)
+    assert await _balance(conn, 5, NEXT) == 7_00 + expected[5]
+    assert await _balance(conn, 6, NEXT) == expected[6]
 
 
 async def test_running_twice_credits_once_and_a_later_run_credits_only_new_renewals(conn):

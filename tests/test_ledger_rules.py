@@ -131,9 +131,10 @@ async def test_a_reload_reference_cannot_serve_another_wallet_or_amount(conn):
 async def test_no_reload_into_a_closed_school_year(conn):
     await pin_clock(conn, paris(2027, 5, 1, 0, 0, 0))
     with pytest.raises(ReloadRefused, match="closed on 1 May 2027"):
-        await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 10_00)
+        await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 10_00, "correction-1")
     await pin_clock(conn, paris(2027, 4, 30, 23, 59, 59))
-    assert (await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 10_00)).credited_cents == 10_00
+    assert (await reload_wallet(conn, DOSSIER, TEST_SCHOOL_YEAR, 10_00,
+                                "correction-1")).credited_cents == 10_00
 
 
 async def test_the_invariant_check_sees_a_tampered_wallet(conn):

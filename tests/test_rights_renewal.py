@@ -13,9 +13,10 @@ import sys
 
 import pytest
 
+from ledger.rules import RulesRefused, current_rules, set_rules
 from ledger.clock import pin_clock
 from ledger.rights_renewal import (MAX_RENEWAL_FILE_BYTES, RenewalFileRefused, RenewalRefused,
-                                   StudentNotFound, renew_file, renew_one, renewal_opens_from_env,
+                                   StudentNotFound, renew_file, renew_one, 
                                    renewal_school_year)
 
 from conftest import TEST_SCHOOL_YEAR, paris
@@ -101,18 +102,18 @@ async def test_a_school_year_that_ended_cannot_be_renewed(conn):
         await renew_one(conn, UNRENEWED[1], school_year=YEAR, actor=ACTOR)
 
 
-async def test_the_opening_date_is_configurable(conn, monkeypatch):
+async def test_the_opening_date_is_a_rule_of_the_ledger(conn):
     await pin_clock(conn, paris(NEXT, 6, 1, 0, 0, 0))
-    with pytest.raises(RenewalRefused):
+    with pytest.raises(RenewalRefused, match="opens on 20/06"):
         await renew_one(conn, "HDF0000005", school_year=NEXT, actor=ACTOR)
-    monkeypatch.setenv("HDFPAY_RENEWAL_OPENS", "06-01")
-    opens = renewal_opens_from_env()
-    assert opens == (6, 1)
-    assert not (await renew_one(conn, "HDF0000005", school_year=NEXT, actor=ACTOR, opens=opens)).already_renewed
-    for bad in ["13-01", "07-01", "June 20", "06-31"]:
-        monkeypatch.setenv("HDFPAY_RENEWAL_OPENS", bad)
-        with pytest.raises(RenewalRefused, match="HDFPAY_RENEWAL_OPENS"):
-            renewal_opens_from_env()
+    await set_rules(conn, actor=ACTOR, rights_renewal_opens_month=6, rights_renewal_opens_day=1)
+    assert await renewal_school_year(conn) == NEXT
+    assert not (await renew_one(conn, "HDF0000005", school_year=NEXT, actor=ACTOR)).already_renewed
+    for month, day in [(13, 1), (7, 1), (6, 31), (2, 30)]:
+        with pytest.raises(RulesRefused):
+            await set_rules(conn, actor=ACTOR, rights_renewal_opens_month=month,
+                            rights_renewal_opens_day=day)
+    assert (await current_rules(conn)).rights_renewal_opens_day == 1
 
 
 async def test_the_programme_follows_last_year_unless_given(conn):

@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+
+import pytest
 
 from conftest import ACTIVE_TERMINAL, TEST_SCHOOL_YEAR, balance_of
 from ledger.cards import OPPOSITION_REASONS, find_card, replace_card
 from ledger.demo_region import card_uid
 from ledger.migrate import SQL_DIR
-from ledger.rules import current_rules
+from ledger.rules import RulesRefused, current_rules, set_rules
 from terminal_protocol.response_codes import RESPONSE_CODES
 
 ORDINARY = 5
+CLI_TIMEOUT_S = 60
 ACTOR = "region_operator:alice"
 TERMINAL_FUNCTIONS = ("authorize_purchase", "authorize_reversal", "authorize_refund",
                       "open_terminal_message", "close_terminal_batch")
@@ -30,7 +35,7 @@ async def _purchase(conn, cents: int) -> dict:
 
 async def test_the_purchase_limit_is_the_database_s(conn):
     assert (await current_rules(conn)).max_purchase_amount_cents == 300_00
-    await conn.execute("UPDATE rules SET max_purchase_amount_cents = 1000")
+    await set_rules(conn, actor=ACTOR, max_purchase_amount_cents=1000)
     assert (await _purchase(conn, 10_01))["rc"] == "61"
     assert (await _purchase(conn, 10_00))["rc"] == "00"
 
@@ -62,3 +67,31 @@ async def test_every_response_code_the_sql_can_answer_is_known_to_the_protocol(c
         "SELECT decline_code FROM card_statuses WHERE decline_code IS NOT NULL")}
     assert {"00", "10", "13", "41", "43", "51", "54", "57", "58", "61", "62", "63", "94", "95"} <= codes
     assert sorted(codes - set(RESPONSE_CODES)) == []
+
+
+async def test_a_rule_change_is_audited_and_bounded(conn):
+    changed = await set_rules(conn, actor=ACTOR, replacement_fee_cents=6_00)
+    assert changed.replacement_fee_cents == 6_00
+    row = await conn.fetchrow("SELECT actor, before, after FROM audit_log WHERE action = 'rules.set'")
+    assert (row["actor"], json.loads(row["before"]), json.loads(row["after"])) == (
+        ACTOR, {"replacement_fee_cents": 5_00}, {"replacement_fee_cents": 6_00})
+    for bad in ({"max_purchase_amount_cents": 0}, {"replacement_fee_cents": -1},
+                {"rights_renewal_opens_month": 7}, {"no_such_rule": 1}):
+        with pytest.raises(RulesRefused):
+            await set_rules(conn, actor=ACTOR, **bad)
+    assert await current_rules(conn) == changed
+
+
+def test_hdfpay_rules_shows_and_sets(dsn):
+    def hdfpay(*args):
+        return subprocess.run([sys.executable, "-m", "hdfpay.cli", "rules", *args],
+                              capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                              env={**os.environ, "DATABASE_URL": dsn}, stdin=subprocess.DEVNULL)
+    shown = hdfpay("show")
+    assert shown.returncode == 0 and "300,00" in shown.stdout and "20/06" in shown.stdout
+    changed = hdfpay("set", "--max-purchase", "250", "--renewal-opens", "06-15")
+    assert changed.returncode == 0, changed.stderr
+    assert "250,00" in changed.stdout and "15/06" in changed.stdout
+    refused = hdfpay("set", "--renewal-opens", "02-30")
+    assert refused.returncode == 2 and "no such date: 02-30" in refused.stderr
+    assert hdfpay("set", "--max-purchase", "-3").returncode == 2

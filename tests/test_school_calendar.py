@@ -16,7 +16,6 @@ from ledger import school_calendar
 from ledger.clock import pin_clock
 from ledger.expiry import expire_school_year, last_closed_school_year
 from ledger.migrate import MIGRATIONS_DIR, SQL_DIR
-from ledger.rights_renewal import RENEWAL_OPENS_MONTH_DAY
 
 ROOT = Path(__file__).resolve().parent.parent
 YEAR = TEST_SCHOOL_YEAR
@@ -29,8 +28,6 @@ async def test_the_calendar_of_a_school_year(conn):
         paris(YEAR, 7, 1), paris(YEAR, 7, 1), paris(YEAR + 1, 5, 1), paris(YEAR, 6, 20),
         paris(YEAR + 1, 7, 1))
     assert await school_calendar.business_time_zone(conn) == ZoneInfo("Europe/Paris")
-    assert RENEWAL_OPENS_MONTH_DAY == (calendar.rights_renewal_opens_at.month,
-                                       calendar.rights_renewal_opens_at.day)
 
 
 @pytest.mark.parametrize("at, year, in_window", [
