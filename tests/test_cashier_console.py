@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import time
 
 from ledger.demo_region import card_uid
 
@@ -15,6 +17,9 @@ from pcsc_fixtures import READER_0, wait_reader_state
 
 CARD = card_uid(14)
 CONSOLE_TIMEOUT_S = 60
+TMUX_TIMEOUT_S = 10
+TMUX_COLUMNS, TMUX_ROWS = 120, 50
+SCREEN_POLL_S = 0.05     # how often the test reads the tmux screen (bounded by CONSOLE_TIMEOUT_S)
 
 
 class Console:
@@ -50,6 +55,37 @@ class Console:
         output, _ = await asyncio.wait_for(self.process.communicate(keys), CONSOLE_TIMEOUT_S)
         assert self.process.returncode == 0, self.screen + output.decode()
         return self.screen + output.decode()
+
+
+class TmuxTill:
+    """`hdfpay terminal run` on a real terminal (tmux): keys as a cashier types them, the screen
+    as the cashier reads it."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        environment = [f"{key}={value}" for key, value in env.items()]
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(TMUX_COLUMNS),
+                        "-y", str(TMUX_ROWS), "env", *environment, *command], check=True,
+                       timeout=TMUX_TIMEOUT_S)
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True,
+                       timeout=TMUX_TIMEOUT_S)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-S", "-", "-t", self.name],
+                              capture_output=True, text=True, timeout=TMUX_TIMEOUT_S).stdout
+
+    async def expect(self, text: str, count: int = 1) -> str:
+        """Wait until `text` is on the screen `count` times (bounded); returns the screen."""
+        deadline = time.monotonic() + CONSOLE_TIMEOUT_S
+        while (screen := self.screen()).count(text) < count:
+            assert time.monotonic() < deadline, f"never showed {text!r} x{count}:\n{screen}"
+            await asyncio.sleep(SCREEN_POLL_S)
+        return screen
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], timeout=TMUX_TIMEOUT_S)
 
 
 def _config_file(tmp_path, server_url: str, terminal: str):
@@ -123,3 +159,43 @@ async def test_init_refuses_a_wrong_transport_key_and_a_second_install(server, d
     assert (await _hdfpay(*init, env=good))[0] == 0
     code, output = await _hdfpay(*init, env=good)
     assert code != 0 and "already holds a terminal state" in output
+
+
+async def test_keys_typed_while_the_card_is_awaited_are_dropped_and_escape_cancels(
+        server, deliveries, pcscd, virtual_card, conn, tmp_path):
+    """On a real terminal: keys typed during "Présentez la carte" never run later as menu
+    choices (a stray 2 would void the last sale), and Échap abandons the sale."""
+    terminal = CROWD_TERMINALS[8]
+    config, _ = _config_file(tmp_path, server.url, terminal)
+    delivered, transport_key = deliveries[terminal]
+    code, output = await _hdfpay(
+        "terminal", "init", "--config", str(config), "--key-block", delivered.key_block,
+        env={**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex()})
+    assert code == 0, output
+    till = TmuxTill(f"hdfpay-till-{os.getpid()}",
+                    [sys.executable, "-m", "hdfpay.cli", "terminal", "run", "--config", str(config)],
+                    {**AGENT_ENV, "PYTHONPATH": os.getcwd()})
+    try:
+        await till.expect("Choix :")
+        card = virtual_card(0)
+        card.insert(CARD)
+        till.keys("1", "Enter", "2,00", "Enter")
+        await till.expect("ACCEPTÉ  2,00\u00a0€")
+        await till.expect("Choix :", 2)
+        card.remove()
+        till.keys("1", "Enter", "5,00", "Enter")
+        await till.expect("Présentez la carte   (Échap : abandonner la vente)")
+        till.keys("2", "Enter", "1", "Enter", "4", "Enter")      # typed ahead while it waits
+        till.keys("Escape")
+        screen = await till.expect("VENTE ABANDONNÉE")
+        screen = await till.expect("Choix :", 3)
+        after = screen[screen.index("VENTE ABANDONNÉE"):]
+        assert "ANNULATION" not in after and "Montant (€)" not in after and "Ventes :" not in after
+        till.keys("4", "Enter")                                  # what the cashier types now runs
+        await till.expect("Ventes : 1  2,00\u00a0€")
+        till.keys("q", "Enter")
+    finally:
+        till.close()
+    purchases = await conn.fetch("SELECT message_type, amount_approved_cents FROM authorizations"
+                                 " WHERE terminal_id = $1 ORDER BY id", terminal)
+    assert [tuple(r) for r in purchases] == [("PURCHASE", 2_00)]      # no void, no second sale

@@ -4,13 +4,14 @@ a purchase signed with sealed future keys, the real server and PostgreSQL behind
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from ledger.demo_region import card_uid
 
 from terminal_protocol.agent.runtime import running_agent
 
-from agent_fixtures import AGENT_ENV, TEST_TAP_TIMEOUT_MS
+from agent_fixtures import AGENT_ENV, TEST_TAP_TIMEOUT_MS, free_port
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, balance_of, set_balance
 from flaky_link import FlakyLink, server_port
 from pcsc_fixtures import READER_0, READER_1, wait_reader_state
@@ -18,6 +19,7 @@ from pcsc_fixtures import READER_0, READER_1, wait_reader_state
 CARD = card_uid(11)
 OTHER_CARD = card_uid(12)
 LOST = card_uid(1)
+LIFT_FIRST = "Retirez la carte puis présentez-la à nouveau"
 POLL_S = 0.02   # how often a test looks at what the agent showed (bounded by the tap timeout)
 
 
@@ -52,7 +54,8 @@ async def test_an_opposed_card_is_declined_in_french(agent_for, virtual_card, co
         virtual_card(0).insert(LOST)
         outcome = await agent.sale(5_00)
     assert (outcome.status, outcome.rc, outcome.approved_cents) == ("declined", "41", 0)
-    assert outcome.lines == ("REFUSÉ : Carte déclarée perdue (code 41)",)
+    assert outcome.lines[0] == "REFUSÉ : Carte déclarée perdue (code 41)"
+    assert outcome.lines[1].startswith("Carte 04••••••••0001 · ")   # masked, with date and time
 
 
 async def test_short_funds_give_a_partial_approval_and_the_rest_to_collect(agent_for, virtual_card, conn):
@@ -160,8 +163,8 @@ async def test_the_agent_reads_again_after_pcscd_restarts(agent_for, pcscd, virt
         shown: list[str] = []
         agent.on_screen = shown.append
         sale = asyncio.create_task(agent.sale(2_00))
-        await _until(lambda: shown)
-        assert shown == ["Retirez la carte puis présentez-la à nouveau"] and not sale.done()
+        await _until(lambda: LIFT_FIRST in shown)
+        assert shown == ["Présentez la carte", LIFT_FIRST] and not sale.done()
         await asyncio.to_thread(_tap_again, card)
         assert (await sale).status == "approved"
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [1_00, 2_00]
@@ -216,13 +219,79 @@ async def test_a_card_left_on_the_reader_is_not_charged_again_after_a_restart(ag
         card.insert(CARD)
         assert (await agent.sale(10)).status == "approved"
     async with agent_for(ACTIVE_TERMINAL) as restarted:
-        assert restarted.notice == "Retirez la carte puis présentez-la à nouveau"
+        assert restarted.notice == LIFT_FIRST
         shown: list[str] = []
         restarted.on_screen = shown.append
         sale = asyncio.create_task(restarted.sale(20))
-        await _until(lambda: shown)           # the agent says so once it looked at the reader
-        assert shown == ["Retirez la carte puis présentez-la à nouveau"]
+        await _until(lambda: LIFT_FIRST in shown)   # said once the agent looked at the reader
+        assert shown == ["Présentez la carte", LIFT_FIRST]
         assert not sale.done() and [r["amount_approved_cents"] for r in await _purchases(conn)] == [10]
         await asyncio.to_thread(_tap_again, card)
         assert (await sale).status == "approved"
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [10, 20]
+
+
+async def test_the_screen_says_why_the_last_sale_cannot_be_voided(agent_config, pcscd,
+                                                                    virtual_card, server, conn):
+    """After a sale without answer (already reversed by the agent) or a declined sale, 'void'
+    says which it was, instead of 'nothing to void'."""
+    link = await FlakyLink("127.0.0.1", server_port(server)).start()
+    try:
+        config = agent_config(CROWD_TERMINALS[6], url=link.url)
+        async with running_agent(config, environ=AGENT_ENV) as agent:
+            card = virtual_card(0)
+            card.insert(CARD)
+            link.mode = "deaf"
+            assert (await agent.sale(2_00)).status == "no_answer"
+            link.mode = "forward"
+            unanswered = await agent.void_last()
+            card.remove()
+            await asyncio.to_thread(wait_reader_state, READER_0, present=False)
+            card.insert(LOST)
+            declined = await agent.sale(4_00)
+            refused_void = await agent.void_last()
+        assert unanswered.lines[0] == ("La dernière vente (2,00\u00a0€) n'a pas eu de réponse : "
+                                       "elle est déjà annulée")
+        assert declined.rc == "41"
+        assert refused_void.lines[0] == "La dernière vente (4,00\u00a0€) a été refusée : rien à annuler"
+        assert refused_void.lines[1].startswith("Une vente plus ancienne se rembourse")
+    finally:
+        await link.close()
+
+
+async def test_a_close_that_never_left_does_not_block_the_sales(agent_config, pcscd, virtual_card,
+                                                                conn):
+    """The connection was refused: the close never reached the server, so the next sale goes
+    ahead (once the server is back) instead of 'Clôture en attente de réponse'."""
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    config = agent_config(CROWD_TERMINALS[7], url=unreachable)
+    async with running_agent(config, environ=AGENT_ENV) as agent:
+        closed = await agent.close_batch()
+    assert closed.lines == ("Clôture non envoyée : serveur injoignable",
+                            "Les ventes restent possibles ; relancez la clôture plus tard")
+    async with running_agent(agent_config(CROWD_TERMINALS[7]), environ=AGENT_ENV) as agent:
+        virtual_card(0).insert(CARD)
+        sale = await agent.sale(1_50)
+        assert sale.status == "approved", sale.lines
+        assert (await agent.close_batch()).status == "in_balance"
+
+
+async def test_the_card_and_time_are_shown_and_a_cancel_debits_nothing(agent_for, virtual_card,
+                                                                        conn):
+    async with agent_for(ACTIVE_TERMINAL) as agent:
+        shown: list[str] = []
+        agent.on_screen = shown.append
+        too_much = await agent.sale(300_01)             # over the till's own bound: no tap asked
+        waiting = asyncio.create_task(agent.sale(3_00))
+        await _until(lambda: shown)
+        agent.cancel_tap()
+        cancelled = await waiting
+        shown_before_the_tap = list(shown)
+        virtual_card(0).insert(CARD)
+        sold = await agent.sale(3_00)
+    assert too_much.status == "refused" and shown_before_the_tap == ["Présentez la carte"]
+    assert (cancelled.status, cancelled.lines) == ("cancelled", ("VENTE ABANDONNÉE",
+                                                                "3,00\u00a0€ : aucun débit"))
+    assert sold.status == "approved"
+    assert re.fullmatch(r"Carte 04•+000B · \d\d/\d\d/\d{4} \d\d:\d\d", sold.lines[-1]), sold.lines
+    assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [3_00]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import threading
 from typing import Callable, Protocol
+
+import aiohttp
 
 from terminal_protocol.agent import cashier_texts as texts
 from terminal_protocol.agent.cashier_texts import Outcome
@@ -104,12 +107,14 @@ class TerminalAgent:
             if self.journal.unanswered_close() is not None:
                 return _close_first()
             self._tap_cancel.clear()
-            self.notice = None
+            self._show_notice(texts.PRESENT_CARD)    # once the amount and the batch allow it
             try:
                 uid = await asyncio.to_thread(self._reader.wait_for_uid, self._tap_timeout_ms,
                                               self._tap_cancel, new_tap=self._new_tap_per_sale,
                                               on_lift_first=self._lift_card_first)
             except Exception as exc:
+                if self._tap_cancel.is_set():
+                    return texts.cancelled(amount_cents)
                 return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
             finally:
                 self.notice = None
@@ -126,19 +131,25 @@ class TerminalAgent:
                 log.warning("purchase %s without answer (%s): reversing it", request.request_id,
                             type(exc).__name__)
                 response = None
+            at = dt.datetime.now().astimezone()
             if response is None or response.rc in UNDECIDED_CODES:
                 self._queue_reversal(request.request_id, unanswered=True)
-                return texts.sale_without_answer(amount_cents, request.request_id)
-            self.journal.record_answer(request.request_id, response)
-            return texts.answered(response, amount_cents)
+                outcome = texts.sale_without_answer(amount_cents, request.request_id)
+            else:
+                self.journal.record_answer(request.request_id, response)
+                outcome = texts.answered(response, amount_cents)
+            return texts.with_card_and_time(outcome, masked_uid(uid), at)
 
     async def void_last(self) -> Outcome:
         async with self._operation_lock:
             if self.journal.unanswered_close() is not None:
                 return _close_first()
-            sale = self.journal.last_voidable_sale()
-            if sale is None:
-                return texts.refused("Aucune vente à annuler dans ce lot")
+            last = self.journal.last_sale()
+            if last is None:
+                return texts.refused("Aucune vente dans ce lot : rien à annuler")
+            sale, voided = last
+            if voided or sale["state"] != "answered" or sale["approved_cents"] <= 0:
+                return texts.not_voidable(sale, voided)
             return await self._deliver_now(self._queue_reversal(sale["request_id"]),
                                            sale["approved_cents"])
 
@@ -183,6 +194,10 @@ class TerminalAgent:
                 totals = decode_request(body).totals
             try:
                 response, raw = await self._send_with_body(body)
+            except aiohttp.ClientConnectorError:     # refused before a byte left: not pending
+                self.journal.record_not_sent(request_id)
+                return texts.refused("Clôture non envoyée : serveur injoignable",
+                                     "Les ventes restent possibles ; relancez la clôture plus tard")
             except Exception:
                 return texts.refused("Réponse de clôture non reçue : relancez la clôture",
                                      "Aucune vente avant la réponse du serveur")

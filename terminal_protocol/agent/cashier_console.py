@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
+import termios
+import tty
 
 from terminal_protocol.agent.agent import TerminalAgent
 from terminal_protocol.agent.cashier_texts import PRESENT_CARD, Outcome
 from terminal_protocol.amounts import AmountError, parse_euros
 
+ESCAPE = b"\x1b"               # Échap, alone (an arrow key sends it followed by more)
+KEY_READ_BYTES = 64
 MENU = ("1 Vente   2 Annuler la dernière vente   3 Remboursement   4 Totaux du jour"
         "   5 Clôture   q Quitter")
 
@@ -35,9 +42,40 @@ async def _amount(prompt: str) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def _keys_while_waiting(agent: TerminalAgent):
+    """While a sale waits for the card: Échap cancels it, and any other key is dropped, as are
+    the keys typed meanwhile when it ends (TCSAFLUSH), so that nothing typed ahead runs later as
+    a menu choice (a stray 2 would void the last sale). Only on a terminal: piped input is a
+    script, read as written."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        if os.read(fd, KEY_READ_BYTES) == ESCAPE:
+            agent.cancel_tap()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, on_key)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+
+
+def _on_screen(text: str) -> None:
+    """What the agent says while an operation waits; the keys the cashier may use with it."""
+    print(f"{text}   (Échap : abandonner la vente)" if text == PRESENT_CARD else text, flush=True)
+
+
 async def run_console(agent: TerminalAgent, terminal_id: str) -> None:
     print(f"Terminal {terminal_id} — carte Génération #HDF", flush=True)
-    agent.on_screen = lambda text: print(text, flush=True)
+    agent.on_screen = _on_screen
     if agent.notice:               # a card was on the reader at start: it must be lifted first
         print(agent.notice, flush=True)
     while True:
@@ -48,8 +86,8 @@ async def run_console(agent: TerminalAgent, terminal_id: str) -> None:
         if choice == "1":
             amount = await _amount("Montant (€) : ")
             if amount is not None:
-                print(PRESENT_CARD, flush=True)
-                _show(await agent.sale(amount))
+                with _keys_while_waiting(agent):
+                    _show(await agent.sale(amount))
         elif choice == "2":
             _show(await agent.void_last())
         elif choice == "3":

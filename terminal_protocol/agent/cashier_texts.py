@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass, field
 
 from terminal_protocol.amounts import format_euros
@@ -79,6 +80,30 @@ def queued(kind: str, amount_cents: int, request_id: str) -> Outcome:
         f"{what.upper()} ENREGISTRÉ{'E' if kind == 'reversal' else ''} : {format_euros(amount_cents)}",
         "Le serveur ne répond pas : l'opération sera transmise dès que possible.",
     ), requested_cents=amount_cents, request_id=request_id)
+
+
+def cancelled(amount_cents: int) -> Outcome:
+    """The cashier cancelled the wait for the card (Échap, or the till's /v1/cancel)."""
+    return Outcome("cancelled", ("VENTE ABANDONNÉE", f"{format_euros(amount_cents)} : aucun débit"),
+                   requested_cents=amount_cents)
+
+
+def with_card_and_time(outcome: Outcome, masked_card: str, at: dt.datetime) -> Outcome:
+    """The line a ticket and the screen keep of a sale: which card, when (the shop's time)."""
+    return dataclasses.replace(
+        outcome, lines=outcome.lines + (f"Carte {masked_card} · {at:%d/%m/%Y %H:%M}",))
+
+
+def not_voidable(sale, voided: bool) -> Outcome:
+    """Why the last sale cannot be voided; only the very last sale can be."""
+    amount = format_euros(sale["amount_cents"] or 0)
+    if voided and sale["answered_at"] is None:
+        why = f"La dernière vente ({amount}) n'a pas eu de réponse : elle est déjà annulée"
+    elif voided:
+        why = f"La dernière vente ({amount}) est déjà annulée"
+    else:
+        why = f"La dernière vente ({amount}) a été refusée : rien à annuler"
+    return refused(why, "Une vente plus ancienne se rembourse avec la référence de son ticket")
 
 
 def refused(*lines: str) -> Outcome:

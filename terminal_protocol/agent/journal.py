@@ -79,6 +79,12 @@ class Journal:
                  response.requested_cents or 0 if response.rc == "00" else 0,
                  row["original_request_id"]))
 
+    def record_not_sent(self, request_id: str) -> None:
+        """The connection was refused: the message never left, so nothing waits for its answer."""
+        with self._db:
+            self._db.execute("UPDATE messages SET state = 'not_sent' WHERE request_id = ?",
+                             (request_id,))
+
     def mark_unanswered(self, db: sqlite3.Connection, request_id: str) -> None:
         db.execute("UPDATE messages SET state = 'unanswered' WHERE request_id = ?", (request_id,))
 
@@ -95,18 +101,18 @@ class Journal:
             "SELECT * FROM messages WHERE kind = 'batch_close' AND state = 'sending'"
             " AND batch_id = ?", (self.open_batch_id(),)).fetchone()
 
-    def last_voidable_sale(self) -> sqlite3.Row | None:
-        """The open batch's last purchase, if it was approved and nothing reversed it yet: only
-        the very last sale may be voided, never an earlier one."""
+    def last_sale(self) -> tuple[sqlite3.Row, bool] | None:
+        """The open batch's last purchase, and whether a reversal of it is already queued or
+        done: only the very last sale may be voided, never an earlier one."""
         row = self._db.execute(
             "SELECT * FROM messages WHERE kind = 'purchase' AND batch_id = ?"
             " ORDER BY rowid DESC LIMIT 1", (self.open_batch_id(),)).fetchone()
-        if row is None or row["state"] != "answered" or row["approved_cents"] <= 0:
+        if row is None:
             return None
         voided = self._db.execute(
             "SELECT 1 FROM messages WHERE kind = 'reversal' AND original_request_id = ?",
-            (row["request_id"],)).fetchone()
-        return None if voided else row
+            (row["request_id"],)).fetchone() is not None
+        return row, voided
 
     def sale_by_till_reference(self, till_reference: str) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM messages WHERE till_reference = ?",

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS batches (
     close_answer  TEXT
 );
 -- Every message the agent sent, with the exact bytes (a retry resends them) and its outcome.
--- state: sending (no answer yet), answered, unanswered (a reversal is queued), reversed.
+-- state: sending (no answer yet), answered, unanswered (a reversal is queued), reversed,
+-- not_sent (a batch close whose connection was refused: it never left).
 CREATE TABLE IF NOT EXISTS messages (
     request_id          TEXT PRIMARY KEY,
     kind                TEXT NOT NULL CHECK (kind IN ('purchase', 'reversal', 'refund', 'batch_close')),

@@ -116,9 +116,12 @@ async def _amount(request: web.Request, body: dict | None = None) -> int:
     if not isinstance(amount, str):   # a number is ambiguous: 250 cents or 250 euros?
         raise _bad_request("« amount » : un texte en euros, par exemple \"12,50\"")
     try:
-        return parse_euros(amount)
+        cents = parse_euros(amount)
     except AmountError as exc:
         raise _bad_request(exc.cashier_text) from None
+    if cents <= 0:              # malformed like any other bad amount, not a business refusal
+        raise _bad_request("« amount » : un montant supérieur à 0, par exemple \"12,50\"")
+    return cents
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
