@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -131,9 +132,15 @@ async def test_a_purchase_in_flight_at_kill_9_is_reversed_on_restart(
 
         link.mode = "forward"
         await agent.start()
-        await agent.wait_for_status(lambda s: s["pending"] == 0 and s["outbox"], DELIVERY_TIMEOUT_S)
+        status = await agent.wait_for_status(lambda s: s["pending"] == 0 and s["outbox"],
+                                             DELIVERY_TIMEOUT_S)
     finally:
         with contextlib.suppress(Exception):
             await agent.stop()
         await link.close()
     assert await balance_of(conn, CARD) == before
+    # The cashier is told in French; the English record goes to the agent's own log file.
+    assert "VENTE INTERROMPUE (6,00\u00a0€) par l'arrêt du terminal : annulée" in status["notice"]
+    records = [json.loads(line) for line in (config.state_dir / "agent.log").read_text().splitlines()]
+    assert any("was in flight when the agent stopped" in r["message"] for r in records)
+    assert all(CARD.hex().upper() not in json.dumps(r) for r in records)

@@ -81,6 +81,8 @@ class TerminalAgent:
         for request_id in self.journal.purchases_in_flight():
             log.warning("purchase %s was in flight when the agent stopped: reversing it", request_id)
             self._queue_reversal(request_id, unanswered=True)
+            amount = self.journal.message(request_id)["amount_cents"] or 0
+            self._show_notice(texts.interrupted_sale(amount))
         self._sender_task = asyncio.create_task(self._sender.run(), name="outbox-sender")
 
     async def stop(self) -> None:
@@ -214,7 +216,8 @@ class TerminalAgent:
         self._show_notice(texts.LIFT_CARD_FIRST)
 
     def _show_notice(self, text: str) -> None:
-        self.notice = text
+        self.notice = text if self.notice is None or self._sender_task is not None \
+            else f"{self.notice}\n{text}"          # at start, every notice is kept for the screen
         self.on_screen(text)
 
     def _queue_reversal(self, original_request_id: str, *, unanswered: bool = False) -> Request:

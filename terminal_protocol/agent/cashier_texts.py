@@ -82,6 +82,12 @@ def queued(kind: str, amount_cents: int, request_id: str) -> Outcome:
     ), requested_cents=amount_cents, request_id=request_id)
 
 
+def interrupted_sale(amount_cents: int) -> str:
+    """A sale on the wire when the terminal stopped (crash, power cut): it is reversed."""
+    return (f"VENTE INTERROMPUE ({format_euros(amount_cents)}) par l'arrêt du terminal : annulée, "
+            "aucun débit ne reste. Encaissez-la par un autre moyen ou refaites la vente.")
+
+
 def cancelled(amount_cents: int) -> Outcome:
     """The cashier cancelled the wait for the card (Échap, or the till's /v1/cancel)."""
     return Outcome("cancelled", ("VENTE ABANDONNÉE", f"{format_euros(amount_cents)} : aucun débit"),

@@ -12,6 +12,7 @@ import sys
 from aiohttp import web
 
 from terminal_protocol.agent.agent_config import AgentConfig, AgentConfigError
+from terminal_protocol.agent.agent_log import log_to_state_dir
 from terminal_protocol.agent.runtime import running_agent, sealed_state
 
 CONFIG_ENV = "HDFPAY_TERMINAL_CONFIG"
@@ -39,6 +40,7 @@ def run_terminal_command(args: argparse.Namespace) -> int:
     config = AgentConfig.load(args.config)
     if args.terminal_action == "init":
         return _init(config, args)
+    log_to_state_dir(config.state_dir)      # the screen is the cashier's: logs go to a file
     if args.terminal_action == "run":
         from terminal_protocol.agent.cashier_console import run_console
 
