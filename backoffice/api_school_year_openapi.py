@@ -58,7 +58,7 @@ _RENEWAL_FILE["responses"]["422"] = {"description": "The file has errors (by lin
 OPENAPI_PATHS = {
     f"{BASE}/renewals": {
         "post": operation(
-            "renewRights", "Renew one student's rights for the school year (open from 20 June).",
+            "renewRights", "Renew one student's rights for the school year (open from the renewal opening, 20 June unless 'hdfpay rules' moved it).",
             roles=(_REGION, _STAFF), ok_status="201", ok_description="Renewed (200: already was).",
             body=_object(dossier_number=_STR, programme=_STR),
             ok_schema=_object(renewal=_object(dossier_number=_STR, school_year=_INT,

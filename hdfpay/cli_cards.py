@@ -1,5 +1,5 @@
 """`hdfpay cards`, `hdfpay card-requests` and `hdfpay partners`: the region operator's commands
-for oppositions, replacements (5 € fee), first-card requests, partner shops and their search by
+for oppositions, replacements (the region's fee, 5 € by default: hdfpay rules), first-card requests, partner shops and their search by
 geolocation. Every change is audited as "cli:<unix user>"."""
 
 from __future__ import annotations

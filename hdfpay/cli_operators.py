@@ -4,13 +4,12 @@ with the database in hand: audited as "cli:<unix user>"."""
 from __future__ import annotations
 
 import argparse
-from zoneinfo import ZoneInfo
 
 from hdfpay.cli_support import cli_actor, run_on_database, whole_number
 from ledger import operators
+from ledger.school_calendar import business_time_zone
 from ledger.audit import verify_audit
 
-PARIS = ZoneInfo("Europe/Paris")
 
 
 def _with_database(settings, work) -> int:
@@ -53,10 +52,11 @@ def _status(account: operators.Account) -> str:
 def cmd_list(args, settings) -> int:
     async def work(conn) -> None:
         accounts = await operators.list_operators(conn)
+        zone = await business_time_zone(conn)
         print(f"{'LOGIN':<24} {'ROLE':<20} {'SCOPE':<18} {'STATUS':<20} CREATED")
         for account in accounts:
             print(f"{account.login:<24} {account.role:<20} {_scope(account)[2:] or '-':<18} "
-                  f"{_status(account):<20} {account.created_at.astimezone(PARIS):%Y-%m-%d %H:%M}")
+                  f"{_status(account):<20} {account.created_at.astimezone(zone):%Y-%m-%d %H:%M}")
         print(f"{len(accounts)} account(s)")
     return _with_database(settings, work)
 

@@ -11,6 +11,12 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_OPS_PORT = 8081
 
 
+# Rules that were settings and are now data the ledger holds (table rules): a site that still
+# sets one is told, rather than silently getting the ledger's value.
+RETIRED_VARIABLES = {"HDFPAY_MAX_PURCHASE_AMOUNT_CENTS": "--max-purchase EUROS",
+                     "HDFPAY_RENEWAL_OPENS": "--renewal-opens MM-DD"}
+
+
 class ConfigError(ValueError):
     """A setting is present but unusable; the message names it."""
 
@@ -92,6 +98,10 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
+        for retired, rule in RETIRED_VARIABLES.items():
+            if os.environ.get(retired):
+                raise ConfigError(f"{retired} is no longer read: the ledger holds this rule for "
+                                  f"every server; set it with 'hdfpay rules set {rule}'")
         return cls(
             database_url=os.environ.get("DATABASE_URL") or None,
             host=os.environ.get("HDFPAY_HOST", "127.0.0.1"),

@@ -18,6 +18,7 @@ from typing import Iterator
 import asyncpg
 
 from hdfpay.config import Settings
+from ledger.rules import current_rules
 from ledger import school_calendar
 from ledger.database import connection, recreate_database
 from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
@@ -154,7 +155,8 @@ async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connec
         await till.sale(partial_card, balance + 20_00)
 
         till.header("Chaque motif de refus")
-        await till.sale(card_uid(8), 350_00, partial_ok=False)             # 61 over the limit
+        over_limit = (await current_rules(conn)).max_purchase_amount_cents + 50_00
+        await till.sale(card_uid(8), over_limit, partial_ok=False)         # 61 over the limit
         low = card_uid(7)                                                   # now at 0 €
         await till.sale(low, 5_00, partial_ok=False)                        # 51
         await till.sale(card_uid(1), 10_00)                                 # 41 lost

@@ -195,9 +195,9 @@ def _master_key(header: dict | None, passphrase: str | None, kek_file: Path | st
             raise HsmError("this keystore is unlocked by a passphrase, not a KEK file")
         try:
             salt, n, r, p = _b64(header["salt"]), int(header["n"]), int(header["r"]), int(header["p"])
+            return key_from_passphrase(passphrase, salt, n, r, p)
         except (KeyError, TypeError, ValueError):
             raise HsmError("keystore scrypt parameters are malformed") from None
-        return key_from_passphrase(passphrase, salt, n, r, p)
     if kind == "kek-file":
         if kek_file is None:
             raise HsmError("this keystore is unlocked by a KEK file, not a passphrase")

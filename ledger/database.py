@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ledger.embedded import EmbeddedPostgres, default_data_dir, throwaway_cluster, throwaway_workdir
-from ledger.migrate import shipped_migrations
+from ledger.migrate import shipped_migrations, shipped_repeatables
 
 APPLICATION_NAME = "hdfpay"
 
@@ -99,11 +99,16 @@ async def ping(pool: asyncpg.Pool, timeout_s: float) -> None:
 
 
 async def check_schema(conn: asyncpg.Connection) -> None:
-    """Refuse to serve on a database whose migrations are missing."""
-    has_table = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    applied = set()
-    if has_table:
+    """Refuse to serve on a database whose migrations are missing, or whose SQL functions are not
+    the ones this version ships (a deploy that forgot 'hdfpay db migrate' would run old rules)."""
+    applied, functions = set(), {}
+    if await conn.fetchval("SELECT to_regclass('schema_repeatables') IS NOT NULL"):
         applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        functions = dict(await conn.fetch("SELECT path, checksum FROM schema_repeatables"))
     missing = [m.version for m in shipped_migrations() if m.version not in applied]
     if missing:
         raise SchemaNotReady(f"the database lacks migrations {missing}: run 'hdfpay db migrate'")
+    stale = [f.version for f in shipped_repeatables() if functions.get(f.version) != f.checksum]
+    if stale:
+        raise SchemaNotReady(f"the database runs other versions of {', '.join(stale[:5])}"
+                             f"{' …' if len(stale) > 5 else ''}: run 'hdfpay db migrate'")

@@ -230,7 +230,9 @@ def throwaway_workdir(purpose: str) -> Iterator[Path]:
     stop_orphaned_clusters()
     workdir = Path(tempfile.mkdtemp(prefix=f"{THROWAWAY_PREFIX}{purpose}-"))
     workdir.chmod(0o755)  # the server may run as the 'postgres' user (we may be root)
-    (workdir / THROWAWAY_OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
+    owner = workdir / f"{THROWAWAY_OWNER_FILE}.new"
+    owner.write_text(_process_identity(os.getpid()) or "")
+    owner.replace(workdir / THROWAWAY_OWNER_FILE)     # atomic: a sweeper never reads it half-made
     try:
         yield workdir
     finally:
@@ -250,7 +252,7 @@ def stop_orphaned_clusters() -> list[Path]:
         try:
             owner = owner_file.read_text().strip()
         except OSError:
-            continue   # not ours, or being created right now
+            continue   # not ours, or being created right now (the owner file comes last)
         pid = owner.split(" ", 1)[0]
         if pid.isdigit() and _process_identity(int(pid)) == owner:
             continue   # its owner is alive
@@ -262,12 +264,12 @@ def stop_orphaned_clusters() -> list[Path]:
 def _stop_and_remove(workdir: Path) -> None:
     """Stop the cluster (or, if pg_ctl cannot, e.g. initdb was interrupted and left its
     single-user backend, kill the process of its pid file), then remove everything."""
-    cluster = throwaway_cluster(workdir)
+    data_dir = workdir / THROWAWAY_DATA_DIR
     try:
-        if cluster.is_initialised():
-            cluster.stop()
+        if (data_dir / "PG_VERSION").exists():    # none when DATABASE_URL was used instead
+            throwaway_cluster(workdir).stop()
     except EmbeddedDatabaseError:
-        _kill_server_of(cluster.data_dir)
+        _kill_server_of(data_dir)
     finally:
         remove_cluster(workdir)
 

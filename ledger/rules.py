@@ -47,7 +47,7 @@ async def set_rules(conn: asyncpg.Connection, *, actor: str, **changes: int) -> 
         month = changes.get("rights_renewal_opens_month", before["rights_renewal_opens_month"])
         day = changes.get("rights_renewal_opens_day", before["rights_renewal_opens_day"])
         try:
-            dt.date(2000, month, day)            # a leap year: any real month and day
+            dt.date(2001, month, day)            # not a leap year: 29 February is not every year's
         except ValueError:
             raise RulesRefused(f"no such date: {month:02d}-{day:02d}") from None
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=1))

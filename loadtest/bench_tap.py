@@ -23,13 +23,15 @@ import datetime as dt
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 
-from testbed.pcscd import READER_0, Pcscd, stop_foreign_pcscd, wait_reader_state
+from testbed.pcscd import (READER_0, Pcscd, lock_pcscd_for_this_session, stop_foreign_pcscd,
+                           stop_systemd_pcscd, wait_reader_state, SYSTEMCTL_TIMEOUT_S)
 from testbed.virtual_card import VirtualCard
 
 from hdfpay.config import Settings
@@ -84,6 +86,8 @@ async def run(sales: int, placements: int, output: Path) -> dict:
 async def _run_in(workdir: Path, sales: int, placements: int) -> dict:
     cluster = throwaway_cluster(workdir)
     hsm = SoftwareHsm(workdir / "keystore.json", passphrase=os.urandom(16).hex(), create=True)
+    session_lock = lock_pcscd_for_this_session()    # never beside a test session's pcscd
+    systemd_units = stop_systemd_pcscd()
     stop_foreign_pcscd()
     pcscd = Pcscd(workdir)
     pcscd.start()
@@ -104,6 +108,10 @@ async def _run_in(workdir: Path, sales: int, placements: int) -> dict:
         card.remove()
         pcscd.stop()
         hsm.close()
+        if systemd_units:
+            subprocess.run(["systemctl", "start", *systemd_units], check=False,
+                           timeout=SYSTEMCTL_TIMEOUT_S)
+        session_lock.close()
     return results
 
 

@@ -40,18 +40,18 @@ from ledger.embedded import throwaway_cluster, throwaway_workdir
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
+from loadtest.load_config import TerminalSlot, terminals_variable
 from loadtest.locust_plan import LoadRun, LoadtestOptions
 from loadtest.locust_checks import (HOT_CARD, SCENARIO_CHECKS, print_codes, read_journal,
                                         reconcile)
 
-# Scenario name → its locustfile in loadtest/ (a checkout's: the directory is not packaged).
+# Scenario name → its locustfile in loadtest/ (locust loads a scenario from its file's path).
 SCENARIOS = {"peak": "peak.py", "hot-card": "hot_card.py", "reversal-storm": "reversal_storm.py",
              "decline-mix": "decline_mix.py"}
 LOCUSTFILE_DIR = Path(__file__).resolve().parent
 LOADTEST_DATABASE = "hdfpay_loadtest"
 MIN_CARDS = 100                   # the decline mix needs card 50 (no rights) and the opposed 1-3
 MAX_SECONDS = 24 * 3600
-LOOPBACK_URL = "http://127.0.0.1"
 # Users finish the message in flight (5 s terminal timeout) and a void it may need, then stop.
 LOCUST_STOP_TIMEOUT_S = 15
 LOCUST_START_GRACE_S = 60         # imports, spawning, writing the CSV and HTML report
@@ -173,7 +173,7 @@ async def _prepare(run: LoadRun) -> None:
 def locust_environment(run: LoadRun, journal_dir: Path) -> dict[str, str]:
     """What the users read (loadtest/load_config.py): their terminals in order with their shop's
     category, the key file, where to journal, and the scenario's parameters."""
-    terminals = ",".join(f"{t}:{run.categories[t]}" for t in run.terminals)
+    terminals = terminals_variable([TerminalSlot(t, run.categories[t]) for t in run.terminals])
     return {ENV_KEY_FILE: str(run.keys.key_file), ENV_TERMINALS: terminals,
             ENV_JOURNAL_DIR: str(journal_dir), ENV_CARDS: str(run.options.cards),
             ENV_MAX_PURCHASE: str(run.max_purchase_cents),

@@ -211,6 +211,14 @@ async def _readiness(url: str, status: int) -> bool:
             return reply.status == status
 
 
+def test_the_demo_on_a_server_of_ones_own_needs_no_local_postgresql(dsn):
+    """With DATABASE_URL the demo uses that server alone: no server binaries are looked for,
+    not even when it cleans up."""
+    result = hdfpay("demo", env={"DATABASE_URL": dsn, "HDFPAY_PG_BINDIR": "/nonexistent"})
+    assert result.returncode == 0, result.stderr
+    assert "Grand livre vérifié" in result.stdout
+
+
 def test_demo_runs_a_till_session_in_french():
     result = hdfpay("demo", env={"DATABASE_URL": ""})
     assert result.returncode == 0, result.stderr

@@ -5,14 +5,12 @@ at the bounding box's corners, filtered by category and status. No timing here: 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -25,20 +23,12 @@ from ledger.partners import (EARTH_MEAN_RADIUS_M, MAX_SEARCH_RADIUS_M, NEARBY_SQ
 
 from conftest import ACTIVE_TERMINAL
 
-ROOT = Path(__file__).resolve().parent.parent
 ACTOR = "region_operator:alice"
 SEARCHES = 150
 CENTRE = (50.0, 3.0)            # no demo partner within 20 km
 
 
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_geosearch", ROOT / "loadtest" / "bench_geosearch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = bench_module()
+from loadtest import bench_geosearch as bench  # noqa: E402 (a test may import the benchmarks)
 
 
 async def add(conn, name, lat, lon, category="BOOKSHOP"):
@@ -190,7 +180,7 @@ async def test_bad_partner_fields_are_refused(conn, fields, message):
 def test_the_benchmark_runs_and_checks_itself(pg_cluster, tmp_path):
     output = tmp_path / "geo.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "bench_geosearch.py"), "--partners", "3000",
+        [sys.executable, "-m", "loadtest.bench_geosearch", "--partners", "3000",
          "--searches", "100", "--output", str(output)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "DATABASE_URL": pg_cluster.dsn_for("postgres")})

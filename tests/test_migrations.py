@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 import ledger.migrate
+from ledger.database import SchemaNotReady, check_schema
 from ledger.migrate import (MIGRATIONS_DIR, SQL_DIR, MigrationError, migrate, shipped_migrations,
                             shipped_repeatables)
 
@@ -140,3 +141,13 @@ def test_every_sql_file_is_shipped_in_the_package():
     unshipped = [str(p.relative_to(ledger_dir)) for p in sorted(ledger_dir.rglob("*.sql"))
                  if not any(fnmatch.fnmatch(str(p.relative_to(ledger_dir)), g) for g in globs)]
     assert unshipped == []
+
+
+async def test_a_database_running_other_function_bodies_is_not_served(conn):
+    """A deploy that changed a function file but forgot 'hdfpay db migrate' is refused, like a
+    missing migration: the old body would otherwise keep running."""
+    await check_schema(conn)
+    await conn.execute("UPDATE schema_repeatables SET checksum = 'an older body'"
+                       " WHERE path = 'functions/authorize_purchase.sql'")
+    with pytest.raises(SchemaNotReady, match="functions/authorize_purchase.sql.*hdfpay db migrate"):
+        await check_schema(conn)

@@ -108,7 +108,7 @@ async def test_the_funds_position_reconciles_with_the_ledger(conn):
 
 async def test_a_void_after_1_may_is_expired_money_and_the_funds_still_reconcile(conn):
     """A void before 1 May gives the money back to the wallet; a void after the wallet closed
-    (and its balance was swept) books it to the expired-funds account (migration 0007): the
+    (and its balance was swept) books it to the expired-funds account (authorize_reversal.sql): the
     report counts it as expired, not as money back in the wallets."""
     from ledger.expiry import expire_school_year
     shop = LedgerTill(conn, terminal_id(1, 1))

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import asyncpg
 import pytest
 
 from conftest import ACTIVE_TERMINAL, TEST_SCHOOL_YEAR, balance_of
@@ -76,10 +77,14 @@ async def test_a_rule_change_is_audited_and_bounded(conn):
     assert (row["actor"], json.loads(row["before"]), json.loads(row["after"])) == (
         ACTOR, {"replacement_fee_cents": 5_00}, {"replacement_fee_cents": 6_00})
     for bad in ({"max_purchase_amount_cents": 0}, {"replacement_fee_cents": -1},
-                {"rights_renewal_opens_month": 7}, {"no_such_rule": 1}):
+                {"rights_renewal_opens_month": 7}, {"no_such_rule": 1},
+                {"rights_renewal_opens_month": 2, "rights_renewal_opens_day": 29}):
         with pytest.raises(RulesRefused):
             await set_rules(conn, actor=ACTOR, **bad)
     assert await current_rules(conn) == changed
+    with pytest.raises(asyncpg.CheckViolationError):    # the table itself refuses it too
+        await conn.execute("UPDATE rules SET rights_renewal_opens_month = 2,"
+                           " rights_renewal_opens_day = 29")
 
 
 def test_hdfpay_rules_shows_and_sets(dsn):
@@ -95,3 +100,8 @@ def test_hdfpay_rules_shows_and_sets(dsn):
     refused = hdfpay("set", "--renewal-opens", "02-30")
     assert refused.returncode == 2 and "no such date: 02-30" in refused.stderr
     assert hdfpay("set", "--max-purchase", "-3").returncode == 2
+    retired = subprocess.run([sys.executable, "-m", "hdfpay.cli", "rules", "show"],
+                             capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                             env={**os.environ, "DATABASE_URL": dsn,
+                                  "HDFPAY_MAX_PURCHASE_AMOUNT_CENTS": "40000"})
+    assert retired.returncode == 2 and "hdfpay rules set --max-purchase" in retired.stderr

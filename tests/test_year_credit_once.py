@@ -1,7 +1,7 @@
 """The year's programme credit is made once per beneficiary and school year, whichever path comes
 first: the manual reload without an explicit reference ('one reload per student and year') or
 the bulk reload. A manual reload with an explicit reference is a deliberate extra credit (a
-correction): it neither blocks the bulk reload nor is blocked by it (migration 0011)."""
+correction): it neither blocks the bulk reload nor is blocked by it (reload_wallet.sql, bulk_reload_chunk.sql)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,9 @@ from terminal_protocol.client import TERMINAL_TIMEOUT_MS
 ENV_PREFIX = "HDFPAY_TERMINAL_"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_TILL_API_PORT = 8731
-DEFAULT_MAX_SALE_CENTS = 300_00          # the region's per-purchase ceiling
+# The till's own guard against a mistyped amount (3000 for 30,00), not the region's rule: the
+# ledger declines above its own limit (table rules, 300 € by default) whatever the till allows.
+DEFAULT_MAX_SALE_CENTS = 300_00
 DEFAULT_TAP_TIMEOUT_MS = 60_000
 
 # key: (type, default, minimum, maximum); a default of None means required.

@@ -58,7 +58,7 @@ def _init(config: AgentConfig, args: argparse.Namespace) -> int:
 
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     transport_hex = os.environ.get(TRANSPORT_KEY_ENV) or (
-        getpass.getpass("Clé de transport (hex) : ") if sys.stdin.isatty() else "")
+        getpass.getpass("Transport key (hex): ") if sys.stdin.isatty() else "")
     try:
         transport_key = bytes.fromhex(transport_hex.strip())
         initial_key_id = bytes.fromhex(args.initial_key_id) if args.initial_key_id else None
