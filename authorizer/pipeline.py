@@ -29,7 +29,7 @@ class AuthorizationPipeline:
             case Refund():
                 return await self._store.refund(
                     origin, request.request_id, fingerprint, request.stan,
-                    request.original_rrn, request.amount_cents)
+                    request.original_rrn, request.amount_cents, bytes.fromhex(request.card_uid))
             case BatchClose():
                 return await self._store.batch_close(
                     origin, request.request_id, fingerprint, request.stan,

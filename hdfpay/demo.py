@@ -185,6 +185,6 @@ async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connec
         till.header("Remboursement d'un article rendu, sur présentation du ticket")
         sale = await till.sale(card_uid(12), 42_00)
         till.show(f"Remboursement {format_euros(15_00)} · ticket {sale.rrn}",
-                  await client.refund(sale.rrn, 15_00))
+                  await client.refund(sale.rrn, 15_00, card_uid(12)))
         till.show(f"Remboursement {format_euros(30_00)} · ticket {sale.rrn} (dépasse le reste)",
-                  await client.refund(sale.rrn, 30_00))
+                  await client.refund(sale.rrn, 30_00, card_uid(12)))

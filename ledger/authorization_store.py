@@ -29,7 +29,7 @@ class LedgerFailure(RuntimeError):
 
 _PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5, $6, $7)"
-_REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8)"
+_REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _BATCH_CLOSE = "SELECT close_terminal_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
 
 
@@ -65,9 +65,9 @@ class AuthorizationStore:
                                 original_request_id, origin.initial_key_id, origin.ksn_counter)
 
     async def refund(self, origin: MessageOrigin, request_id: str, fingerprint: bytes, stan: int,
-                     original_rrn: str, amount_cents: int) -> bytes:
+                     original_rrn: str, amount_cents: int, card_uid: bytes) -> bytes:
         return await self._call(_REFUND, origin.terminal_id, request_id, fingerprint, stan,
-                                original_rrn, amount_cents, origin.initial_key_id,
+                                original_rrn, amount_cents, card_uid, origin.initial_key_id,
                                 origin.ksn_counter)
 
     async def batch_close(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,

@@ -29,6 +29,7 @@ TICKETS_KEPT = 20            # recent tickets a till can refund (its own shop's 
 @dataclass
 class Ticket:
     rrn: str
+    card: bytes               # the card that paid: the refund goes back to it
     items_cents: list[int]
     refundable_cents: int     # approved minus what was refunded already
 
@@ -48,7 +49,7 @@ class PeakTill(TerminalUser):
             if self.rng.random() < VOID_SHARE:
                 self.void(request.request_id)
             else:
-                self.tickets.append(Ticket(answer.response.rrn, items,
+                self.tickets.append(Ticket(answer.response.rrn, card_uid(number), items,
                                            answer.response.approved_cents))
         if self.tickets and self.rng.random() < REFUND_SHARE:
             self._refund_an_item()
@@ -56,7 +57,7 @@ class PeakTill(TerminalUser):
     def _refund_an_item(self) -> None:
         ticket = self.rng.choice(self.tickets)
         amount = min(self.rng.choice(ticket.items_cents), ticket.refundable_cents)
-        answer = self.refund(ticket.rrn, amount)
+        answer = self.refund(ticket.rrn, amount, ticket.card)
         if answer is not None and answer.approved:
             ticket.refundable_cents -= answer.response.approved_cents
         if ticket.refundable_cents <= 0:

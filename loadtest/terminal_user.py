@@ -204,10 +204,10 @@ class TerminalUser(FastHttpUser):
         request = self.terminal.messages.reversal_request(original_request_id)
         return self.until_answered(request, expected=expected)
 
-    def refund(self, original_rrn: str, amount_cents: int, *,
+    def refund(self, original_rrn: str, amount_cents: int, card: bytes, *,
                expected: Collection[str] | None = frozenset({"00"})) -> Answer | None:
         """A refund is never started twice for one item: resent with the same bytes instead."""
-        request = self.terminal.messages.refund_request(original_rrn, amount_cents)
+        request = self.terminal.messages.refund_request(original_rrn, amount_cents, card)
         return self.until_answered(request, expected=expected)
 
     def until_answered(self, request: Request, *, expected: Collection[str] | None = None,

@@ -18,6 +18,8 @@ def _refund_refusal(response: Response) -> str:
         return "Vente annulée : rien à rembourser"
     if response.detail == "refunded":
         return "Vente déjà remboursée en totalité"
+    if response.detail == "other_card":
+        return "Cette carte n'a pas payé cette vente : présentez la carte de l'achat"
     return describe(response.rc).cashier_text
 
 
@@ -36,6 +38,8 @@ def cashier_lines(response: Response) -> list[str]:
         lines.append(f"ANNULATION ACCEPTÉE  {format_euros(response.approved_cents)} recrédités")
     elif response.type == "refund" and response.rc == "00":
         lines.append(f"REMBOURSEMENT ACCEPTÉ  {format_euros(response.approved_cents)}")
+    elif response.type == "refund" and response.detail == "other_card":
+        lines.append(f"REFUSÉ : {_refund_refusal(response)} (code {response.rc})")
     elif response.type == "refund" and response.rc == "13":
         lines.append(f"REFUSÉ : {_refund_refusal(response)} (code 13)")
         if response.refundable_cents:

@@ -81,14 +81,17 @@ class TerminalClient:
     async def reversal(self, original_request_id: str, *, request_id: str | None = None) -> Response:
         return await self.send(self.reversal_request(original_request_id, request_id=request_id))
 
-    def refund_request(self, original_rrn: str, amount_cents: int, *,
+    def refund_request(self, original_rrn: str, amount_cents: int, card_uid: bytes | str, *,
                        request_id: str | None = None) -> Refund:
+        uid = card_uid.hex().upper() if isinstance(card_uid, bytes) else card_uid
         return Refund(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
-                      stan=self.next_stan(), original_rrn=original_rrn, amount_cents=amount_cents)
+                      stan=self.next_stan(), original_rrn=original_rrn, amount_cents=amount_cents,
+                      card_uid=uid)
 
-    async def refund(self, original_rrn: str, amount_cents: int, *,
+    async def refund(self, original_rrn: str, amount_cents: int, card_uid: bytes | str, *,
                      request_id: str | None = None) -> Response:
-        return await self.send(self.refund_request(original_rrn, amount_cents, request_id=request_id))
+        return await self.send(self.refund_request(original_rrn, amount_cents, card_uid,
+                                                   request_id=request_id))
 
     def batch_close_request(self, totals: BatchTotals, *,
                             request_id: str | None = None) -> BatchClose:

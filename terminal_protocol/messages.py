@@ -54,8 +54,11 @@ class Reversal(_Request, tag="reversal"):
 
 
 class Refund(_Request, tag="refund"):
+    """Money back for an item returned, to the card tapped for it (the purchase's student's)."""
+
     original_rrn: Rrn
     amount_cents: AmountCents
+    card_uid: CardUid
 
 
 # A day's batch at a busy shop is a few hundred messages; these bound what a batch may claim.

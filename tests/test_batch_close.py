@@ -18,7 +18,7 @@ async def _day_of_sales(client, conn) -> BatchTotals:
     assert (first.approved_cents, second.approved_cents, second.rc) == (30_00, 20_00, "10")
     second_request_id = second.request_id
     voided = await client.reversal(second_request_id)
-    refunded = await client.refund(first.rrn, 5_00)
+    refunded = await client.refund(first.rrn, 5_00, CARD)
     assert (voided.approved_cents, refunded.approved_cents) == (20_00, 5_00)
     return BatchTotals(purchases_count=2, purchases_cents=50_00, reversals_count=1,
                        reversals_cents=20_00, refunds_count=1, refunds_cents=5_00)

@@ -36,7 +36,7 @@ async def busy_days(conn) -> None:
     await tools.purchase(50, 5_00, paris(2026, 11, 24, 14, 2), expect="57")
     await tools.purchase(12, 280_00, paris(2026, 11, 24, 14, 3), expect="51")
     await tools.purchase(13, 290_00, paris(2026, 11, 25, 9, 0), expect="51")
-    await tools.refund({"rrn": "000000000000"}, 1_00, paris(2026, 11, 25, 9, 1), expect="25")
+    await tools.refund({"rrn": "000000000000", "card": card_uid(1)}, 1_00, paris(2026, 11, 25, 9, 1), expect="25")
     await pin_clock(conn, paris(2026, 11, 26, 10, 0))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from terminal_protocol.cashier_display import cashier_lines
+from ledger.cards import replace_card
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, terminal_id
 
@@ -70,16 +71,16 @@ async def test_another_terminal_cannot_reverse_a_sale(terminal, client, conn):
 async def test_refunds_are_capped_by_the_purchase(client, conn):
     before = await balance_of(conn, CARD)
     sale = await client.purchase(CARD, 30_00)
-    first = await client.refund(sale.rrn, 12_00)
+    first = await client.refund(sale.rrn, 12_00, CARD)
     assert (first.rc, first.approved_cents, first.balance_cents) == ("00", 12_00, before - 18_00)
-    too_much = await client.refund(sale.rrn, 18_01)
+    too_much = await client.refund(sale.rrn, 18_01, CARD)
     assert (too_much.rc, too_much.approved_cents, too_much.refundable_cents) == ("13", 0, 18_00)
     assert cashier_lines(too_much)[:2] == [
         "REFUSÉ : Montant supérieur au reste remboursable de la vente (code 13)",
         "Remboursable au plus : 18,00\u00a0€"]
-    rest = await client.refund(sale.rrn, 18_00)
+    rest = await client.refund(sale.rrn, 18_00, CARD)
     assert rest.rc == "00"
-    nothing_left = await client.refund(sale.rrn, 1)
+    nothing_left = await client.refund(sale.rrn, 1, CARD)
     assert (nothing_left.rc, nothing_left.refundable_cents, nothing_left.detail) == ("13", 0, "refunded")
     assert cashier_lines(nothing_left)[0] == "REFUSÉ : Vente déjà remboursée en totalité (code 13)"
     assert await balance_of(conn, CARD) == before
@@ -89,7 +90,7 @@ async def test_refund_after_a_reversal_is_refused(client, conn):
     sale = client.purchase_request(CARD, 10_00)
     response = await client.send(sale)
     await client.reversal(sale.request_id)
-    refused = await client.refund(response.rrn, 1_00)
+    refused = await client.refund(response.rrn, 1_00, CARD)
     assert (refused.rc, refused.refundable_cents, refused.detail) == ("13", 0, "voided")
     assert cashier_lines(refused)[0] == "REFUSÉ : Vente annulée : rien à rembourser (code 13)"
 
@@ -97,22 +98,22 @@ async def test_refund_after_a_reversal_is_refused(client, conn):
 async def test_refund_only_at_the_partner_of_the_sale(terminal, client, conn):
     sale = await client.purchase(CARD, 10_00)
     async with terminal(terminal_id(2, 1)) as other_partner:
-        assert (await other_partner.refund(sale.rrn, 1_00)).rc == "25"
-    assert (await client.refund("999999999999", 1_00)).rc == "25"
+        assert (await other_partner.refund(sale.rrn, 1_00, CARD)).rc == "25"
+    assert (await client.refund("999999999999", 1_00, CARD)).rc == "25"
 
 
 async def test_refund_at_another_terminal_of_the_same_partner(terminal, conn):
     async with terminal(terminal_id(2, 1)) as till, terminal(CROWD_TERMINALS[0]) as other_till:
         sale = await till.purchase(CARD, 10_00)
-        assert (await other_till.refund(sale.rrn, 4_00)).rc == "00"
+        assert (await other_till.refund(sale.rrn, 4_00, CARD)).rc == "00"
 
 
 async def test_refund_once_the_wallet_window_is_over(client, conn):
     sale = await client.purchase(CARD, 10_00)
     await pin_clock(conn, paris(2027, 5, 1, 0, 0, 0))
-    assert (await client.refund(sale.rrn, 5_00)).rc == "54"
+    assert (await client.refund(sale.rrn, 5_00, CARD)).rc == "54"
     await pin_clock(conn, paris(2027, 4, 30, 23, 59, 59))
-    assert (await client.refund(sale.rrn, 5_00)).rc == "00"
+    assert (await client.refund(sale.rrn, 5_00, CARD)).rc == "00"
 
 
 async def test_a_suspended_terminal_may_still_reverse_but_not_sell(client, conn):
@@ -128,3 +129,22 @@ async def test_a_suspended_terminal_may_still_reverse_but_not_sell(client, conn)
     assert await balance_of(conn, CARD) == before
     await conn.execute("UPDATE terminals SET status = 'REVOKED' WHERE id = $1", client.terminal_id)
     assert (await client.reversal(sale.request_id)).rc == "58"
+
+
+async def test_a_refund_goes_back_only_to_a_card_of_the_student_who_paid(client, conn):
+    """The customer taps the card at the refund: another student's card is refused (25
+    other_card), an unknown card 14; the card that replaced the one that paid is accepted."""
+    sale = await client.purchase(CARD, 10_00)
+    other_student = await client.refund(sale.rrn, 4_00, card_uid(6))
+    assert (other_student.rc, other_student.detail, other_student.approved_cents) == (
+        "25", "other_card", 0)
+    assert cashier_lines(other_student)[0] == (
+        "REFUSÉ : Cette carte n'a pas payé cette vente : présentez la carte de l'achat (code 25)")
+    unknown = await client.refund(sale.rrn, 4_00, "0A0B0C0D")
+    assert (unknown.rc, unknown.approved_cents) == ("14", 0)
+    old_card_id = await conn.fetchval("SELECT id FROM cards WHERE uid = $1", CARD)
+    await replace_card(conn, old_card_id, bytes.fromhex("04A1B2C3D4E5F6"), actor="test",
+                       reason="lost")
+    before = await balance_of(conn, CARD)
+    replaced = await client.refund(sale.rrn, 4_00, "04A1B2C3D4E5F6")
+    assert (replaced.rc, replaced.approved_cents, replaced.balance_cents) == ("00", 4_00, before + 4_00)

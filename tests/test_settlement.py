@@ -47,7 +47,7 @@ class LedgerTill:
             at, "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, NULL, false, NULL, NULL)",
             card_uid(card), cents)
         assert answer["rc"] == expect, answer
-        return answer
+        return {**answer, "card": card_uid(card)}     # a refund goes back to this card
 
     async def reversal(self, original: dict, at: dt.datetime) -> dict:
         return await self._call(at, "SELECT authorize_reversal($1, $2, $3, $4, $5, NULL, NULL)",
@@ -55,7 +55,8 @@ class LedgerTill:
 
     async def refund(self, original: dict, cents: int, at: dt.datetime, expect: str = "00") -> dict:
         answer = await self._call(
-            at, "SELECT authorize_refund($1, $2, $3, $4, $5, $6, NULL, NULL)", original["rrn"], cents)
+            at, "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, NULL, NULL)", original["rrn"],
+            cents, original["card"])
         assert answer["rc"] == expect, answer
         return answer
 

@@ -1,11 +1,15 @@
--- Refund part or all of a purchase made at the same partner, found by its RRN. Cumulative refunds
+-- Refund part or all of a purchase made at the same partner, found by its RRN, to the card tapped
+-- at the till: it must be a card of the purchase's student (the card that paid, or its
+-- replacement), so that the money goes back where it came from; another student's card answers
+-- 25 with detail 'other_card', an unknown card 14. Cumulative refunds
 -- never exceed what is left of the purchase: above it the answer is 13 (invalid amount) with
 -- refundable_cents, what can still be refunded, and `detail` 'voided' when the sale was voided
 -- (or 'refunded' when refunds took it all), so that the cashier is told which. The wallet of the
 -- purchase's school year is credited while its window is open (54 after).
 CREATE OR REPLACE FUNCTION authorize_refund(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
-    p_original_rrn text, p_amount_cents bigint, p_initial_key_id bytea, p_ksn_counter bigint
+    p_original_rrn text, p_amount_cents bigint, p_card_uid bytea, p_initial_key_id bytea,
+    p_ksn_counter bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_now       timestamptz := business_now();
@@ -22,6 +26,7 @@ DECLARE
     v_school_year integer;
     v_original_id bigint;
     v_refundable bigint;
+    v_detail    text;
 BEGIN
     SELECT * INTO f FROM open_terminal_message('refund', p_terminal_id, p_request_id, p_request_hash,
                                                p_stan, p_amount_cents, p_initial_key_id, p_ksn_counter);
@@ -36,6 +41,13 @@ BEGIN
 
     IF NOT FOUND THEN
         v_rc := '25';
+    ELSIF NOT EXISTS (SELECT 1 FROM cards WHERE uid = p_card_uid) THEN
+        v_rc := '14';
+    ELSIF NOT EXISTS (SELECT 1 FROM cards tapped JOIN cards paid
+                         ON paid.beneficiary_id = tapped.beneficiary_id
+                       WHERE tapped.uid = p_card_uid AND paid.id = o.card_id) THEN
+        v_rc := '25';
+        v_detail := 'other_card';
     ELSIF NOT in_wallet_window(v_now) OR school_year_of(v_now) <> o.school_year THEN
         v_rc := '54';
     ELSIF p_amount_cents > o.amount_approved_cents - o.amount_reversed_cents - o.amount_refunded_cents THEN
@@ -51,7 +63,7 @@ BEGIN
          WHERE id = o.id;
     END IF;
 
-    IF v_rc <> '25' THEN
+    IF v_rc NOT IN ('25', '14') THEN
         v_card_id := o.card_id;
         v_wallet_account_id := o.wallet_account_id;
         v_school_year := o.school_year;
@@ -60,7 +72,9 @@ BEGIN
     v_rrn := next_rrn(v_now);
     v_response := terminal_response('refund', p_request_id, p_stan, v_rc, p_amount_cents,
                                     v_amount, v_balance, NULL, v_rrn);
-    IF v_rc = '13' THEN
+    IF v_detail IS NOT NULL THEN
+        v_response := (v_response::jsonb || jsonb_build_object('detail', v_detail))::text;
+    ELSIF v_rc = '13' THEN
         v_response := (v_response::jsonb || jsonb_strip_nulls(jsonb_build_object(
             'refundable_cents', v_refundable,
             'detail', CASE WHEN v_refundable > 0 THEN NULL
