@@ -47,10 +47,12 @@ from terminal_protocol.agent.agent_config import AgentConfig
 from terminal_protocol.agent.card_reader import CardReader
 from terminal_protocol.agent.future_keys import FutureKeyTerminal
 from terminal_protocol.agent.runtime import STATE_KEY_ENV, running_agent, sealed_state
+from terminal_protocol.agent.supervisor_pin import write_pin
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.ksn_counter import MemoryCounter
 from terminal_protocol.terminal_keys import TerminalKeys
 
+BENCH_SUPERVISOR_PIN = "0000"      # the agent refuses to start without one; sales never ask it
 PARIS = ZoneInfo("Europe/Paris")
 BENCH_BENEFICIARIES = 50
 SALE_AMOUNT_CENTS = 1
@@ -145,6 +147,8 @@ async def _measure(url, deliveries, workdir: Path, card: VirtualCard, sales: int
     delivered, transport_key = deliveries[agent_terminal]
     FutureKeyTerminal.install_from_key_block(sealed_state(config, environ), delivered.key_block,
                                              transport_key, delivered.initial_key_id).close()
+    write_pin(sealed_state(config, environ, path=config.supervisor_pin_file),
+              BENCH_SUPERVISOR_PIN)
     # The card stays on the reader between sales: without new_tap_per_sale=False each sale would
     # wait for it to be lifted and placed again, i.e. for pcscd's presence poll (measured below).
     async with running_agent(config, environ=environ, new_tap_per_sale=False) as agent:

@@ -13,6 +13,7 @@ import pytest
 from terminal_protocol.agent.agent_config import AgentConfig
 from terminal_protocol.agent.future_keys import FutureKeyTerminal
 from terminal_protocol.agent.runtime import STATE_KEY_ENV, running_agent, sealed_state
+from terminal_protocol.agent.supervisor_pin import write_pin
 
 from pcsc_fixtures import READER_0
 
@@ -21,6 +22,7 @@ AGENT_ENV = {STATE_KEY_ENV: AGENT_STATE_KEY.hex()}
 # Short enough to keep the no-answer tests quick, long enough for a loaded 2-core machine.
 TEST_ANSWER_TIMEOUT_MS = 2_000
 TEST_TAP_TIMEOUT_MS = 10_000
+SUPERVISOR_PIN = "4821"
 
 
 def free_port() -> int:
@@ -55,6 +57,8 @@ def agent_config(tmp_path, server, deliveries):
             FutureKeyTerminal.install_from_key_block(
                 sealed_state(config, AGENT_ENV), delivered.key_block, transport_key,
                 delivered.initial_key_id).close()
+            write_pin(sealed_state(config, AGENT_ENV, path=config.supervisor_pin_file),
+                      SUPERVISOR_PIN)
         return config
     return make
 

@@ -82,17 +82,19 @@ def test_money_owed_is_never_given_up_only_flagged_overdue(tmp_path):
         store.close()
 
 
-def test_a_store_of_schema_1_gains_the_till_reference(tmp_path):
+def test_a_store_of_schema_1_gains_the_till_reference_and_the_answer(tmp_path):
     path = tmp_path / "journal.sqlite"
     LocalStore(path).close()
     old = sqlite3.connect(path)
-    old.executescript("DROP INDEX messages_by_till_reference;"
-                      " ALTER TABLE messages DROP COLUMN till_reference; PRAGMA user_version=1;")
+    old.executescript("DROP INDEX messages_by_till_reference; DROP TABLE supervisor_pin_failures;"
+                      " ALTER TABLE messages DROP COLUMN till_reference;"
+                      " ALTER TABLE messages DROP COLUMN answer; PRAGMA user_version=1;")
     old.close()
     store = LocalStore(path)
     try:
         columns = {row[1] for row in store.db.execute("PRAGMA table_info(messages)")}
-        assert "till_reference" in columns
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert {"till_reference", "answer"} <= columns
+        assert store.db.execute("SELECT count(*) FROM supervisor_pin_failures").fetchone()[0] == 0
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         store.close()

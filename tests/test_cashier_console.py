@@ -11,7 +11,7 @@ import time
 
 from ledger.demo_region import card_uid
 
-from agent_fixtures import AGENT_ENV, TEST_ANSWER_TIMEOUT_MS, free_port
+from agent_fixtures import AGENT_ENV, SUPERVISOR_PIN, TEST_ANSWER_TIMEOUT_MS, free_port
 from conftest import CROWD_TERMINALS, balance_of
 from pcsc_fixtures import READER_0, wait_reader_state
 
@@ -97,6 +97,11 @@ def _config_file(tmp_path, server_url: str, terminal: str):
     return path, state_dir
 
 
+def _install_env(transport_key: bytes) -> dict[str, str]:
+    return {"HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex(),
+            "HDFPAY_TERMINAL_SUPERVISOR_PIN": SUPERVISOR_PIN}
+
+
 async def _hdfpay(*args: str, stdin: bytes = b"", env: dict | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hdfpay.cli", *args, env={**os.environ, **(env or {})},
@@ -113,7 +118,7 @@ async def test_install_then_sell_and_read_the_totals(server, deliveries, pcscd, 
     delivered, transport_key = deliveries[terminal]
     code, output = await _hdfpay(
         "terminal", "init", "--config", str(config), "--key-block", delivered.key_block,
-        env={**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex()})
+        env={**AGENT_ENV, **_install_env(transport_key)})
     assert code == 0, output
     assert f"key {delivered.initial_key_id.hex().upper()} installed" in output
     sealed = (state_dir / "dukpt-state.sealed").read_bytes()
@@ -155,7 +160,7 @@ async def test_init_refuses_a_wrong_transport_key_and_a_second_install(server, d
     wrong = bytes(b ^ 1 for b in transport_key).hex()
     code, output = await _hdfpay(*init, env={**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": wrong})
     assert code != 0 and "hdfpay: error:" in output and "Traceback" not in output
-    good = {**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex()}
+    good = {**AGENT_ENV, **_install_env(transport_key)}
     assert (await _hdfpay(*init, env=good))[0] == 0
     code, output = await _hdfpay(*init, env=good)
     assert code != 0 and "already holds a terminal state" in output
@@ -170,7 +175,7 @@ async def test_keys_typed_while_the_card_is_awaited_are_dropped_and_escape_cance
     delivered, transport_key = deliveries[terminal]
     code, output = await _hdfpay(
         "terminal", "init", "--config", str(config), "--key-block", delivered.key_block,
-        env={**AGENT_ENV, "HDFPAY_TERMINAL_TRANSPORT_KEY": transport_key.hex()})
+        env={**AGENT_ENV, **_install_env(transport_key)})
     assert code == 0, output
     till = TmuxTill(f"hdfpay-till-{os.getpid()}",
                     [sys.executable, "-m", "hdfpay.cli", "terminal", "run", "--config", str(config)],

@@ -4,6 +4,7 @@ a purchase signed with sealed future keys, the real server and PostgreSQL behind
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import time
 
@@ -11,7 +12,7 @@ from ledger.demo_region import card_uid
 
 from terminal_protocol.agent.runtime import running_agent
 
-from agent_fixtures import AGENT_ENV, TEST_TAP_TIMEOUT_MS, free_port
+from agent_fixtures import AGENT_ENV, SUPERVISOR_PIN, TEST_TAP_TIMEOUT_MS, free_port
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, balance_of, set_balance
 from flaky_link import FlakyLink, server_port
 from pcsc_fixtures import READER_0, READER_1, wait_reader_state
@@ -103,16 +104,18 @@ async def test_void_refund_totals_and_an_in_balance_close(agent_for, virtual_car
         first = await agent.sale(10_00)
         _tap_again(card)
         second = await agent.sale(4_00)
-        bad_reference = await agent.refund("12AB", 1_00)
+        bad_reference = await agent.refund("12AB", 1_00, SUPERVISOR_PIN)
         voided = await agent.void_last()
-        refunded = await agent.refund(first.rrn, 2_50)
+        _tap_again(card)                        # the customer taps the card for the refund
+        refunded = await agent.refund(first.rrn, 2_50, SUPERVISOR_PIN)
         nothing_to_void = await agent.void_last()                   # the last sale is voided
         totals = agent.totals()
-        closed = await agent.close_batch()
+        closed = await agent.close_batch(SUPERVISOR_PIN)
         after_close = agent.totals()
     assert (voided.status, voided.approved_cents) == ("approved", 4_00)
     assert voided.lines[0].startswith("ANNULATION ACCEPTÉE")
     assert (refunded.status, refunded.approved_cents) == ("approved", 2_50)
+    assert refunded.lines[-1].startswith("Carte 04••••••••000B · ")
     assert nothing_to_void.status == "refused"
     assert bad_reference.lines == ("Référence invalide : les 12 chiffres du ticket",)
     assert totals.details["totals"] == {
@@ -138,7 +141,7 @@ async def test_a_late_answer_is_reversed_not_kept(agent_config, pcscd, virtual_c
             assert outcome.status == "no_answer" and outcome.collect_cents == 9_00
             assert await balance_of(conn, CARD) == before - 9_00       # approved, answer lost
             link.mode = "forward"
-            closed = await agent.close_batch()                           # flushes the outbox
+            closed = await agent.close_batch(SUPERVISOR_PIN)                           # flushes the outbox
             assert agent.status()["pending"] == 0
         assert closed.status == "in_balance", closed.lines
         purchase, = await _purchases(conn, CROWD_TERMINALS[0])
@@ -181,12 +184,12 @@ async def test_a_close_without_answer_is_resent_before_anything_else(agent_confi
             virtual_card(0).insert(CARD)
             assert (await agent.sale(3_00)).status == "approved"
             link.mode = "deaf"
-            lost = await agent.close_batch()
+            lost = await agent.close_batch(SUPERVISOR_PIN)
             assert lost.lines[0] == "Réponse de clôture non reçue : relancez la clôture"
             link.mode = "forward"
             assert (await agent.void_last()).status == "refused"
             assert (await agent.sale(1_00)).status == "refused"
-            closed = await agent.close_batch()
+            closed = await agent.close_batch(SUPERVISOR_PIN)
             nothing_yet = agent.totals()
         assert (closed.status, closed.details["batch_number"]) == ("in_balance", 1)
         assert nothing_yet.details["totals"]["purchases_count"] == 0
@@ -266,14 +269,14 @@ async def test_a_close_that_never_left_does_not_block_the_sales(agent_config, pc
     unreachable = f"http://127.0.0.1:{free_port()}"
     config = agent_config(CROWD_TERMINALS[7], url=unreachable)
     async with running_agent(config, environ=AGENT_ENV) as agent:
-        closed = await agent.close_batch()
+        closed = await agent.close_batch(SUPERVISOR_PIN)
     assert closed.lines == ("Clôture non envoyée : serveur injoignable",
                             "Les ventes restent possibles ; relancez la clôture plus tard")
     async with running_agent(agent_config(CROWD_TERMINALS[7]), environ=AGENT_ENV) as agent:
         virtual_card(0).insert(CARD)
         sale = await agent.sale(1_50)
         assert sale.status == "approved", sale.lines
-        assert (await agent.close_batch()).status == "in_balance"
+        assert (await agent.close_batch(SUPERVISOR_PIN)).status == "in_balance"
 
 
 async def test_the_card_and_time_are_shown_and_a_cancel_debits_nothing(agent_for, virtual_card,
@@ -295,3 +298,86 @@ async def test_the_card_and_time_are_shown_and_a_cancel_debits_nothing(agent_for
     assert sold.status == "approved"
     assert re.fullmatch(r"Carte 04•+000B · \d\d/\d\d/\d{4} \d\d:\d\d", sold.lines[-1]), sold.lines
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [3_00]
+
+
+class _Clock:
+    """The agent's wall clock, moved by the test (the void's one minute without the PIN)."""
+
+    def __init__(self) -> None:
+        self.shift = dt.timedelta(0)
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc) + self.shift
+
+
+async def test_the_supervisor_pin_guards_refunds_late_voids_and_the_close(agent_config, pcscd,
+                                                                        virtual_card, conn):
+    """A void in the sale's first minute needs only the cashier's confirmation; later, and for a
+    refund and the close, the supervisor's PIN. Wrong PINs lock it, across a restart too."""
+    config, clock, card = agent_config(CROWD_TERMINALS[9]), _Clock(), virtual_card(0)
+    before = await balance_of(conn, CARD)
+    async with running_agent(config, environ=AGENT_ENV, now=clock) as agent:
+        card.insert(CARD)
+        sale = await agent.sale(6_00)
+        fresh = agent.void_preview()
+        clock.shift = dt.timedelta(seconds=61)
+        late = agent.void_preview()
+        without_pin = await agent.void_last()
+        wrong = await agent.void_last("0000")
+        voided = await agent.void_last(SUPERVISOR_PIN)
+        _tap_again(card)
+        kept = await agent.sale(8_00)
+        refund_without_pin = await agent.refund(kept.rrn, 1_00)
+        close_without_pin = await agent.close_batch()
+        tries = [await agent.refund(kept.rrn, 1_00, pin) for pin in ("1111", "2222", "3333")]
+    async with running_agent(config, environ=AGENT_ENV) as agent:
+        still_locked = await agent.refund(kept.rrn, 1_00, SUPERVISOR_PIN)
+    assert (fresh.status, fresh.details["needs_pin"]) == ("confirm", False)
+    assert fresh.lines[0] == "Annuler la vente de 6,00\u00a0€ ?"
+    assert fresh.lines[1].startswith("Carte 04••••••••000B · ") and sale.rrn in fresh.lines[1]
+    assert late.details["needs_pin"] and late.lines[-1].startswith("Code superviseur demandé")
+    assert without_pin.lines == ("CODE SUPERVISEUR REQUIS",
+                                 "Annulation d'une vente de plus d'une minute : appelez le responsable")
+    assert (wrong.status, wrong.lines[0], wrong.details) == (
+        "pin_refused", "CODE SUPERVISEUR ERRONÉ", {"attempts_left": 2})
+    assert voided.status == "approved" and voided.lines[0].startswith("ANNULATION ACCEPTÉE")
+    assert refund_without_pin.status == close_without_pin.status == "pin_required"
+    assert [t.status for t in tries] == ["pin_refused"] * 3
+    assert tries[2].lines == ("CODE SUPERVISEUR BLOQUÉ", "Trop d'essais : réessayez dans 5 min")
+    assert still_locked.lines[0] == "CODE SUPERVISEUR BLOQUÉ"
+    assert [(r["amount_approved_cents"], r["amount_reversed_cents"])
+            for r in await _purchases(conn, CROWD_TERMINALS[9])] == [(6_00, 6_00), (8_00, 0)]
+    assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE terminal_id = $1"
+                               " AND message_type IN ('REFUND', 'BATCH_CLOSE')", CROWD_TERMINALS[9]) == 0
+    assert await balance_of(conn, CARD) == before - 8_00
+
+
+async def test_a_refund_goes_to_the_card_tapped_and_its_uid_is_not_kept(agent_config, pcscd,
+                                                                       virtual_card, conn):
+    """The refund asks for the card: another student's card is refused; the card that paid gets
+    the money, and the journal keeps no whole UID once the server answered."""
+    config, card = agent_config(CROWD_TERMINALS[10]), virtual_card(0)
+    async with running_agent(config, environ=AGENT_ENV) as agent:
+        shown: list[str] = []
+        agent.on_screen = shown.append
+        card.insert(CARD)
+        sale = await agent.sale(9_00)
+        card.remove()
+        await asyncio.to_thread(wait_reader_state, READER_0, present=False)
+        card.insert(OTHER_CARD)
+        other = await agent.refund(sale.rrn, 3_00, SUPERVISOR_PIN)
+        card.remove()
+        await asyncio.to_thread(wait_reader_state, READER_0, present=False)
+        card.insert(CARD)
+        before = await balance_of(conn, CARD)
+        refunded = await agent.refund(sale.rrn, 3_00, SUPERVISOR_PIN)
+    assert "Présentez la carte à rembourser (celle de l'achat)" in shown
+    assert (other.status, other.rc) == ("declined", "25")
+    assert other.lines[0] == ("REFUSÉ : Cette carte n'a pas payé cette vente : présentez la carte"
+                              " de l'achat (code 25)")
+    assert (refunded.status, refunded.approved_cents) == ("approved", 3_00)
+    assert await balance_of(conn, CARD) == before + 3_00
+    journal = config.journal_file.read_bytes() + b"".join(
+        p.read_bytes() for p in config.state_dir.glob("journal.sqlite-*"))
+    for uid in (CARD, OTHER_CARD):
+        assert uid.hex().upper().encode() not in journal

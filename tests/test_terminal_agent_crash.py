@@ -14,7 +14,7 @@ import aiohttp
 
 from ledger.demo_region import card_uid
 
-from agent_fixtures import AGENT_ENV, write_config
+from agent_fixtures import AGENT_ENV, SUPERVISOR_PIN, write_config
 from conftest import CROWD_TERMINALS, balance_of
 from flaky_link import FlakyLink, server_port
 
@@ -101,6 +101,14 @@ async def test_a_queued_reversal_survives_kill_9_and_is_delivered_once(
         async with agent.session.get("/v1/totals") as reply:
             totals = (await reply.json())["details"]["totals"]
         assert (totals["purchases_cents"], totals["reversals_cents"]) == (9_00, 9_00)
+        # The close over the till API wants the supervisor's PIN, like the console.
+        async with agent.session.post("/v1/close-batch") as reply:
+            assert (await reply.json())["status"] == "pin_required"
+        async with agent.session.post("/v1/close-batch", json={"supervisor_pin": 4821}) as reply:
+            assert reply.status == 400                          # a PIN is text: "0123"
+        async with agent.session.post("/v1/close-batch",
+                                      json={"supervisor_pin": SUPERVISOR_PIN}) as reply:
+            assert (await reply.json())["status"] == "in_balance"
     finally:
         with contextlib.suppress(Exception):
             await agent.stop()

@@ -22,11 +22,12 @@ from terminal_protocol.agent.cashier_texts import Outcome
 from terminal_protocol.agent.journal import Journal, SentMessage
 from terminal_protocol.agent.local_store import LocalStore
 from terminal_protocol.agent.outbox import Outbox, OutboxSender
+from terminal_protocol.agent.supervisor_pin import SupervisorPin
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import masked_uid
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import (
-    ProtocolError, decode_request, decode_response, encode_request,
+    decode_request, decode_response, encode_request,
 )
 from terminal_protocol.messages import Request, Response
 
@@ -35,6 +36,9 @@ UNDECIDED_CODES = frozenset({"91", "96"})
 DEFAULT_TAP_TIMEOUT_MS = 60_000
 # A slower sender pass than this at batch close means the line is down: refuse to close.
 CLOSE_FLUSH_TIMEOUT_MS = 15_000
+# The last sale may be voided without the supervisor for this long after its answer (the
+# customer changes their mind at the till); later, and for refunds and the close, the PIN.
+VOID_WITHOUT_PIN_S = 60
 
 log = logging.getLogger("hdfpay.terminal")
 
@@ -49,9 +53,11 @@ class Reader(Protocol):
 class TerminalAgent:
     def __init__(self, client: TerminalClient, reader: Reader, store: LocalStore, *,
                  max_sale_cents: int, tap_timeout_ms: int = DEFAULT_TAP_TIMEOUT_MS,
-                 new_tap_per_sale: bool = True) -> None:
+                 new_tap_per_sale: bool = True, supervisor: SupervisorPin | None = None,
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
         """`new_tap_per_sale` False lets a card left on the reader pay again without being lifted:
-        only for measuring latency without pcscd's 400 ms presence poll (loadtest/bench_tap)."""
+        only for measuring latency without pcscd's 400 ms presence poll (loadtest/bench_tap).
+        Without `supervisor` (no PIN installed) what needs the PIN is refused."""
         self._client = client
         self._reader = reader
         self.journal = Journal(store)
@@ -64,6 +70,8 @@ class TerminalAgent:
         self._tap_timeout_ms = tap_timeout_ms
         self._new_tap_per_sale = new_tap_per_sale
         self._sender_task: asyncio.Task | None = None
+        self._supervisor = supervisor
+        self._now = now
         # What the cashier must read while an operation waits (the console prints it; the till
         # API shows it in /v1/status). Called from the reader's thread.
         self.on_screen: Callable[[str], None] = lambda text: None
@@ -108,18 +116,9 @@ class TerminalAgent:
                     return texts.replayed_sale(earlier, amount_cents)
             if self.journal.unanswered_close() is not None:
                 return _close_first()
-            self._tap_cancel.clear()
-            self._show_notice(texts.PRESENT_CARD)    # once the amount and the batch allow it
-            try:
-                uid = await asyncio.to_thread(self._reader.wait_for_uid, self._tap_timeout_ms,
-                                              self._tap_cancel, new_tap=self._new_tap_per_sale,
-                                              on_lift_first=self._lift_card_first)
-            except Exception as exc:
-                if self._tap_cancel.is_set():
-                    return texts.cancelled(amount_cents)
-                return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
-            finally:
-                self.notice = None
+            uid = await self._tap(texts.PRESENT_CARD, amount_cents)
+            if isinstance(uid, Outcome):
+                return uid
             request = self._client.purchase_request(uid, amount_cents, partial_ok=True)
             body = encode_request(request)
             # A purchase is never resent (a reversal follows it instead), so the journal keeps
@@ -142,40 +141,65 @@ class TerminalAgent:
                 outcome = texts.answered(response, amount_cents)
             return texts.with_card_and_time(outcome, masked_uid(uid), at)
 
-    async def void_last(self) -> Outcome:
+    def void_preview(self) -> Outcome:
+        """What "void the last sale" would do, for the cashier to confirm (status `confirm`,
+        details `needs_pin`), or why it cannot be done."""
+        sale = self._voidable_sale()
+        if isinstance(sale, Outcome):
+            return sale
+        return texts.confirm_void(sale, self._void_needs_pin(sale))
+
+    async def void_last(self, supervisor_pin: str | None = None) -> Outcome:
         async with self._operation_lock:
-            if self.journal.unanswered_close() is not None:
-                return _close_first()
-            last = self.journal.last_sale()
-            if last is None:
-                return texts.refused("Aucune vente dans ce lot : rien à annuler")
-            sale, voided = last
-            if voided or sale["state"] != "answered" or sale["approved_cents"] <= 0:
-                return texts.not_voidable(sale, voided)
+            sale = self._voidable_sale()
+            if isinstance(sale, Outcome):
+                return sale
+            if self._void_needs_pin(sale):
+                refusal = self._pin_refusal(supervisor_pin, texts.VOID_NEEDS_PIN)
+                if refusal is not None:
+                    return refusal
             return await self._deliver_now(self._queue_reversal(sale["request_id"]),
                                            sale["approved_cents"])
 
-    async def refund(self, original_rrn: str, amount_cents: int) -> Outcome:
+    async def refund(self, original_rrn: str, amount_cents: int,
+                     supervisor_pin: str | None = None) -> Outcome:
+        """A refund, with the supervisor's PIN, to the card the customer taps (the server
+        checks it is a card of the student who paid)."""
         if not 0 < amount_cents <= self._max_sale_cents:
             return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
+        if not texts.RRN.fullmatch(original_rrn):
+            return texts.refused("Référence invalide : les 12 chiffres du ticket")
         async with self._operation_lock:
             if self.journal.unanswered_close() is not None:
                 return _close_first()
-            request = self._client.refund_request(original_rrn, amount_cents)
-            try:   # msgspec checks the patterns on decoding, not when a struct is built
-                decode_request(encode_request(request))
-            except ProtocolError:
-                return texts.refused("Référence invalide : les 12 chiffres du ticket")
+            refusal = self._pin_refusal(supervisor_pin, texts.REFUND_NEEDS_PIN)
+            if refusal is not None:
+                return refusal
+            uid = await self._tap(texts.PRESENT_CARD_FOR_REFUND, amount_cents)
+            if isinstance(uid, Outcome):
+                return uid
+            request = self._client.refund_request(original_rrn, amount_cents, uid)
+            # Kept until the answer (a retry resends the same bytes), then erased: the journal
+            # keeps no whole card UID (Outbox.acknowledge).
             self.outbox.enqueue(SentMessage(request.request_id, "refund", encode_request(request),
-                                            amount_cents, original_rrn=original_rrn))
-            return await self._deliver_now(request, amount_cents)
+                                            amount_cents, masked_uid(uid),
+                                            original_rrn=original_rrn))
+            outcome = await self._deliver_now(request, amount_cents)
+            return texts.with_card_and_time(outcome, masked_uid(uid), self._now().astimezone())
 
     def totals(self) -> Outcome:
         return texts.totals(self.journal.batch_totals(), len(self.outbox.pending()),
                             self.outbox.overdue())
 
-    async def close_batch(self) -> Outcome:
+    def close_preview(self) -> Outcome:
+        """The totals the close would send, for the cashier to confirm (the PIN is needed)."""
+        return texts.confirm_close(self.journal.batch_totals())
+
+    async def close_batch(self, supervisor_pin: str | None = None) -> Outcome:
         async with self._operation_lock:
+            refusal = self._pin_refusal(supervisor_pin, texts.CLOSE_NEEDS_PIN)
+            if refusal is not None:
+                return refusal
             try:
                 left = await asyncio.wait_for(self._sender.deliver_due(everything=True),
                                               CLOSE_FLUSH_TIMEOUT_MS / 1000)
@@ -212,6 +236,47 @@ class TerminalAgent:
                 "overdue": self.outbox.overdue(), "batch": self.journal.open_batch_id(),
                 "notice": self.notice}
 
+    async def _tap(self, prompt: str, amount_cents: int) -> bytes | Outcome:
+        """The UID of the card tapped now, or the outcome that ends the operation."""
+        self._tap_cancel.clear()
+        self._show_notice(prompt)        # once the amount, the batch and the PIN allow it
+        try:
+            return await asyncio.to_thread(self._reader.wait_for_uid, self._tap_timeout_ms,
+                                           self._tap_cancel, new_tap=self._new_tap_per_sale,
+                                           on_lift_first=self._lift_card_first)
+        except Exception as exc:
+            if self._tap_cancel.is_set():
+                return texts.cancelled(amount_cents)
+            return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
+        finally:
+            self.notice = None
+
+    def _voidable_sale(self):
+        """The open batch's last sale if it can be voided, else the outcome that says why."""
+        if self.journal.unanswered_close() is not None:
+            return _close_first()
+        last = self.journal.last_sale()
+        if last is None:
+            return texts.refused("Aucune vente dans ce lot : rien à annuler")
+        sale, voided = last
+        if voided or sale["state"] != "answered" or sale["approved_cents"] <= 0:
+            return texts.not_voidable(sale, voided)
+        return sale
+
+    def _void_needs_pin(self, sale) -> bool:
+        answered = dt.datetime.fromisoformat(sale["answered_at"])
+        return (self._now() - answered).total_seconds() > VOID_WITHOUT_PIN_S
+
+    def _pin_refusal(self, pin: str | None, why: str) -> Outcome | None:
+        """None when the supervisor's PIN allows the operation, else the outcome refusing it."""
+        if self._supervisor is None:
+            return texts.refused("Aucun code superviseur n'est installé sur ce terminal",
+                                 "Faites installer le code : hdfpay terminal set-pin")
+        if not pin:
+            return texts.pin_required(why)
+        check = self._supervisor.check(pin)
+        return None if check.ok else texts.pin_refused(check)
+
     def _lift_card_first(self) -> None:
         self._show_notice(texts.LIFT_CARD_FIRST)
 
@@ -233,10 +298,7 @@ class TerminalAgent:
         row = self.journal.message(request.request_id)
         if row["state"] != "answered":
             return texts.queued(row["kind"], amount_cents, request.request_id)
-        response = Response(v=1, type=row["kind"], rc=row["rc"], request_id=row["request_id"],
-                            approved_cents=row["approved_cents"], balance_cents=row["balance_cents"],
-                            rrn=row["rrn"])
-        return texts.answered(response, amount_cents)
+        return texts.answered(self.journal.answer(request.request_id), amount_cents)
 
     async def _send(self, body: bytes) -> Response:
         return (await self._send_with_body(body))[0]

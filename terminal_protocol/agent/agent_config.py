@@ -63,6 +63,10 @@ class AgentConfig:
         return self.state_dir / "dukpt-state.sealed"
 
     @property
+    def supervisor_pin_file(self) -> Path:
+        return self.state_dir / "supervisor-pin.sealed"
+
+    @property
     def journal_file(self) -> Path:
         return self.state_dir / "journal.sqlite"
 

@@ -42,6 +42,26 @@ async def _amount(prompt: str) -> int | None:
         return None
 
 
+async def _confirmed(preview: Outcome) -> bool:
+    """Show what would be done and ask; a refusal (nothing to void…) is shown instead."""
+    _show(preview)
+    if preview.status != "confirm":
+        return False
+    return (await _ask("Confirmer ? (o/n) : ") or "").lower() == "o"
+
+
+async def _with_pin(operation) -> Outcome:
+    """Run `operation(pin)`; when it asks for the supervisor's PIN, ask for it and run again."""
+    outcome = await operation(None)
+    while outcome.status == "pin_required":
+        _show(outcome)
+        pin = await _ask("Code superviseur : ")
+        if not pin:
+            return outcome
+        outcome = await operation(pin)
+    return outcome
+
+
 @contextlib.contextmanager
 def _keys_while_waiting(agent: TerminalAgent):
     """While a sale waits for the card: Échap cancels it, and any other key is dropped, as are
@@ -89,15 +109,17 @@ async def run_console(agent: TerminalAgent, terminal_id: str) -> None:
                 with _keys_while_waiting(agent):
                     _show(await agent.sale(amount))
         elif choice == "2":
-            _show(await agent.void_last())
+            if await _confirmed(agent.void_preview()):
+                _show(await _with_pin(agent.void_last))
         elif choice == "3":
             rrn = await _ask("Référence du ticket (12 chiffres) : ")
             amount = await _amount("Montant à rembourser (€) : ") if rrn else None
             if amount is not None:
-                _show(await agent.refund(rrn, amount))
+                _show(await _with_pin(lambda pin: agent.refund(rrn, amount, pin)))
         elif choice == "4":
             _show(agent.totals())
         elif choice == "5":
-            _show(await agent.close_batch())
+            if await _confirmed(agent.close_preview()):
+                _show(await _with_pin(agent.close_batch))
         else:
             print("Choix inconnu", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
 from terminal_protocol.amounts import format_euros
@@ -12,6 +13,11 @@ from terminal_protocol.messages import BatchTotals, Response
 from terminal_protocol.response_codes import APPROVED_CODES
 
 PRESENT_CARD = "Présentez la carte"
+PRESENT_CARD_FOR_REFUND = "Présentez la carte à rembourser (celle de l'achat)"
+RRN = re.compile(r"[0-9]{12}")          # the ticket's reference, as PROTOCOL.md defines it
+VOID_NEEDS_PIN = "Annulation d'une vente de plus d'une minute"
+REFUND_NEEDS_PIN = "Remboursement"
+CLOSE_NEEDS_PIN = "Clôture du lot"
 # A card that already paid is still on the reader (after a sale, or after a restart).
 LIFT_CARD_FIRST = "Retirez la carte puis présentez-la à nouveau"
 
@@ -28,7 +34,8 @@ class Outcome:
     """The end of one cashier operation: what to show, and the figures a till program needs.
 
     status: approved, partial, declined, no_answer, queued, refused (nothing sent), card_error,
-    in_balance, out_of_balance, totals."""
+    cancelled, in_balance, out_of_balance, totals; pin_required, pin_refused (nothing sent: the
+    supervisor's PIN is missing or wrong); confirm (a preview, for the cashier to confirm)."""
 
     status: str
     lines: tuple[str, ...]
@@ -110,6 +117,39 @@ def not_voidable(sale, voided: bool) -> Outcome:
     else:
         why = f"La dernière vente ({amount}) a été refusée : rien à annuler"
     return refused(why, "Une vente plus ancienne se rembourse avec la référence de son ticket")
+
+
+def confirm_void(sale, needs_pin: bool) -> Outcome:
+    at = dt.datetime.fromisoformat(sale["answered_at"]).astimezone()
+    return Outcome("confirm", (
+        f"Annuler la vente de {format_euros(sale['approved_cents'])} ?",
+        f"Carte {sale['card']} · {at:%d/%m/%Y %H:%M} · référence {sale['rrn']}",
+    ) + (("Code superviseur demandé : la vente a plus d'une minute",) if needs_pin else ()),
+        approved_cents=sale["approved_cents"], rrn=sale["rrn"], request_id=sale["request_id"],
+        details={"needs_pin": needs_pin})
+
+
+def confirm_close(batch: BatchTotals) -> Outcome:
+    shown = totals(batch, 0)
+    return Outcome("confirm", ("Clôturer le lot du jour ?",) + shown.lines
+                   + ("Code superviseur demandé",),
+                   approved_cents=shown.approved_cents, details={"needs_pin": True})
+
+
+def pin_required(operation: str) -> Outcome:
+    return Outcome("pin_required", ("CODE SUPERVISEUR REQUIS", f"{operation} : appelez le responsable"))
+
+
+def pin_refused(check) -> Outcome:
+    """check: supervisor_pin.PinCheck, not ok."""
+    if check.reason == "locked":
+        minutes = -(-check.locked_s // 60)
+        return Outcome("pin_refused", ("CODE SUPERVISEUR BLOQUÉ",
+                                       f"Trop d'essais : réessayez dans {minutes} min"),
+                       details={"locked_s": check.locked_s})
+    return Outcome("pin_refused", ("CODE SUPERVISEUR ERRONÉ",
+                                   f"Encore {check.attempts_left} essai(s) avant blocage"),
+                   details={"attempts_left": check.attempts_left})
 
 
 def refused(*lines: str) -> Outcome:

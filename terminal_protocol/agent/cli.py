@@ -14,9 +14,11 @@ from aiohttp import web
 from terminal_protocol.agent.agent_config import AgentConfig, AgentConfigError
 from terminal_protocol.agent.agent_log import log_to_state_dir
 from terminal_protocol.agent.runtime import running_agent, sealed_state
+from terminal_protocol.agent.supervisor_pin import PinFormatError, check_pin_format, write_pin
 
 CONFIG_ENV = "HDFPAY_TERMINAL_CONFIG"
 TRANSPORT_KEY_ENV = "HDFPAY_TERMINAL_TRANSPORT_KEY"
+SUPERVISOR_PIN_ENV = "HDFPAY_TERMINAL_SUPERVISOR_PIN"
 
 
 def add_terminal_commands(subcommands) -> None:
@@ -24,6 +26,7 @@ def add_terminal_commands(subcommands) -> None:
         "terminal", help="the shop's terminal agent (PC/SC reader, cashier screen, till API)")
     actions = parser.add_subparsers(dest="terminal_action", required=True)
     for name, text in (("init", "install the terminal's key from its TR-31 block (sealed on disk)"),
+                       ("set-pin", "set or change the supervisor's PIN (refunds, late voids, close)"),
                        ("run", "the cashier's screen in this terminal"),
                        ("serve", "the local HTTP API for the shop's till software")):
         action = actions.add_parser(name, help=text, description=text)
@@ -40,6 +43,8 @@ def run_terminal_command(args: argparse.Namespace) -> int:
     config = AgentConfig.load(args.config)
     if args.terminal_action == "init":
         return _init(config, args)
+    if args.terminal_action == "set-pin":
+        return _set_pin(config)
     log_to_state_dir(config.state_dir)      # the screen is the cashier's: logs go to a file
     if args.terminal_action == "run":
         from terminal_protocol.agent.cashier_console import run_console
@@ -72,6 +77,27 @@ def _init(config: AgentConfig, args: argparse.Namespace) -> int:
         pass
     print(f"terminal {config.terminal_id}: key {keys.initial_key_id.hex().upper()} installed,"
           f" sealed in {config.keys_file}")
+    if not config.supervisor_pin_file.exists():      # a key rotation keeps the PIN
+        return _set_pin(config)
+    return 0
+
+
+def _set_pin(config: AgentConfig) -> int:
+    """The supervisor's PIN from the environment, or typed twice at the prompt."""
+    pin = os.environ.get(SUPERVISOR_PIN_ENV)
+    if not pin:
+        if not sys.stdin.isatty():
+            raise AgentConfigError(f"no supervisor PIN: set {SUPERVISOR_PIN_ENV} or type it at"
+                                   " the prompt")
+        pin = getpass.getpass("Code superviseur (4 à 8 chiffres) : ")
+        if getpass.getpass("Code superviseur, encore : ") != pin:
+            raise AgentConfigError("the two PINs typed differ: nothing changed")
+    try:
+        write_pin(sealed_state(config, path=config.supervisor_pin_file), check_pin_format(pin))
+    except PinFormatError as exc:
+        raise AgentConfigError(str(exc)) from None
+    print(f"terminal {config.terminal_id}: supervisor PIN set, sealed in"
+          f" {config.supervisor_pin_file}")
     return 0
 
 

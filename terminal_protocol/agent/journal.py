@@ -11,6 +11,8 @@ import datetime as dt
 import sqlite3
 from dataclasses import dataclass
 
+import msgspec
+
 from terminal_protocol.agent.local_store import LocalStore
 from terminal_protocol.messages import BatchTotals, Response
 
@@ -62,10 +64,10 @@ class Journal:
                 return self.record_answer(request_id, response, db)
         db.execute(
             "UPDATE messages SET state = 'answered', rc = ?, approved_cents = ?, balance_cents = ?,"
-            " rrn = ?, answered_at = ?, batch_id = (SELECT id FROM batches WHERE closed_at IS NULL)"
-            " WHERE request_id = ?",
+            " rrn = ?, answered_at = ?, answer = ?,"
+            " batch_id = (SELECT id FROM batches WHERE closed_at IS NULL) WHERE request_id = ?",
             (response.rc, response.approved_cents, response.balance_cents, response.rrn, _now(),
-             request_id))
+             msgspec.json.encode(response).decode(), request_id))
         row = db.execute("SELECT kind, original_request_id FROM messages WHERE request_id = ?",
                          (request_id,)).fetchone()
         if row["kind"] == "reversal" and response.rc in ("00", "25"):
@@ -117,6 +119,12 @@ class Journal:
     def sale_by_till_reference(self, till_reference: str) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM messages WHERE till_reference = ?",
                                 (till_reference,)).fetchone()
+
+    def answer(self, request_id: str) -> Response | None:
+        """The server's answer to a message, as it came (None before it did)."""
+        row = self._db.execute("SELECT answer FROM messages WHERE request_id = ?",
+                               (request_id,)).fetchone()
+        return msgspec.json.decode(row[0], type=Response) if row and row[0] else None
 
     def message(self, request_id: str) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM messages WHERE request_id = ?",

@@ -14,7 +14,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS messages (
     balance_cents       INTEGER,
     rrn                 TEXT,
     created_at          TEXT NOT NULL,
-    answered_at         TEXT
+    answered_at         TEXT,
+    answer              TEXT            -- the server's answer (JSON): receipts and screens read it
 );
 CREATE INDEX IF NOT EXISTS messages_by_batch ON messages (batch_id, kind);
 -- Reversals and refunds owed to the server, retried with the same bytes until answered.
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     state            TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done'))
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+-- Wrong supervisor PINs since the last right one (Unix times): a restart does not reset them.
+CREATE TABLE IF NOT EXISTS supervisor_pin_failures (at REAL NOT NULL);
 """
 
 
@@ -89,6 +92,8 @@ class LocalStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
         if "till_reference" not in columns:          # a store written by schema 1
             self.db.execute("ALTER TABLE messages ADD COLUMN till_reference TEXT")
+        if "answer" not in columns:                  # a store written by schema 1 or 2
+            self.db.execute("ALTER TABLE messages ADD COLUMN answer TEXT")
         self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS messages_by_till_reference"
                         " ON messages (till_reference) WHERE till_reference IS NOT NULL")
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

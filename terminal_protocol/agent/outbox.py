@@ -74,6 +74,9 @@ class Outbox:
             self._journal.record_answer(request_id, response, db)
             db.execute("UPDATE outbox SET state = 'done', attempts = attempts + 1 WHERE request_id = ?",
                        (request_id,))
+            # A refund's bytes carry the whole card UID: answered, they are never sent again.
+            db.execute("UPDATE messages SET body = x'' WHERE request_id = ? AND kind = 'refund'",
+                       (request_id,))
         self.changed.set()
 
     def postpone(self, request_id: str, error: str) -> None:

@@ -76,7 +76,8 @@ async def _cancel(request: web.Request) -> web.Response:
 
 
 async def _void_last(request: web.Request) -> web.Response:
-    return _outcome(await request.app[AGENT].void_last())
+    body = await _json(request) if request.can_read_body else {}
+    return _outcome(await request.app[AGENT].void_last(_supervisor_pin(body)))
 
 
 async def _refund(request: web.Request) -> web.Response:
@@ -85,7 +86,7 @@ async def _refund(request: web.Request) -> web.Response:
     rrn = body.get("rrn")
     if not isinstance(rrn, str):
         raise _bad_request("« rrn » : la référence du ticket (12 chiffres) est requise")
-    return _outcome(await request.app[AGENT].refund(rrn.strip(), amount))
+    return _outcome(await request.app[AGENT].refund(rrn.strip(), amount, _supervisor_pin(body)))
 
 
 async def _totals(request: web.Request) -> web.Response:
@@ -93,7 +94,16 @@ async def _totals(request: web.Request) -> web.Response:
 
 
 async def _close_batch(request: web.Request) -> web.Response:
-    return _outcome(await request.app[AGENT].close_batch())
+    body = await _json(request) if request.can_read_body else {}
+    return _outcome(await request.app[AGENT].close_batch(_supervisor_pin(body)))
+
+
+def _supervisor_pin(body: dict) -> str | None:
+    """The supervisor's PIN typed on the till, for what needs it (absent: pin_required)."""
+    pin = body.get("supervisor_pin")
+    if pin is not None and not isinstance(pin, str):
+        raise _bad_request("« supervisor_pin » : le code superviseur, en texte (ex. \"1234\")")
+    return pin
 
 
 async def _status(request: web.Request) -> web.Response:
