@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import sqlite3
 import time
+from dataclasses import replace
 
 from ledger.demo_region import card_uid
 
@@ -381,3 +383,58 @@ async def test_a_refund_goes_to_the_card_tapped_and_its_uid_is_not_kept(agent_co
         p.read_bytes() for p in config.state_dir.glob("journal.sqlite-*"))
     for uid in (CARD, OTHER_CARD):
         assert uid.hex().upper().encode() not in journal
+
+
+async def test_each_sale_void_and_refund_prints_a_ticket_kept_in_the_journal(
+        agent_config, pcscd, virtual_card, tmp_path, conn):
+    """Tickets go to the ESC/POS printer (its device file is a plain file here) and stay in the
+    journal; the last one reprints as a copy; the day's list shows each RRN; a printer that
+    fails never fails the sale."""
+    printer = tmp_path / "lp0"
+    config = replace(agent_config(CROWD_TERMINALS[11]), receipt_printer=str(printer),
+                     shop_name="Librairie du Beffroi")
+    card = virtual_card(0)
+    async with running_agent(config, environ=AGENT_ENV) as agent:
+        card.insert(CARD)
+        sale = await agent.sale(12_50)
+        sale_ticket = printer.read_bytes()
+        voided = await agent.void_last()
+        void_ticket = printer.read_bytes()
+        _tap_again(card)
+        kept = await agent.sale(7_00)
+        _tap_again(card)
+        refunded = await agent.refund(kept.rrn, 2_00, SUPERVISOR_PIN)
+        copy = await agent.reprint_last()
+        copy_ticket = printer.read_bytes()
+        day = agent.transactions()
+    assert sale.details["printed"] and voided.details["printed"] and refunded.details["printed"]
+    text = sale.details["receipt"]
+    assert "Librairie du Beffroi" in text and CROWD_TERMINALS[11] in text
+    for expected in ("VENTE", "Carte", "04••••••••000B", "12,50\u00a0€", sale.rrn, "Solde restant"):
+        assert expected in text, (expected, text)
+    assert all(len(line) <= 42 for line in text.splitlines())
+    assert sale_ticket.startswith(b"\x1bt") and sale_ticket.endswith(b"\x1dV\x00")   # ESC/POS, cut
+    assert b"VENTE" in sale_ticket and sale.rrn.encode() in sale_ticket
+    assert b"ANNULATION DE VENTE" in void_ticket and sale.rrn.encode() in void_ticket
+    assert "REMBOURSEMENT" in refunded.details["receipt"] and kept.rrn in refunded.details["receipt"]
+    assert copy.lines[0].strip() == "*** DUPLICATA ***" and b"DUPLICATA" in copy_ticket
+    assert b"REMBOURSEMENT" in copy_ticket
+    rows = day.details["items"]
+    assert [(r["kind"], r["amount_cents"], r["state"]) for r in rows] == [
+        ("refund", 2_00, "acceptée"), ("purchase", 7_00, "acceptée"),
+        ("reversal", 12_50, "acceptée"), ("purchase", 12_50, "annulée")]
+    assert sale.rrn in day.lines[3] and kept.rrn in day.lines[1]
+    receipts = [r[0] for r in await asyncio.to_thread(_journal_receipts, config)]
+    assert len(receipts) == 4 and receipts[0] == text
+
+    broken = replace(config, receipt_printer=str(tmp_path / "no-such-dir" / "lp0"))
+    async with running_agent(broken, environ=AGENT_ENV) as agent:
+        _tap_again(card)
+        sold = await agent.sale(1_00)
+    assert sold.status == "approved" and not sold.details["printed"]
+    assert sold.lines[-1] == "Ticket non imprimé : vérifiez l'imprimante puis réimprimez-le"
+
+
+def _journal_receipts(config):
+    with sqlite3.connect(config.journal_file) as db:
+        return db.execute("SELECT receipt FROM messages WHERE receipt IS NOT NULL ORDER BY rowid").fetchall()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -22,6 +23,8 @@ from terminal_protocol.agent.cashier_texts import Outcome
 from terminal_protocol.agent.journal import Journal, SentMessage
 from terminal_protocol.agent.local_store import LocalStore
 from terminal_protocol.agent.outbox import Outbox, OutboxSender
+from terminal_protocol.agent.receipt_printer import EscposFilePrinter, PrinterError
+from terminal_protocol.agent.receipts import as_copy, receipt_text
 from terminal_protocol.agent.supervisor_pin import SupervisorPin
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import masked_uid
@@ -39,6 +42,8 @@ CLOSE_FLUSH_TIMEOUT_MS = 15_000
 # The last sale may be voided without the supervisor for this long after its answer (the
 # customer changes their mind at the till); later, and for refunds and the close, the PIN.
 VOID_WITHOUT_PIN_S = 60
+# The day's list on the screen: enough for a busy shop's day, short enough to scroll.
+TRANSACTIONS_SHOWN_MAX = 200
 
 log = logging.getLogger("hdfpay.terminal")
 
@@ -54,6 +59,7 @@ class TerminalAgent:
     def __init__(self, client: TerminalClient, reader: Reader, store: LocalStore, *,
                  max_sale_cents: int, tap_timeout_ms: int = DEFAULT_TAP_TIMEOUT_MS,
                  new_tap_per_sale: bool = True, supervisor: SupervisorPin | None = None,
+                 shop_name: str = "", printer: EscposFilePrinter | None = None,
                  now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
         """`new_tap_per_sale` False lets a card left on the reader pay again without being lifted:
         only for measuring latency without pcscd's 400 ms presence poll (loadtest/bench_tap).
@@ -72,6 +78,8 @@ class TerminalAgent:
         self._sender_task: asyncio.Task | None = None
         self._supervisor = supervisor
         self._now = now
+        self._shop_name = shop_name or client.terminal_id
+        self._printer = printer
         # What the cashier must read while an operation waits (the console prints it; the till
         # API shows it in /v1/status). Called from the reader's thread.
         self.on_screen: Callable[[str], None] = lambda text: None
@@ -132,14 +140,15 @@ class TerminalAgent:
                 log.warning("purchase %s without answer (%s): reversing it", request.request_id,
                             type(exc).__name__)
                 response = None
-            at = dt.datetime.now().astimezone()
+            at = self._now().astimezone()
             if response is None or response.rc in UNDECIDED_CODES:
                 self._queue_reversal(request.request_id, unanswered=True)
                 outcome = texts.sale_without_answer(amount_cents, request.request_id)
             else:
                 self.journal.record_answer(request.request_id, response)
                 outcome = texts.answered(response, amount_cents)
-            return texts.with_card_and_time(outcome, masked_uid(uid), at)
+            outcome = texts.with_card_and_time(outcome, masked_uid(uid), at)
+            return await self._receipt(outcome, request.request_id, "purchase", masked_uid(uid))
 
     def void_preview(self) -> Outcome:
         """What "void the last sale" would do, for the cashier to confirm (status `confirm`,
@@ -158,8 +167,12 @@ class TerminalAgent:
                 refusal = self._pin_refusal(supervisor_pin, texts.VOID_NEEDS_PIN)
                 if refusal is not None:
                     return refusal
-            return await self._deliver_now(self._queue_reversal(sale["request_id"]),
-                                           sale["approved_cents"])
+            outcome = await self._deliver_now(self._queue_reversal(sale["request_id"]),
+                                              sale["approved_cents"])
+            if outcome.status == "queued":
+                return outcome
+            return await self._receipt(outcome, outcome.request_id, "reversal", sale["card"],
+                                       original_rrn=sale["rrn"])
 
     async def refund(self, original_rrn: str, amount_cents: int,
                      supervisor_pin: str | None = None) -> Outcome:
@@ -185,7 +198,25 @@ class TerminalAgent:
                                             amount_cents, masked_uid(uid),
                                             original_rrn=original_rrn))
             outcome = await self._deliver_now(request, amount_cents)
-            return texts.with_card_and_time(outcome, masked_uid(uid), self._now().astimezone())
+            if outcome.status == "queued":
+                return outcome
+            outcome = texts.with_card_and_time(outcome, masked_uid(uid), self._now().astimezone())
+            return await self._receipt(outcome, request.request_id, "refund", masked_uid(uid),
+                                       original_rrn=original_rrn)
+
+    async def reprint_last(self) -> Outcome:
+        """The last ticket again, marked as a copy."""
+        text = self.journal.last_receipt()
+        if text is None:
+            return texts.refused("Aucun ticket à réimprimer")
+        copy = as_copy(text)
+        outcome = Outcome("receipt", tuple(copy.rstrip("\n").split("\n")),
+                          details={"receipt": copy})
+        return await self._print(outcome, copy)
+
+    def transactions(self) -> Outcome:
+        """The open batch's operations, newest first: a refund finds its sale's RRN here."""
+        return texts.transactions(self.journal.batch_operations(TRANSACTIONS_SHOWN_MAX))
 
     def totals(self) -> Outcome:
         return texts.totals(self.journal.batch_totals(), len(self.outbox.pending()),
@@ -250,6 +281,28 @@ class TerminalAgent:
             return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
         finally:
             self.notice = None
+
+    async def _receipt(self, outcome: Outcome, request_id: str, kind: str, card: str | None, *,
+                       original_rrn: str | None = None) -> Outcome:
+        """The ticket of an operation the server decided (or that got no answer): kept in the
+        journal, printed when the shop has a printer, and returned to the till."""
+        text = receipt_text(shop=self._shop_name, terminal_id=self._client.terminal_id, kind=kind,
+                            at=self._now().astimezone(), card=card,
+                            amount_cents=outcome.requested_cents,
+                            answer=self.journal.answer(request_id), original_rrn=original_rrn)
+        self.journal.record_receipt(request_id, text)
+        return await self._print(dataclasses.replace(
+            outcome, details={**outcome.details, "receipt": text}), text)
+
+    async def _print(self, outcome: Outcome, text: str) -> Outcome:
+        if self._printer is None:
+            return outcome
+        try:
+            await asyncio.to_thread(self._printer.print_receipt, text)
+        except PrinterError:
+            return dataclasses.replace(outcome, lines=outcome.lines + (texts.NOT_PRINTED,),
+                                       details={**outcome.details, "printed": False})
+        return dataclasses.replace(outcome, details={**outcome.details, "printed": True})
 
     def _voidable_sale(self):
         """The open batch's last sale if it can be voided, else the outcome that says why."""

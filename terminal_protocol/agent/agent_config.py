@@ -7,6 +7,8 @@ terminal_id = "P0001-T01"
 state_dir = "/var/lib/hdfpay-terminal"     # sealed keys and the journal
 reader = "ACS ACR122U PICC Interface 00 00" # optional: the first reader otherwise
 answer_timeout_ms = 5000
+shop_name = "Librairie du Beffroi, Arras"   # optional: on the tickets (the terminal id otherwise)
+receipt_printer = "/dev/usb/lp0"             # optional: an ESC/POS printer's device file
 ```
 The key that seals the DUKPT state is never in this file: HDFPAY_TERMINAL_STATE_KEY (64 hex
 digits), HDFPAY_TERMINAL_PASSPHRASE, or typed at the prompt.
@@ -38,7 +40,8 @@ _INTEGERS = {
     "max_sale_cents": (DEFAULT_MAX_SALE_CENTS, 1, 10_000_000),
     "till_api_port": (DEFAULT_TILL_API_PORT, 1, 65_535),
 }
-_TEXTS = ("server_url", "terminal_id", "state_dir", "reader", "ca_file")
+_TEXTS = ("server_url", "terminal_id", "state_dir", "reader", "ca_file", "shop_name",
+          "receipt_printer")
 _REQUIRED = ("server_url", "terminal_id", "state_dir")
 
 
@@ -57,6 +60,8 @@ class AgentConfig:
     tap_timeout_ms: int
     max_sale_cents: int
     till_api_port: int
+    shop_name: str | None = None
+    receipt_printer: str | None = None
 
     @property
     def keys_file(self) -> Path:

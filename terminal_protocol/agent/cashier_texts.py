@@ -18,6 +18,8 @@ RRN = re.compile(r"[0-9]{12}")          # the ticket's reference, as PROTOCOL.md
 VOID_NEEDS_PIN = "Annulation d'une vente de plus d'une minute"
 REFUND_NEEDS_PIN = "Remboursement"
 CLOSE_NEEDS_PIN = "Clôture du lot"
+NOT_PRINTED = "Ticket non imprimé : vérifiez l'imprimante puis réimprimez-le"
+_KIND_LABELS = {"purchase": "VENTE", "reversal": "ANNUL.", "refund": "REMB."}
 # A card that already paid is still on the reader (after a sale, or after a restart).
 LIFT_CARD_FIRST = "Retirez la carte puis présentez-la à nouveau"
 
@@ -150,6 +152,32 @@ def pin_refused(check) -> Outcome:
     return Outcome("pin_refused", ("CODE SUPERVISEUR ERRONÉ",
                                    f"Encore {check.attempts_left} essai(s) avant blocage"),
                    details={"attempts_left": check.attempts_left})
+
+
+def _operation_state(row) -> str:
+    if row["state"] in ("queued", "unanswered") or (row["state"] == "sending"):
+        return "sans réponse, annulée" if row["kind"] == "purchase" else "en attente d'envoi"
+    if row["state"] == "reversed":
+        return "annulée"
+    if row["rc"] == "10":
+        return f"partielle ({format_euros(row['approved_cents'])})"
+    return "acceptée" if row["rc"] in APPROVED_CODES else f"refusée ({row['rc']})"
+
+
+def transactions(rows) -> Outcome:
+    """The day's list, one line per operation: time, what, amount, card, RRN, outcome."""
+    if not rows:
+        return Outcome("transactions", ("Aucune opération dans ce lot",), details={"items": []})
+    lines, items = [], []
+    for row in rows:
+        at = dt.datetime.fromisoformat(row["created_at"]).astimezone()
+        state = _operation_state(row)
+        lines.append(f"{at:%H:%M}  {_KIND_LABELS[row['kind']]:<6} "
+                     f"{format_euros(row['shown_cents'] or 0):>10}  {row['shown_card'] or '':<16}"
+                     f"  {row['rrn'] or '-':<12}  {state}")
+        items.append({"at": at.isoformat(), "kind": row["kind"], "amount_cents": row["shown_cents"],
+                      "card": row["shown_card"], "rrn": row["rrn"], "state": state})
+    return Outcome("transactions", tuple(lines), details={"items": items})
 
 
 def refused(*lines: str) -> Outcome:

@@ -126,6 +126,26 @@ class Journal:
                                (request_id,)).fetchone()
         return msgspec.json.decode(row[0], type=Response) if row and row[0] else None
 
+    def record_receipt(self, request_id: str, text: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE messages SET receipt = ? WHERE request_id = ?",
+                             (text, request_id))
+
+    def last_receipt(self) -> str | None:
+        row = self._db.execute("SELECT receipt FROM messages WHERE receipt IS NOT NULL"
+                               " ORDER BY rowid DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def batch_operations(self, limit: int) -> list[sqlite3.Row]:
+        """The open batch's sales, voids and refunds, newest first, each with the card and
+        amount of the sale it concerns (a void carries neither itself)."""
+        return self._db.execute(
+            "SELECT m.*, coalesce(m.card, o.card) AS shown_card,"
+            "       coalesce(m.amount_cents, o.approved_cents) AS shown_cents"
+            " FROM messages m LEFT JOIN messages o ON o.request_id = m.original_request_id"
+            " WHERE m.batch_id = ? AND m.kind <> 'batch_close'"
+            " ORDER BY m.rowid DESC LIMIT ?", (self.open_batch_id(), limit)).fetchall()
+
     def message(self, request_id: str) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM messages WHERE request_id = ?",
                                 (request_id,)).fetchone()

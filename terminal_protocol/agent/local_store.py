@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS messages (
     rrn                 TEXT,
     created_at          TEXT NOT NULL,
     answered_at         TEXT,
-    answer              TEXT            -- the server's answer (JSON): receipts and screens read it
+    answer              TEXT,           -- the server's answer (JSON): receipts and screens read it
+    receipt             TEXT            -- the customer's ticket, as printed (receipts.py)
 );
 CREATE INDEX IF NOT EXISTS messages_by_batch ON messages (batch_id, kind);
 -- Reversals and refunds owed to the server, retried with the same bytes until answered.
@@ -92,8 +93,9 @@ class LocalStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
         if "till_reference" not in columns:          # a store written by schema 1
             self.db.execute("ALTER TABLE messages ADD COLUMN till_reference TEXT")
-        if "answer" not in columns:                  # a store written by schema 1 or 2
-            self.db.execute("ALTER TABLE messages ADD COLUMN answer TEXT")
+        for column in ("answer", "receipt"):         # a store written by schema 1 or 2
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
         self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS messages_by_till_reference"
                         " ON messages (till_reference) WHERE till_reference IS NOT NULL")
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Mapping
 from terminal_protocol.agent.agent import TerminalAgent
 from terminal_protocol.agent.agent_config import AgentConfig, AgentConfigError
 from terminal_protocol.agent.local_store import LocalStore
+from terminal_protocol.agent.receipt_printer import EscposFilePrinter
 from terminal_protocol.agent.sealed_state import SealedStateFile
 from terminal_protocol.agent.supervisor_pin import SupervisorPin
 from terminal_protocol.client import TerminalClient
@@ -88,6 +89,9 @@ async def running_agent(config: AgentConfig, *, reader=None,
                                   ssl_context=client_ssl_context(config)) as client:
             agent = TerminalAgent(client, reader, store, max_sale_cents=config.max_sale_cents,
                                   tap_timeout_ms=config.tap_timeout_ms, supervisor=supervisor,
+                                  shop_name=config.shop_name or "",
+                                  printer=(EscposFilePrinter(config.receipt_printer)
+                                           if config.receipt_printer else None),
                                   **agent_options)
             await agent.start()
             try:

@@ -55,6 +55,8 @@ def till_app(agent: TerminalAgent, token: str) -> web.Application:
     app.router.add_post("/v1/void-last", _void_last)
     app.router.add_post("/v1/refund", _refund)
     app.router.add_get("/v1/totals", _totals)
+    app.router.add_get("/v1/transactions", _transactions)
+    app.router.add_post("/v1/reprint", _reprint)
     app.router.add_post("/v1/close-batch", _close_batch)
     app.router.add_get("/v1/status", _status)
     return app
@@ -91,6 +93,14 @@ async def _refund(request: web.Request) -> web.Response:
 
 async def _totals(request: web.Request) -> web.Response:
     return _outcome(request.app[AGENT].totals())
+
+
+async def _transactions(request: web.Request) -> web.Response:
+    return _outcome(request.app[AGENT].transactions())
+
+
+async def _reprint(request: web.Request) -> web.Response:
+    return _outcome(await request.app[AGENT].reprint_last())
 
 
 async def _close_batch(request: web.Request) -> web.Response:
