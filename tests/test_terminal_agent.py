@@ -172,6 +172,7 @@ async def test_the_agent_reads_again_after_pcscd_restarts(agent_for, pcscd, virt
         assert shown == ["Présentez la carte", LIFT_FIRST] and not sale.done()
         await asyncio.to_thread(_tap_again, card)
         assert (await sale).status == "approved"
+        assert b"hdfpay_agent_reader_restarts 1.0" in agent.metrics.text()
     assert [r["amount_approved_cents"] for r in await _purchases(conn)] == [1_00, 2_00]
 
 

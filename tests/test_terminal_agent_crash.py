@@ -24,6 +24,12 @@ DELIVERY_TIMEOUT_S = 30
 STATUS_POLL_S = 0.05
 
 
+def _samples(text: str) -> dict[str, float]:
+    """Prometheus text format → {name{labels}: value}."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 class AgentProcess:
     """`hdfpay terminal serve` in a child process, and its till API."""
 
@@ -92,6 +98,14 @@ async def test_a_queued_reversal_survives_kill_9_and_is_delivered_once(
         assert outcome["lines"][0] == "PAS DE RÉPONSE DU SERVEUR : vente annulée"
         assert await balance_of(conn, CARD) == before - 9_00
         await agent.wait_for_status(lambda s: s["pending"] == 1, DELIVERY_TIMEOUT_S)
+        async with agent.session.get("/v1/metrics") as reply:     # for the shop's IT person
+            metrics = _samples(await reply.text())
+        assert metrics["hdfpay_agent_outbox_pending"] == 1
+        assert metrics["hdfpay_agent_outbox_oldest_unsent_seconds"] > 0
+        assert metrics['hdfpay_agent_operations_total{kind="sale",status="no_answer"}'] == 1
+        assert "hdfpay_agent_reader_restarts" in metrics
+        on_disk = _samples((config.state_dir / "agent.prom").read_text())
+        assert on_disk['hdfpay_agent_operations_total{kind="sale",status="no_answer"}'] == 1
         await agent.kill()
 
         link.mode = "forward"
@@ -114,6 +128,11 @@ async def test_a_queued_reversal_survives_kill_9_and_is_delivered_once(
             await agent.stop()
         await link.close()
     assert await balance_of(conn, CARD) == before
+    records = [json.loads(line) for line in (config.state_dir / "agent.log").read_text().splitlines()]
+    sales = [r for r in records if r.get("operation") == "sale"]
+    assert [(r["status"], r["requested_cents"], r["card"]) for r in sales] == [
+        ("no_answer", 9_00, "04••••••••000D")]
+    assert all(CARD.hex().upper() not in json.dumps(r) for r in records)
     reversals = await conn.fetch("SELECT amount_approved_cents FROM authorizations"
                                  " WHERE terminal_id = $1 AND message_type = 'REVERSAL'",
                                  CROWD_TERMINALS[2])

@@ -14,12 +14,15 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
+import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import aiohttp
 
 from terminal_protocol.agent import cashier_texts as texts
 from terminal_protocol.agent.cashier_texts import Outcome
+from terminal_protocol.agent.agent_metrics import METRICS_FILE_INTERVAL_S, AgentMetrics
 from terminal_protocol.agent.journal import Journal, SentMessage
 from terminal_protocol.agent.local_store import LocalStore
 from terminal_protocol.agent.outbox import Outbox, OutboxSender
@@ -60,6 +63,7 @@ class TerminalAgent:
                  max_sale_cents: int, tap_timeout_ms: int = DEFAULT_TAP_TIMEOUT_MS,
                  new_tap_per_sale: bool = True, supervisor: SupervisorPin | None = None,
                  shop_name: str = "", printer: EscposFilePrinter | None = None,
+                 metrics_dir: Path | None = None,
                  now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
         """`new_tap_per_sale` False lets a card left on the reader pay again without being lifted:
         only for measuring latency without pcscd's 400 ms presence poll (loadtest/bench_tap).
@@ -80,6 +84,12 @@ class TerminalAgent:
         self._now = now
         self._shop_name = shop_name or client.terminal_id
         self._printer = printer
+        self._metrics_dir = metrics_dir
+        self._metrics_task: asyncio.Task | None = None
+        self.metrics = AgentMetrics(
+            pending=lambda: len(self.outbox.pending()), overdue=self.outbox.overdue,
+            oldest_unsent_s=self.outbox.oldest_unsent_s,
+            reader_restarts=lambda: getattr(reader, "context_restarts", 0))
         # What the cashier must read while an operation waits (the console prints it; the till
         # API shows it in /v1/status). Called from the reader's thread.
         self.on_screen: Callable[[str], None] = lambda text: None
@@ -100,13 +110,16 @@ class TerminalAgent:
             amount = self.journal.message(request_id)["amount_cents"] or 0
             self._show_notice(texts.interrupted_sale(amount))
         self._sender_task = asyncio.create_task(self._sender.run(), name="outbox-sender")
+        if self._metrics_dir is not None:
+            self._metrics_task = asyncio.create_task(self._write_metrics(), name="agent-metrics")
 
     async def stop(self) -> None:
         self.cancel_tap()
-        if self._sender_task is not None:
-            self._sender_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender_task
+        for task in (self._sender_task, self._metrics_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def cancel_tap(self) -> None:
         """Stop waiting for a card (the cashier pressed Annuler)."""
@@ -115,6 +128,9 @@ class TerminalAgent:
     async def sale(self, amount_cents: int, till_reference: str | None = None) -> Outcome:
         """One sale. A till that retries with the same `till_reference` (after its own timeout,
         a double click) gets the first sale's outcome again, with no new tap and no new debit."""
+        return await self._observed("sale", self._sale(amount_cents, till_reference))
+
+    async def _sale(self, amount_cents: int, till_reference: str | None) -> Outcome:
         if not 0 < amount_cents <= self._max_sale_cents:
             return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
         async with self._operation_lock:
@@ -159,6 +175,9 @@ class TerminalAgent:
         return texts.confirm_void(sale, self._void_needs_pin(sale))
 
     async def void_last(self, supervisor_pin: str | None = None) -> Outcome:
+        return await self._observed("void", self._void_last(supervisor_pin))
+
+    async def _void_last(self, supervisor_pin: str | None) -> Outcome:
         async with self._operation_lock:
             sale = self._voidable_sale()
             if isinstance(sale, Outcome):
@@ -178,6 +197,11 @@ class TerminalAgent:
                      supervisor_pin: str | None = None) -> Outcome:
         """A refund, with the supervisor's PIN, to the card the customer taps (the server
         checks it is a card of the student who paid)."""
+        return await self._observed("refund", self._refund(original_rrn, amount_cents,
+                                                           supervisor_pin))
+
+    async def _refund(self, original_rrn: str, amount_cents: int,
+                      supervisor_pin: str | None) -> Outcome:
         if not 0 < amount_cents <= self._max_sale_cents:
             return texts.refused(f"Montant refusé : entre 0,01 € et {format_euros(self._max_sale_cents)}")
         if not texts.RRN.fullmatch(original_rrn):
@@ -227,6 +251,9 @@ class TerminalAgent:
         return texts.confirm_close(self.journal.batch_totals())
 
     async def close_batch(self, supervisor_pin: str | None = None) -> Outcome:
+        return await self._observed("close", self._close_batch(supervisor_pin))
+
+    async def _close_batch(self, supervisor_pin: str | None) -> Outcome:
         async with self._operation_lock:
             refusal = self._pin_refusal(supervisor_pin, texts.CLOSE_NEEDS_PIN)
             if refusal is not None:
@@ -266,6 +293,27 @@ class TerminalAgent:
         return {"outbox": self.outbox.counts(), "pending": len(self.outbox.pending()),
                 "overdue": self.outbox.overdue(), "batch": self.journal.open_batch_id(),
                 "notice": self.notice}
+
+    async def _observed(self, kind: str, operation) -> Outcome:
+        """Run a cashier operation; log it (JSON line, no card UID) and count it."""
+        started = time.perf_counter()
+        outcome = await operation
+        seconds = time.perf_counter() - started
+        self.metrics.observe(kind, outcome.status, seconds)
+        log.info("%s: %s", kind, outcome.status, extra={"fields": {
+            "operation": kind, "status": outcome.status, "rc": outcome.rc,
+            "requested_cents": outcome.requested_cents, "approved_cents": outcome.approved_cents,
+            "rrn": outcome.rrn, "request_id": outcome.request_id,
+            "card": outcome.details.get("card"), "duration_ms": round(seconds * 1000, 1)}})
+        if self._metrics_dir is not None:
+            self.metrics.write(self._metrics_dir)
+        return outcome
+
+    async def _write_metrics(self) -> None:
+        """agent.prom, every METRICS_FILE_INTERVAL_S: the outbox's age grows while idle."""
+        while True:
+            self.metrics.write(self._metrics_dir)
+            await asyncio.sleep(METRICS_FILE_INTERVAL_S)
 
     async def _tap(self, prompt: str, amount_cents: int) -> bytes | Outcome:
         """The UID of the card tapped now, or the outcome that ends the operation."""

@@ -106,7 +106,8 @@ def cancelled(amount_cents: int) -> Outcome:
 def with_card_and_time(outcome: Outcome, masked_card: str, at: dt.datetime) -> Outcome:
     """The line a ticket and the screen keep of a sale: which card, when (the shop's time)."""
     return dataclasses.replace(
-        outcome, lines=outcome.lines + (f"Carte {masked_card} · {at:%d/%m/%Y %H:%M}",))
+        outcome, lines=outcome.lines + (f"Carte {masked_card} · {at:%d/%m/%Y %H:%M}",),
+        details={**outcome.details, "card": masked_card})
 
 
 def not_voidable(sale, voided: bool) -> Outcome:

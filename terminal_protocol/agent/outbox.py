@@ -9,6 +9,7 @@ change that makes it owed (a purchase left without an answer, a void, a refund).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from typing import Awaitable, Callable
@@ -65,6 +66,16 @@ class Outbox:
         return self._store.db.execute(
             "SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts >= ?",
             (OUTBOX_OVERDUE_ATTEMPTS,)).fetchone()[0]
+
+    def oldest_unsent_s(self) -> float:
+        """How long the oldest message still owed to the server has waited (0 when none)."""
+        row = self._store.db.execute(
+            "SELECT min(m.created_at) FROM outbox o JOIN messages m USING (request_id)"
+            " WHERE o.state = 'pending'").fetchone()
+        if row[0] is None:
+            return 0.0
+        created = dt.datetime.fromisoformat(row[0])
+        return max(0.0, (dt.datetime.now(dt.timezone.utc) - created).total_seconds())
 
     def counts(self) -> dict[str, int]:
         return dict(self._store.db.execute("SELECT state, count(*) FROM outbox GROUP BY state"))

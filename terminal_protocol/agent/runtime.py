@@ -90,6 +90,7 @@ async def running_agent(config: AgentConfig, *, reader=None,
             agent = TerminalAgent(client, reader, store, max_sale_cents=config.max_sale_cents,
                                   tap_timeout_ms=config.tap_timeout_ms, supervisor=supervisor,
                                   shop_name=config.shop_name or "",
+                                  metrics_dir=config.state_dir,
                                   printer=(EscposFilePrinter(config.receipt_printer)
                                            if config.receipt_printer else None),
                                   **agent_options)

@@ -59,6 +59,7 @@ def till_app(agent: TerminalAgent, token: str) -> web.Application:
     app.router.add_post("/v1/reprint", _reprint)
     app.router.add_post("/v1/close-batch", _close_batch)
     app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/metrics", _metrics)
     return app
 
 
@@ -118,6 +119,12 @@ def _supervisor_pin(body: dict) -> str | None:
 
 async def _status(request: web.Request) -> web.Response:
     return web.json_response(request.app[AGENT].status())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """The agent's metrics in Prometheus's text format (also in state_dir/agent.prom)."""
+    return web.Response(body=request.app[AGENT].metrics.text(),
+                        content_type="text/plain", charset="utf-8")
 
 
 async def _json(request: web.Request) -> dict:
