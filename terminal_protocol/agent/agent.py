@@ -143,6 +143,7 @@ class TerminalAgent:
             uid = await self._tap(texts.PRESENT_CARD, amount_cents)
             if isinstance(uid, Outcome):
                 return uid
+            self.on_screen(texts.SENDING)
             request = self._client.purchase_request(uid, amount_cents, partial_ok=True)
             body = encode_request(request)
             # A purchase is never resent (a reversal follows it instead), so the journal keeps
@@ -215,6 +216,7 @@ class TerminalAgent:
             uid = await self._tap(texts.PRESENT_CARD_FOR_REFUND, amount_cents)
             if isinstance(uid, Outcome):
                 return uid
+            self.on_screen(texts.SENDING)
             request = self._client.refund_request(original_rrn, amount_cents, uid)
             # Kept until the answer (a retry resends the same bytes), then erased: the journal
             # keeps no whole card UID (Outbox.acknowledge).

@@ -13,6 +13,7 @@ from terminal_protocol.messages import BatchTotals, Response
 from terminal_protocol.response_codes import APPROVED_CODES
 
 PRESENT_CARD = "Présentez la carte"
+SENDING = "Envoi au serveur"          # the card is read: the message is on its way
 PRESENT_CARD_FOR_REFUND = "Présentez la carte à rembourser (celle de l'achat)"
 RRN = re.compile(r"[0-9]{12}")          # the ticket's reference, as PROTOCOL.md defines it
 VOID_NEEDS_PIN = "Annulation d'une vente de plus d'une minute"
@@ -175,9 +176,11 @@ def transactions(rows) -> Outcome:
         state = _operation_state(row)
         lines.append(f"{at:%H:%M}  {_KIND_LABELS[row['kind']]:<6} "
                      f"{format_euros(row['shown_cents'] or 0):>10}  {row['shown_card'] or '':<16}"
-                     f"  {row['rrn'] or '-':<12}  {state}")
+                     f"  {row['rrn'] or '-':<12}  {state}"
+                     + (f" · vente {row['sale_rrn']}" if row["sale_rrn"] else ""))
         items.append({"at": at.isoformat(), "kind": row["kind"], "amount_cents": row["shown_cents"],
-                      "card": row["shown_card"], "rrn": row["rrn"], "state": state})
+                      "card": row["shown_card"], "rrn": row["rrn"], "sale_rrn": row["sale_rrn"],
+                      "state": state})
     return Outcome("transactions", tuple(lines), details={"items": items})
 
 

@@ -47,12 +47,16 @@ def run_terminal_command(args: argparse.Namespace) -> int:
         return _set_pin(config)
     log_to_state_dir(config.state_dir)      # the screen is the cashier's: logs go to a file
     if args.terminal_action == "run":
-        from terminal_protocol.agent.cashier_console import run_console
+        from terminal_protocol.agent.cashier_screen import CashierScreen
 
-        async def console() -> None:
+        if not sys.stdin.isatty():
+            raise AgentConfigError("'terminal run' is the cashier's screen: run it in a terminal"
+                                   " ('terminal serve' is for a till program)")
+
+        async def screen() -> None:
             async with running_agent(config) as agent:
-                await run_console(agent, config.terminal_id)
-        asyncio.run(console())
+                await CashierScreen(agent, config.terminal_id).run_async()
+        asyncio.run(screen())
         return 0
     asyncio.run(_serve(config))
     return 0

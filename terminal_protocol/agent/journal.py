@@ -141,7 +141,8 @@ class Journal:
         amount of the sale it concerns (a void carries neither itself)."""
         return self._db.execute(
             "SELECT m.*, coalesce(m.card, o.card) AS shown_card,"
-            "       coalesce(m.amount_cents, o.approved_cents) AS shown_cents"
+            "       coalesce(m.amount_cents, o.approved_cents) AS shown_cents,"
+            "       coalesce(m.original_rrn, o.rrn) AS sale_rrn"
             " FROM messages m LEFT JOIN messages o ON o.request_id = m.original_request_id"
             " WHERE m.batch_id = ? AND m.kind <> 'batch_close'"
             " ORDER BY m.rowid DESC LIMIT ?", (self.open_batch_id(), limit)).fetchall()
