@@ -374,6 +374,10 @@ async def test_a_refund_goes_to_the_card_tapped_and_its_uid_is_not_kept(agent_co
         card.insert(CARD)
         before = await balance_of(conn, CARD)
         refunded = await agent.refund(sale.rrn, 3_00, SUPERVISOR_PIN)
+        await asyncio.to_thread(_tap_again, card)
+        too_much = await agent.refund(sale.rrn, 7_00, SUPERVISOR_PIN)
+    assert too_much.lines[:2] == ("REFUSÉ : Montant supérieur au reste remboursable de la vente"
+                                  " (code 13)", "Remboursable au plus : 6,00\u00a0€")
     assert "Présentez la carte à rembourser (celle de l'achat)" in shown
     assert (other.status, other.rc) == ("declined", "25")
     assert other.lines[0] == ("REFUSÉ : Cette carte n'a pas payé cette vente : présentez la carte"
