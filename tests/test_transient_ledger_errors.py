@@ -11,8 +11,10 @@ from pathlib import Path
 
 import asyncpg
 
+from hdfpay.server import running_server
 from ledger.authorization_store import IDEMPOTENCY_CONSTRAINT
 from ledger.demo_region import card_uid
+from terminal_protocol.client import TerminalClient
 
 from conftest import ACTIVE_TERMINAL, balance_of
 
@@ -31,30 +33,37 @@ async def _wait_until_blocked(conn: asyncpg.Connection, holder: asyncpg.Connecti
     raise AssertionError("the expected lock wait never happened")
 
 
-async def test_a_purchase_chosen_as_deadlock_victim_answers_91(client, conn, dsn):
+async def test_a_purchase_chosen_as_deadlock_victim_answers_91(settings, dsn, hsm, keys_for, conn,
+                                                              caplog):
     """The purchase holds its terminal key's row and waits for the wallet; another session holds
-    the wallet and asks for the key's row. PostgreSQL aborts the purchase (its deadlock check
-    runs first: the other session's waits far longer before checking)."""
+    the wallet and asks for the key's row. PostgreSQL aborts the purchase: its deadlock check
+    comes first (this database's sessions check after 100 ms, before the hot path's
+    lock_timeout; the other session only after an hour)."""
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'ALTER DATABASE "{database}" SET deadlock_timeout = \'100ms\'')
     wallet = await conn.fetchval(
         "SELECT w.account_id FROM cards c JOIN wallets w ON w.beneficiary_id = c.beneficiary_id"
         " AND w.school_year = 2026 WHERE c.uid = $1", CARD)
     before = await balance_of(conn, CARD)
     other = await asyncpg.connect(dsn)
     try:
-        held = other.transaction()
-        await held.start()
-        await other.execute("SET LOCAL deadlock_timeout = '1h'")
-        await other.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", wallet)
-        sale = asyncio.ensure_future(client.purchase(CARD, 1_00, partial_ok=False))
-        await _wait_until_blocked(conn, other)
-        await other.execute("SELECT 1 FROM terminal_keys WHERE terminal_id = $1 FOR UPDATE",
-                            ACTIVE_TERMINAL)
-        response = await sale
-        await held.rollback()
+        async with running_server(settings, dsn, hsm) as server, \
+                TerminalClient(server.url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
+            held = other.transaction()
+            await held.start()
+            await other.execute("SET LOCAL deadlock_timeout = '1h'")
+            await other.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", wallet)
+            sale = asyncio.ensure_future(client.purchase(CARD, 1_00, partial_ok=False))
+            await _wait_until_blocked(conn, other)
+            await other.execute("SELECT 1 FROM terminal_keys WHERE terminal_id = $1 FOR UPDATE",
+                                ACTIVE_TERMINAL)
+            response = await sale
+            await held.rollback()
     finally:
         await other.close()
     assert (response.type, response.rc) == ("error", "91")
     assert await balance_of(conn, CARD) == before
+    assert "DeadlockDetectedError" in caplog.text, "the purchase was not the deadlock's victim"
 
 
 async def test_an_rrn_already_used_is_skipped(client, conn):
