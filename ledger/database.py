@@ -103,8 +103,11 @@ async def create_ops_pool(dsn: str, size: int) -> asyncpg.Pool:
 
 
 async def ping(pool: asyncpg.Pool, timeout_s: float) -> None:
-    """One trivial round trip: raises when the database does not answer within timeout_s."""
-    await pool.fetchval("SELECT 1", timeout=timeout_s)
+    """One trivial round trip: raises when no connection is free or the database does not answer
+    within timeout_s (each; a caller that needs one bound for the whole, cancel included, sets
+    it around this call)."""
+    async with pool.acquire(timeout=timeout_s) as conn:
+        await conn.fetchval("SELECT 1", timeout=timeout_s)
 
 
 async def check_schema(conn: asyncpg.Connection) -> None:
