@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder
 from authorizer.pipeline import AuthorizationPipeline
@@ -48,12 +49,13 @@ def _answer(status: int, body: bytes, headers: dict[str, str]) -> web.Response:
 
 class TerminalEndpoint:
     def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator,
-                 metrics: Metrics, recorder: OutcomeRecorder, *,
+                 metrics: Metrics, recorder: OutcomeRecorder, refusals: Refusals, *,
                  max_in_flight_requests: int, request_timeout_ms: int) -> None:
         self._pipeline = pipeline
         self._authenticator = authenticator
         self._metrics = metrics
         self._recorder = recorder
+        self._refusals = refusals
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
         self.in_flight = 0
@@ -71,6 +73,7 @@ class TerminalEndpoint:
                 async with asyncio.timeout_at(deadline):
                     received = await self._receive(request)
             except TimeoutError:
+                self._refusals.refused("timeout", "no body in time")
                 return _error(503, "91", "no answer in time")
             if isinstance(received, web.Response):
                 return received
@@ -86,20 +89,25 @@ class TerminalEndpoint:
     async def _receive(self, request: web.Request) -> web.Response | tuple[Authenticated, bytes]:
         """The authenticated sender and the body, or the error answer (no MAC: nobody proven)."""
         if request.content_type != JSON_CONTENT_TYPE:
+            self._refusals.refused("content_type", "wrong content type")
             return _error(415, "30", f"content type must be {JSON_CONTENT_TYPE}")
         if request.content_length is not None and request.content_length > MAX_REQUEST_BODY_BYTES:
+            self._refusals.refused("too_large", "body too large")
             return _error(413, "30", f"body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
+            self._refusals.refused("too_large", "body too large")
             return _error(413, "30", f"body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
         try:
             sender = self._authenticator.authenticate(request.method, request.path,
                                                       request.headers, body)
         except AuthenticationError as exc:
-            log.warning("unauthenticated request refused (%s): %s", exc.rc, exc)
             if exc.rc == "63":
                 self._metrics.security.labels("mac").inc()
+                self._refusals.log_quietly("mac", str(exc))
+            else:
+                self._refusals.refused("identity", str(exc))
             return _error(401 if exc.rc == "63" else 400, exc.rc, str(exc))
         return sender, body
 
