@@ -9,9 +9,10 @@ import asyncio
 import asyncpg
 import pytest
 
+from backoffice.provisioning import rotate_terminal_key
 from ledger.demo_region import card_uid
 
-from conftest import balance_of
+from conftest import ACTIVE_TERMINAL, balance_of
 
 CARD = card_uid(5)
 NEW_UID = bytes.fromhex("04EE0000000015")
@@ -50,3 +51,25 @@ async def test_a_purchase_waiting_on_a_replacement_sees_the_card_stolen(client, 
         await operator.close()
     assert (response.rc, response.approved_cents) == ("43", 0)
     assert await balance_of(conn, CARD) == after_fee
+
+
+async def test_a_key_rotation_waiting_on_the_audit_trail_does_not_stall_the_till(client, conn, dsn,
+                                                                                  hsm):
+    """Another operator transaction holds the audit trail's head; a key rotation of the till's
+    terminal waits on it. The till keeps selling meanwhile (before: its insert's foreign-key
+    lock waited behind the rotation's FOR UPDATE on the terminal row until it timed out, 91)."""
+    auditor = await asyncpg.connect(dsn)
+    rotator = await asyncpg.connect(dsn)
+    try:
+        audit = auditor.transaction()
+        await audit.start()
+        await auditor.execute("SELECT append_audit('test', 'test.hold', 'test', NULL, NULL)")
+        rotation = asyncio.ensure_future(rotate_terminal_key(rotator, hsm, ACTIVE_TERMINAL))
+        await _wait_until_blocked(conn, auditor)
+        response = await client.purchase(CARD, 1_00)
+        await audit.rollback()
+        await rotation
+    finally:
+        await auditor.close()
+        await rotator.close()
+    assert response.rc == "00"
