@@ -16,7 +16,7 @@ import asyncpg
 # A concurrent duplicate of an in-flight message fails with unique_violation on the idempotency
 # key and is rolled back; the next call finds the stored response.
 IDEMPOTENCY_ATTEMPTS = 2
-IDEMPOTENCY_CONSTRAINT = "authorizations_once_per_terminal_request"   # migration 0009
+IDEMPOTENCY_CONSTRAINT = "authorizations_once_per_terminal_request"   # migration 0010
 # Errors after which the same message may succeed a moment later (response code 91): SQLSTATE
 # classes 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
 # 53 insufficient resources (too many connections), 57 operator intervention (a cancelled
