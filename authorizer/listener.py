@@ -12,6 +12,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder, PartnerCategories
 from authorizer.pipeline import AuthorizationPipeline
@@ -25,6 +26,8 @@ from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_PATH
 
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
+# For TerminalAppRunner (authorizer.http_refusals), which the composition root serves the app with.
+REFUSALS = web.AppKey("refusals", Refusals)
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,11 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
         authenticator = DukptMacAuthenticator(hsm)
     else:
         authenticator = DeclaredTerminals()
+    refusals = Refusals(metrics)
     endpoint = TerminalEndpoint(
         AuthorizationPipeline(store), authenticator, metrics,
         OutcomeRecorder(metrics, PartnerCategories(pool), counting=limits.metrics_enabled),
+        refusals,
         max_in_flight_requests=limits.max_in_flight_requests,
         request_timeout_ms=limits.request_timeout_ms,
     )
@@ -85,6 +90,7 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
     app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1,
                           middlewares=[_json_http_errors])
     app[METRICS] = metrics
+    app[REFUSALS] = refusals
     app.router.add_post(TERMINAL_PATH, endpoint.handle)
     app.router.add_get("/healthz", _healthz)
     app[READINESS] = Readiness(pool, metrics)

@@ -13,6 +13,8 @@ from prometheus_client import ProcessCollector, PlatformCollector
 LATENCY_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
                            0.5, 1.0, 2.5, 5.0)
 SECURITY_REASONS = ("mac", "replay")
+# Refused before the sender is proven (authorizer/http_refusals.py).
+REFUSAL_REASONS = ("malformed_http", "content_type", "too_large", "identity", "timeout")
 
 
 class Metrics:
@@ -55,5 +57,12 @@ class Metrics:
         self.draining = Gauge(
             "hdfpay_draining", "1 while the server finishes in-flight requests before exiting",
             registry=self.registry)
+        self.refused = Counter(
+            "hdfpay_requests_refused_total",
+            "Requests refused before authentication: unparseable HTTP, wrong content type, body "
+            "too large, missing or malformed terminal identity, no body in time",
+            ["reason"], registry=self.registry)
         for reason in SECURITY_REASONS:
             self.security.labels(reason)
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)

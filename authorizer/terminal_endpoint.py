@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
+from pathlib import Path
 
 from aiohttp import web
 
+from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder
 from authorizer.pipeline import AuthorizationPipeline
@@ -28,6 +31,14 @@ from terminal_protocol.transport import JSON_CONTENT_TYPE
 log = logging.getLogger("hdfpay.terminal")
 
 
+def _where(exc: BaseException) -> str:
+    """The exception's type and the line that raised it: enough to find the bug, and no message
+    text, which may quote a request's values (a card UID) back."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    place = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{place}"
+
+
 def _error(status: int, rc: str, detail: str) -> web.Response:
     return web.Response(status=status, body=error_body(rc, detail), content_type=JSON_CONTENT_TYPE)
 
@@ -38,12 +49,13 @@ def _answer(status: int, body: bytes, headers: dict[str, str]) -> web.Response:
 
 class TerminalEndpoint:
     def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator,
-                 metrics: Metrics, recorder: OutcomeRecorder, *,
+                 metrics: Metrics, recorder: OutcomeRecorder, refusals: Refusals, *,
                  max_in_flight_requests: int, request_timeout_ms: int) -> None:
         self._pipeline = pipeline
         self._authenticator = authenticator
         self._metrics = metrics
         self._recorder = recorder
+        self._refusals = refusals
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
         self.in_flight = 0
@@ -61,45 +73,70 @@ class TerminalEndpoint:
                 async with asyncio.timeout_at(deadline):
                     received = await self._receive(request)
             except TimeoutError:
+                self._refusals.refused("timeout", "no body in time")
                 return _error(503, "91", "no answer in time")
             if isinstance(received, web.Response):
                 return received
             sender, body = received
-            message = None
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message, status, answer = await self._decide(sender, body)
-            except TimeoutError:
-                # The ledger may have decided anyway: the terminal reverses on 91.
-                status, answer = 503, error_body("91", "no answer in time")
-            # Every answer to an authenticated request carries the server's MAC.
-            response = _answer(status, answer,
-                               self._authenticator.response_headers(sender, status, answer))
-            await self._recorder.record(sender.origin, message, status, answer,
-                                        asyncio.get_running_loop().time() - started)
-            return response
+            message, status, answer = await self._decide_in_time(sender, body, deadline)
+            status, answer, headers = self._signed(sender, status, answer)
+            self._recorder.record(sender.origin, message, status, answer,
+                                  asyncio.get_running_loop().time() - started)
+            return _answer(status, answer, headers)
         finally:
             self.in_flight -= 1
 
     async def _receive(self, request: web.Request) -> web.Response | tuple[Authenticated, bytes]:
         """The authenticated sender and the body, or the error answer (no MAC: nobody proven)."""
         if request.content_type != JSON_CONTENT_TYPE:
+            self._refusals.refused("content_type", "wrong content type")
             return _error(415, "30", f"content type must be {JSON_CONTENT_TYPE}")
         if request.content_length is not None and request.content_length > MAX_REQUEST_BODY_BYTES:
+            self._refusals.refused("too_large", "body too large")
             return _error(413, "30", f"body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
+            self._refusals.refused("too_large", "body too large")
             return _error(413, "30", f"body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
         try:
             sender = self._authenticator.authenticate(request.method, request.path,
                                                       request.headers, body)
         except AuthenticationError as exc:
-            log.warning("unauthenticated request refused (%s): %s", exc.rc, exc)
             if exc.rc == "63":
                 self._metrics.security.labels("mac").inc()
+                self._refusals.log_quietly("mac", str(exc))
+            else:
+                self._refusals.refused("identity", str(exc))
             return _error(401 if exc.rc == "63" else 400, exc.rc, str(exc))
         return sender, body
+
+    async def _decide_in_time(self, sender: Authenticated, body: bytes,
+                              deadline: float) -> tuple[Request | None, int, bytes]:
+        """The decision, or 91 when it does not come in time, or 96 for any failure nobody
+        foresaw: an authenticated request always gets a protocol answer, never aiohttp's 500."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._decide(sender, body)
+        except TimeoutError:
+            # The ledger may have decided anyway: the terminal reverses on 91.
+            return None, 503, error_body("91", "no answer in time")
+        except Exception as exc:        # noqa: BLE001 - the terminal needs an answer whatever it is
+            log.error("unexpected failure for terminal %s: %s", sender.origin.terminal_id,
+                      _where(exc))
+            return None, 500, error_body("96", "system malfunction")
+
+    def _signed(self, sender: Authenticated, status: int,
+                answer: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """Every answer to an authenticated request carries the server's MAC. When the HSM cannot
+        make one, the answer cannot be proven: a JSON 91 without MAC, which the terminal treats
+        as no answer (it reverses a purchase)."""
+        try:
+            return status, answer, self._authenticator.response_headers(sender, status, answer)
+        except Exception as exc:        # noqa: BLE001 - HSM errors and anything else alike
+            log.error("answer for terminal %s could not be MAC'd: %s", sender.origin.terminal_id,
+                      _where(exc))
+            return 503, error_body("91", "answer could not be authenticated, retry later"), {}
 
     async def _decide(self, sender: Authenticated,
                       body: bytes) -> tuple[Request | None, int, bytes]:
@@ -108,6 +145,7 @@ class TerminalEndpoint:
             message = decode_request(body)
         except ProtocolError as exc:
             return None, 400, error_body("30", str(exc))
+        await self._recorder.prepare(sender.origin, message)
         try:
             return message, 200, await self._pipeline.decide(sender.origin, message)
         except LedgerUnavailable as exc:

@@ -75,10 +75,12 @@ async def rotate_terminal_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: s
     whose KBPK this HSM does not hold (or can no longer wrap with) gets a new transport key,
     shown once like at `add`."""
     try:
+        # The HSM's work before any lock: an exported block that is never recorded is harmless.
+        delivered = await _export_initial_key(conn, hsm, terminal_id,
+                                              hsm.key_info(kbpk_alias(terminal_id)))
         async with conn.transaction():
             await _lock_rotatable(conn, terminal_id)
-            kbpk = hsm.key_info(kbpk_alias(terminal_id))
-            delivered = await _deliver_initial_key(conn, hsm, terminal_id, kbpk)
+            await terminals.record_initial_key(conn, delivered.initial_key_id, terminal_id)
             await _audit_delivery(conn, actor, "terminal.rotate_key", delivered, {})
             return delivered
     except HsmError:
@@ -135,10 +137,18 @@ async def provision_unkeyed_terminals(conn: asyncpg.Connection, hsm: Hsm) -> dic
 
 async def _deliver_initial_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
                                kbpk: KeyInfo) -> DeliveredKey:
+    delivered = await _export_initial_key(conn, hsm, terminal_id, kbpk)
+    await terminals.record_initial_key(conn, delivered.initial_key_id, terminal_id)
+    return delivered
+
+
+async def _export_initial_key(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,
+                              kbpk: KeyInfo) -> DeliveredKey:
+    """A new initial key id (a sequence: never reused, even if not recorded) and its key block
+    from the HSM; not yet recorded as the terminal's."""
     bdk = current_bdk(hsm)
     derivation_id = await terminals.next_key_derivation_id(conn)
     initial_key_id = bdk_id_of(bdk.alias) + derivation_id.to_bytes(4, "big")
-    await terminals.record_initial_key(conn, initial_key_id, terminal_id)
     block = hsm.export_dukpt_initial_key(bdk.alias, initial_key_id, kbpk.alias)
     return DeliveredKey(terminal_id, initial_key_id, block, kbpk)
 

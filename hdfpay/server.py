@@ -12,7 +12,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from authorizer.listener import READINESS, ListenerLimits, build_terminal_app
+from authorizer.http_refusals import TerminalAppRunner
+from authorizer.listener import READINESS, REFUSALS, ListenerLimits, build_terminal_app
 from backoffice.openapi import OPENAPI_PATH
 from backoffice.ops_app import build_ops_app
 from hdfpay.config import Settings
@@ -45,9 +46,10 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def _listening(app: web.Application, host: str, port: int,
-                     tls: ssl.SSLContext | None) -> AsyncIterator[str]:
+                     tls: ssl.SSLContext | None,
+                     runner: web.AppRunner | None = None) -> AsyncIterator[str]:
     """The app served on host:port (0: a free port) until exit; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = runner or web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
@@ -72,7 +74,10 @@ async def running_server(settings: Settings, dsn: str,
         ops_pool = await create_ops_pool(dsn, settings.ops_db_pool_size)
         stack.push_async_callback(ops_pool.close)
         app = build_terminal_app(listener_limits(settings), pool, hsm)
-        url = await stack.enter_async_context(_listening(app, settings.host, settings.port, tls))
+        runner = TerminalAppRunner(app, app[REFUSALS], access_log=None,
+                                   shutdown_timeout=SHUTDOWN_GRACE_S)
+        url = await stack.enter_async_context(
+            _listening(app, settings.host, settings.port, tls, runner))
         ops_app = build_ops_app(ops_pool)
         ops_url = await stack.enter_async_context(
             _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))

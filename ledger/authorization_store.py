@@ -16,7 +16,18 @@ import asyncpg
 # A concurrent duplicate of an in-flight message fails with unique_violation on the idempotency
 # key and is rolled back; the next call finds the stored response.
 IDEMPOTENCY_ATTEMPTS = 2
-IDEMPOTENCY_CONSTRAINT = "authorizations_terminal_id_request_id_key"
+IDEMPOTENCY_CONSTRAINT = "authorizations_once_per_terminal_request"   # migration 0010
+# Errors after which the same message may succeed a moment later (response code 91): SQLSTATE
+# classes 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+# 53 insufficient resources (too many connections), 57 operator intervention (a cancelled
+# statement, the server shutting down); and 55P03, a lock not granted within lock_timeout.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+TRANSIENT_SQLSTATES = frozenset({"55P03"})
+
+
+def is_transient(exc: asyncpg.PostgresError) -> bool:
+    sqlstate = exc.sqlstate or ""
+    return sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES
 
 
 class LedgerUnavailable(RuntimeError):
@@ -94,13 +105,16 @@ class AuthorizationStore:
                 if exc.constraint_name != IDEMPOTENCY_CONSTRAINT:
                     raise LedgerFailure(f"UniqueViolationError: {exc}") from exc
                 continue
-            except asyncpg.exceptions._base.DataError as exc:   # bad argument, not a lost link
-                raise LedgerFailure(f"DataError: {exc}") from exc
-            except (TimeoutError, OSError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-                    asyncpg.exceptions.OperatorInterventionError) as exc:
-                # Connection lost, cancelled or the server shutting down: retry later (91).
+            except asyncpg.InterfaceError as exc:
+                if isinstance(exc, ValueError):     # an argument the driver cannot encode
+                    raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
+                raise LedgerUnavailable(type(exc).__name__) from exc
+            except (TimeoutError, OSError, asyncpg.InternalClientError) as exc:
+                # Connection lost, cancelled, or left in a state the driver cannot continue
+                # from (InternalClientError derives from Exception only): retry later (91).
                 raise LedgerUnavailable(type(exc).__name__) from exc
             except asyncpg.PostgresError as exc:
+                if is_transient(exc):
+                    raise LedgerUnavailable(type(exc).__name__) from exc
                 raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
         raise LedgerFailure("idempotency key still contended after retries")

@@ -78,11 +78,20 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     goes back to the pool as it is: asyncpg's default reset would cost a second round trip."""
 
 
+# A terminal message gives up waiting for a row lock after this long (55P03, answered 91). Its
+# locks are held for a millisecond by other messages; a wallet held for long (the expiry on
+# 1 May, a long operator transaction) must cost that card 91s, not the pool's connections, which
+# every other card needs.
+HOT_PATH_LOCK_TIMEOUT_MS = 500
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    """The terminal listener's connections."""
     return await asyncpg.create_pool(
         dsn, min_size=size, max_size=size, reset=_keep_session,
         # Short, fast statements: JIT compilation would only add latency.
-        server_settings={"application_name": APPLICATION_NAME, "jit": "off"},
+        server_settings={"application_name": APPLICATION_NAME, "jit": "off",
+                         "lock_timeout": f"{HOT_PATH_LOCK_TIMEOUT_MS}ms"},
     )
 
 
@@ -94,8 +103,11 @@ async def create_ops_pool(dsn: str, size: int) -> asyncpg.Pool:
 
 
 async def ping(pool: asyncpg.Pool, timeout_s: float) -> None:
-    """One trivial round trip: raises when the database does not answer within timeout_s."""
-    await pool.fetchval("SELECT 1", timeout=timeout_s)
+    """One trivial round trip: raises when no connection is free or the database does not answer
+    within timeout_s (each; a caller that needs one bound for the whole, cancel included, sets
+    it around this call)."""
+    async with pool.acquire(timeout=timeout_s) as conn:
+        await conn.fetchval("SELECT 1", timeout=timeout_s)
 
 
 async def check_schema(conn: asyncpg.Connection) -> None:

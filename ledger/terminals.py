@@ -29,8 +29,12 @@ async def insert_terminal(conn: asyncpg.Connection, terminal_id: str, partner_id
 
 
 async def lock_terminal_status(conn: asyncpg.Connection, terminal_id: str) -> str | None:
-    """The terminal's status, its row locked until the transaction ends; None when unknown."""
-    return await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR UPDATE", terminal_id)
+    """The terminal's status, its row locked until the transaction ends; None when unknown.
+
+    NO KEY UPDATE, not UPDATE: every authorization's insert takes KEY SHARE on its terminal row
+    (the foreign key), which UPDATE would make wait behind this operator transaction."""
+    return await conn.fetchval("SELECT status FROM terminals WHERE id = $1 FOR NO KEY UPDATE",
+                               terminal_id)
 
 
 async def set_terminal_status(conn: asyncpg.Connection, terminal_id: str, status: str) -> None:

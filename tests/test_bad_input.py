@@ -58,6 +58,13 @@ CASES = {
     "invalid utf-8": b'{"v": 1, "type": "\xff\xfe"}',
     "request id with a trailing newline": _with(request_id="bad-input-0001\n"),
     "card uid with a trailing newline": _with(card_uid=card_uid(5).hex().upper() + "\n"),
+    # A terminal whose parser keeps the first key would read 1,00 € where the server read 99,00 €.
+    "duplicate key": _with()[:-1] + b', "amount_cents": 9900}',
+    "duplicate key in a nested object": json.dumps(
+        {"v": 1, "type": "batch_close", "request_id": "dup-close-0001", "stan": 1,
+         "totals": {"purchases_count": 0, "purchases_cents": 0, "reversals_count": 0,
+                    "reversals_cents": 0, "refunds_count": 0, "refunds_cents": 0}}
+    ).encode()[:-2] + b', "refunds_cents": 5}}',
     "reversal of itself": json.dumps({"v": 1, "type": "reversal", "request_id": "self-rev-0001",
                                       "stan": 1, "original_request_id": "self-rev-0001"}).encode(),
 }

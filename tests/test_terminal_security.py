@@ -216,7 +216,7 @@ async def test_keys_and_secrets_never_reach_the_logs(server, client, keys_for, k
     ksn, mac = keys.sign_request("POST", TERMINAL_PATH, body)
     await _post(server.url, body, _headers(ACTIVE_TERMINAL, ksn, bytes(8)))    # logged refusal
     text = caplog.text.upper()
-    assert "UNAUTHENTICATED REQUEST REFUSED" in text
+    assert "REQUEST REFUSED BEFORE AUTHENTICATION" in text
     for secret in [keys._initial_key.hex(), keystore_env["HDFPAY_KEYSTORE_PASSPHRASE"]]:
         assert secret.upper() not in text
     assert keys._initial_key.hex() not in repr(keys).lower()

@@ -23,6 +23,7 @@ DECLARE
     v_auth_code text;
     v_response  text;
     v_auth_id   bigint;
+    v_opposed   text;
 BEGIN
     SELECT t.status AS terminal_status, p.status AS partner_status, p.merchant_account_id,
            c.id AS card_id,
@@ -92,6 +93,23 @@ BEGIN
                  WHERE id = f.wallet_account_id;
                 v_balance := v_balance - v_approved;
             END IF;
+        END IF;
+    END IF;
+
+    IF v_approved > 0 THEN
+        -- The wallet row is ours now, but the card was read before we waited for it: an
+        -- opposition may have committed meanwhile (replace_card locks the wallet, then opposes
+        -- the card). Read the card again, in this statement's newer snapshot, and give the debit
+        -- back if it is opposed. One primary-key lookup, only for approvals.
+        SELECT cs.decline_code INTO v_opposed
+          FROM cards c JOIN card_statuses cs ON cs.status = c.status
+         WHERE c.id = f.card_id;
+        IF v_opposed IS NOT NULL THEN
+            UPDATE accounts SET debits_posted = debits_posted - v_approved
+             WHERE id = f.wallet_account_id;
+            v_rc := v_opposed;
+            v_approved := 0;
+            v_balance := NULL;
         END IF;
     END IF;
 
