@@ -10,7 +10,8 @@ import sys
 import asyncpg
 import uvloop
 
-from hdfpay import cli_cards, cli_operators, cli_rules, cli_school_year, cli_settlement
+from hdfpay import (cli_cards, cli_operators, cli_rules, cli_school_year, cli_settlement,
+                    cli_students)
 from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
 from ledger.database import SchemaNotReady, check_schema, connection
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
             "arguments", nargs=argparse.REMAINDER)
 
     add_terminal_commands(sub)
-    for area in (cli_operators, cli_school_year, cli_cards, cli_settlement, cli_rules):
+    for area in (cli_operators, cli_school_year, cli_cards, cli_settlement, cli_rules,
+                 cli_students):
         area.add_commands(sub)
     return parser
 

@@ -9,6 +9,7 @@ from typing import Mapping
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_OPS_PORT = 8081
+DEFAULT_PORTAL_PORT = 8082
 
 
 # Rules that were settings and are now data the ledger holds (table rules): a site that still
@@ -65,12 +66,22 @@ class Settings:
     ops_host: str = "127.0.0.1"
     ops_port: int | None = None
     ops_db_pool_size: int = 4
+    # The students' web space: its own listener and pool, like the operators'.
+    portal_host: str = "127.0.0.1"
+    portal_port: int | None = None
+    portal_db_pool_size: int = 4
 
     @property
     def ops_listen_port(self) -> int:
         if self.ops_port is not None:
             return self.ops_port
         return 0 if self.port == 0 else DEFAULT_OPS_PORT
+
+    @property
+    def portal_listen_port(self) -> int:
+        if self.portal_port is not None:
+            return self.portal_port
+        return 0 if self.port == 0 else DEFAULT_PORTAL_PORT
 
     def check_transport(self) -> None:
         """Plain HTTP and unauthenticated terminals only on loopback, unless explicitly allowed;
@@ -92,9 +103,15 @@ class Settings:
             raise ConfigError(f"operator listener on {self.ops_host} without TLS: set "
                               "HDFPAY_TLS_CERT and HDFPAY_TLS_KEY (or HDFPAY_ALLOW_PLAIN_HTTP=1 "
                               "behind a TLS proxy)")
-        if self.ops_listen_port != 0 and self.ops_listen_port == self.port:
-            raise ConfigError(f"HDFPAY_OPS_PORT and HDFPAY_PORT are both {self.port}: the "
-                              "operator and terminal listeners need a port each")
+        if (not self.tls_cert_file and self.portal_host not in LOOPBACK_HOSTS
+                and not self.allow_plain_http):
+            raise ConfigError(f"students' listener on {self.portal_host} without TLS: set "
+                              "HDFPAY_TLS_CERT and HDFPAY_TLS_KEY (or HDFPAY_ALLOW_PLAIN_HTTP=1 "
+                              "behind a TLS proxy)")
+        ports = [p for p in (self.port, self.ops_listen_port, self.portal_listen_port) if p != 0]
+        if len(ports) != len(set(ports)):
+            raise ConfigError("HDFPAY_PORT, HDFPAY_OPS_PORT and HDFPAY_PORTAL_PORT need a port"
+                              " each: the terminal, operator and students' listeners")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -121,4 +138,8 @@ class Settings:
             ops_port=(int_from_env("HDFPAY_OPS_PORT", DEFAULT_OPS_PORT, 0, 65535)
                       if os.environ.get("HDFPAY_OPS_PORT") else None),
             ops_db_pool_size=int_from_env("HDFPAY_OPS_DB_POOL_SIZE", 4, 1, 100),
+            portal_host=os.environ.get("HDFPAY_PORTAL_HOST") or "127.0.0.1",
+            portal_port=(int_from_env("HDFPAY_PORTAL_PORT", DEFAULT_PORTAL_PORT, 0, 65535)
+                         if os.environ.get("HDFPAY_PORTAL_PORT") else None),
+            portal_db_pool_size=int_from_env("HDFPAY_PORTAL_DB_POOL_SIZE", 4, 1, 100),
         )

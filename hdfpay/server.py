@@ -16,7 +16,8 @@ from authorizer.http_refusals import TerminalAppRunner
 from authorizer.listener import READINESS, REFUSALS, ListenerLimits, build_terminal_app
 from backoffice.openapi import OPENAPI_PATH
 from backoffice.ops_app import build_ops_app
-from hdfpay.config import Settings
+from portal.app import build_portal_app
+from hdfpay.config import LOOPBACK_HOSTS, Settings
 from hsm.interface import Hsm
 from ledger.database import create_ops_pool, create_pool
 from terminal_protocol.transport import TERMINAL_PATH
@@ -42,6 +43,7 @@ class RunningServer:
     app: web.Application
     ops_url: str = ""         # the operator listener (login, accounts, region operations)
     ops_app: web.Application | None = None
+    portal_url: str = ""      # the students' web space
 
 
 @contextlib.asynccontextmanager
@@ -81,7 +83,14 @@ async def running_server(settings: Settings, dsn: str,
         ops_app = build_ops_app(ops_pool)
         ops_url = await stack.enter_async_context(
             _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))
-        yield RunningServer(url=url, app=app, ops_url=ops_url, ops_app=ops_app)
+        portal_pool = await create_ops_pool(dsn, settings.portal_db_pool_size)
+        stack.push_async_callback(portal_pool.close)
+        portal_app = build_portal_app(portal_pool,
+                                      secure_cookies=settings.portal_host not in LOOPBACK_HOSTS)
+        portal_url = await stack.enter_async_context(
+            _listening(portal_app, settings.portal_host, settings.portal_listen_port, tls))
+        yield RunningServer(url=url, app=app, ops_url=ops_url, ops_app=ops_app,
+                            portal_url=portal_url)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -102,6 +111,7 @@ async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         announce(f"hdfpay operator API listening on {server.ops_url}/v1/ops/ "
                  f"(OpenAPI: {server.ops_url}{OPENAPI_PATH})")
+        announce(f"hdfpay students' space (Mon espace Génération #HDF) on {server.portal_url}/")
         await stop.wait()
         # /readyz turns false first and the server keeps serving for the drain notice, so that a
         # load balancer stops sending; leaving the context then stops accepting and lets

@@ -24,7 +24,7 @@ COMMAND_TIMEOUT_S = 120
 SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
                "loadtest", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
                "expire", "cards", "card-requests", "partners", "settle", "payouts", "payee", "report",
-               "rules"]
+               "rules", "students"]
 
 
 def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):

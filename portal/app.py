@@ -1,0 +1,31 @@
+"""The students' web space as an aiohttp application: its pages, its middlewares (security
+headers and CSRF, then the session), its templates and its stylesheet. Served by `hdfpay serve`
+on its own listener (HDFPAY_PORTAL_HOST, HDFPAY_PORTAL_PORT) with its own database pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from portal import pages_card, pages_login
+from portal.student_session import POOL, session_middleware
+from web.security import SECURE_COOKIES, security_middleware
+from web.templates import setup_templates
+
+HERE = Path(__file__).parent
+# Forms only (no upload yet): a login or a declaration is well under this.
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+
+
+def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool) -> web.Application:
+    """`secure_cookies`: False only for a listener on loopback (tests, the demo)."""
+    app = web.Application(middlewares=[security_middleware, session_middleware],
+                          client_max_size=MAX_REQUEST_BODY_BYTES)
+    app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
+    setup_templates(app, HERE / "templates")
+    app.add_routes(pages_login.routes)
+    app.add_routes(pages_card.routes)
+    app.router.add_static("/static", HERE / "static")
+    return app

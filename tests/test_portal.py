@@ -1,0 +1,181 @@
+"""The students' web space in Debian's Chromium against the real server and PostgreSQL: log in
+with a dossier number then a card number, change the provisional password, read the balance
+change after a purchase at a terminal, declare the card lost and see a terminal decline it. Every
+main page also at a phone's size, screenshots kept, no axe-core WCAG 2.1 A/AA violation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import expect
+from yarl import URL
+
+from ledger import students
+from ledger.clock import pin_clock
+from ledger.demo_region import card_uid
+
+from browser_fixtures import PHONE, screenshot
+from conftest import balance_of
+
+CARD = card_uid(5)
+OTHER_STUDENTS_CARD = card_uid(6)
+NEW_PASSWORD = "une phrase de passe assez longue"
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+CLI_TIMEOUT_S = 60
+
+
+async def _student(conn, uid: bytes) -> tuple[str, str, int]:
+    row = await conn.fetchrow("SELECT b.dossier_number, c.card_number, c.id FROM cards c"
+                              " JOIN beneficiaries b ON b.id = c.beneficiary_id WHERE c.uid = $1", uid)
+    return row["dossier_number"], row["card_number"], row["id"]
+
+
+async def _no_accessibility_violations(page) -> None:
+    results = await Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG_TAGS}})
+    violations = [(v["id"], v["help"]) for v in results.response["violations"]]
+    assert violations == [], violations
+
+
+async def _log_in(page, portal_url: str, identifier: str, password: str) -> None:
+    await page.goto(portal_url + "/")
+    await expect(page).to_have_url(portal_url + "/connexion")
+    await page.get_by_label("N° de dossier ou n° de carte").fill(identifier)
+    await page.get_by_label("Mot de passe").fill(password)
+    await page.get_by_role("button", name="Se connecter").click()
+
+
+async def test_a_student_logs_in_follows_the_balance_and_declares_the_card_lost(
+        server, conn, client, browser_page):
+    dossier, card_number, _ = await _student(conn, CARD)
+    provisional = await students.create_account(conn, dossier)
+    portal = server.portal_url
+    before = await balance_of(conn, CARD)
+
+    page = await browser_page(PHONE)
+    await _log_in(page, portal, dossier.lower(), "pas le bon mot de passe")
+    await expect(page.get_by_role("alert")).to_contain_text("Identifiant ou mot de passe incorrect")
+    await screenshot(page, "portal-login-phone")
+    await _no_accessibility_violations(page)
+    await page.get_by_label("Mot de passe").fill(provisional)
+    await page.get_by_role("button", name="Se connecter").click()
+    await expect(page).to_have_url(portal + "/mot-de-passe")          # provisional: change it
+    await page.goto(portal + "/ma-carte")
+    await expect(page).to_have_url(portal + "/mot-de-passe")          # and nothing else first
+    await page.get_by_label("Mot de passe actuel").fill(provisional)
+    await page.get_by_label("Nouveau mot de passe", exact=True).fill(NEW_PASSWORD)
+    await page.get_by_label("Nouveau mot de passe, encore").fill(NEW_PASSWORD)
+    await screenshot(page, "portal-password-phone")
+    await _no_accessibility_violations(page)
+    await page.get_by_role("button", name="Enregistrer").click()
+    await expect(page.get_by_role("status")).to_have_text("Votre mot de passe est changé.")
+    await expect(page.get_by_test_id("balance")).to_have_text(_euros(before))
+    await expect(page.locator("body")).to_contain_text("Valable du 01/07/2026 au 30/04/2027")
+
+    sale = await client.purchase(CARD, 12_50)                          # at a bookshop's till
+    assert sale.rc == "00"
+    await page.reload()
+    await expect(page.get_by_test_id("balance")).to_have_text(_euros(before - 12_50))
+    first_row = page.locator("tbody tr").first
+    await expect(first_row).to_contain_text("Achat · ")
+    await expect(first_row).to_contain_text("−12,50")
+    await screenshot(page, "portal-card-phone")
+    await _no_accessibility_violations(page)
+
+    # Out, then in again with the card's number: the same space.
+    await page.get_by_role("button", name="Se déconnecter").click()
+    await expect(page).to_have_url(portal + "/connexion")
+    desktop = await browser_page()
+    await _log_in(desktop, portal, " ".join(card_number[i:i + 4] for i in range(0, 16, 4)),
+                  NEW_PASSWORD)
+    await expect(desktop).to_have_url(portal + "/ma-carte")
+    await screenshot(desktop, "portal-card-desktop")
+
+    await desktop.get_by_role("link", name="Déclarer la perte ou le vol").click()
+    await expect(desktop.locator("body")).to_contain_text("ce blocage est définitif")
+    await expect(desktop.locator("body")).to_contain_text("Une nouvelle carte coûte 5,00")
+    await screenshot(desktop, "portal-loss-desktop")
+    await _no_accessibility_violations(desktop)
+    await desktop.get_by_label("J'ai perdu ma carte").check()
+    await desktop.get_by_label("Je comprends que ma carte sera bloquée définitivement").check()
+    await desktop.get_by_role("button", name="Bloquer ma carte").click()
+    await expect(desktop.get_by_role("status")).to_contain_text("Votre carte est bloquée")
+    await expect(desktop.locator("body")).to_contain_text("déclarée perdue")
+    assert (await client.purchase(CARD, 1_00)).rc == "41"             # every terminal declines
+    assert await conn.fetchval("SELECT actor FROM audit_log WHERE action = 'card.oppose'"
+                               " ORDER BY id DESC LIMIT 1") == await conn.fetchval(
+        "SELECT 'student:' || a.id FROM student_accounts a JOIN beneficiaries b"
+        " ON b.id = a.beneficiary_id WHERE b.dossier_number = $1", dossier)
+
+
+async def test_a_student_reaches_no_other_students_card_and_every_form_needs_its_token(
+        server, conn):
+    dossier, _, own_card = await _student(conn, CARD)
+    _, _, other_card = await _student(conn, OTHER_STUDENTS_CARD)
+    password = await students.create_account(conn, dossier)
+    portal = server.portal_url
+    # unsafe: the jar keeps cookies of an IP address (127.0.0.1), as a browser does.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(portal + "/connexion") as page:
+            assert page.status == 200
+            assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+            token = browser.cookie_jar.filter_cookies(URL(portal))["hdf_csrf"].value
+        form = {"identifiant": dossier, "mot_de_passe": password}
+        async with browser.post(portal + "/connexion", data=form) as refused:
+            assert refused.status == 403                                # no CSRF token
+        async with browser.post(portal + "/connexion", data={**form, "csrf_token": token},
+                                allow_redirects=False) as logged_in:
+            assert logged_in.status == 303
+            session_cookie = logged_in.cookies["hdf_session"]
+            assert session_cookie["httponly"] and session_cookie["samesite"] == "Strict"
+        for card_id in (other_card, 999_999_999, own_card):
+            async with browser.get(f"{portal}/carte/{card_id}/perte", allow_redirects=False) as page:
+                # The provisional password comes first, for any page, one's own card included.
+                assert (page.status, page.headers.get("Location")) == (303, "/mot-de-passe")
+        async with browser.post(portal + "/mot-de-passe", data={
+                "csrf_token": token, "actuel": password, "nouveau": NEW_PASSWORD,
+                "confirmation": NEW_PASSWORD}, allow_redirects=False) as changed:
+            assert changed.status == 303
+        for card_id in (other_card, 999_999_999):
+            async with browser.get(f"{portal}/carte/{card_id}/perte") as page:
+                assert page.status == 404
+            async with browser.post(f"{portal}/carte/{card_id}/perte", data={
+                    "csrf_token": token, "motif": "vol", "confirmation": "oui"}) as page:
+                assert page.status == 404
+        async with browser.get(f"{portal}/carte/{own_card}/perte") as page:
+            assert page.status == 200
+    statuses = await conn.fetch("SELECT status FROM cards WHERE id = ANY($1::bigint[])",
+                                [own_card, other_card])
+    assert [r["status"] for r in statuses] == ["ACTIVE", "ACTIVE"]
+
+
+def _euros(cents: int) -> str:
+    return f"{cents // 100:,}".replace(",", "\u202f") + f",{cents % 100:02d}\u00a0€"
+
+
+async def test_an_account_from_the_command_line_and_the_lock_after_five_wrong_passwords(dsn, conn):
+    dossier, card_number, _ = await _student(conn, CARD)
+    added = subprocess.run([sys.executable, "-m", "hdfpay.cli", "students", "add-account",
+                            dossier.lower()], capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                           stdin=subprocess.DEVNULL, env={**os.environ, "DATABASE_URL": dsn})
+    assert added.returncode == 0, added.stderr
+    provisional = added.stdout.split("provisional password")[1].split()[0]
+    again = subprocess.run([sys.executable, "-m", "hdfpay.cli", "students", "add-account", dossier],
+                           capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                           stdin=subprocess.DEVNULL, env={**os.environ, "DATABASE_URL": dsn})
+    assert again.returncode == 2 and "déjà un compte" in again.stderr
+    session = await students.login(conn, card_number, provisional)
+    assert session.student.must_change_password and session.student.dossier_number == dossier
+    for _ in range(students.LOGIN_FAILURES_BEFORE_LOCK):
+        with pytest.raises(students.LoginRefused):
+            await students.login(conn, dossier, "mauvais mot de passe")
+    with pytest.raises(students.LoginRefused):          # locked: the right one is refused too
+        await students.login(conn, dossier, provisional)
+    await pin_clock(conn, await conn.fetchval("SELECT business_now()")
+                    + dt.timedelta(milliseconds=students.LOGIN_LOCK_MS + 1))
+    assert (await students.login(conn, dossier, provisional)).student.dossier_number == dossier

@@ -1,0 +1,27 @@
+"""Jinja2 templates through aiohttp-jinja2, autoescaped, each room with its own folder; the CSRF
+token is a global every form calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from terminal_protocol.amounts import format_euros
+from web.security import CSRF_FIELD, csrf_token
+
+
+def setup_templates(app: web.Application, folder: Path) -> None:
+    environment = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(folder), autoescape=True,
+        undefined=jinja2.StrictUndefined, context_processors=[_request_context])
+    environment.filters["euros"] = format_euros
+    environment.filters["date_fr"] = lambda day: day.strftime("%d/%m/%Y")
+    environment.filters["datetime_fr"] = lambda at: at.strftime("%d/%m/%Y à %H:%M")
+
+
+async def _request_context(request: web.Request) -> dict:
+    return {"csrf_field": CSRF_FIELD, "csrf_token": lambda: csrf_token(request),
+            "request": request}
