@@ -15,7 +15,7 @@ LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")   # import-lint
 # Rooms of the product whose Python may hold no SQL: it lives in ledger/. (The shop agent's own
 # SQLite journal is another database, on the shop's PC; loadtest's baselines run raw SQL on
 # purpose, to measure the server beside it.)
-SQL_FREE_ROOMS = ("hdfpay", "authorizer", "backoffice", "hsm", "terminal_protocol")
+SQL_FREE_ROOMS = ("hdfpay", "authorizer", "backoffice", "portal", "hsm", "terminal_protocol")
 SQL_ALLOWED = ("terminal_protocol/agent/",)
 SQL_STATEMENT = re.compile(r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS)\b",
                            re.IGNORECASE)
