@@ -224,13 +224,15 @@ class MailSender:
             async with self.pool.acquire(timeout=MAIL_DB_TIMEOUT_S) as conn:
                 await asyncio.wait_for(mail_outbox.postpone(conn, mail.id, self.sender_id, error),
                                        MAIL_DB_TIMEOUT_S)
-            log.warning("mail postponed", extra={"mail_id": mail.id, "mail_kind": mail.kind,
-                                                 "attempts": mail.attempts + 1, "error": error})
+            log.warning("mail postponed", extra={
+                "mail_id": mail.id, "mail_kind": mail.kind, "sender_id": self.sender_id,
+                "attempts": mail.attempts + 1, "error": error})
             return
         async with self.pool.acquire(timeout=MAIL_DB_TIMEOUT_S) as conn:
             await asyncio.wait_for(mail_outbox.mark_sent(conn, mail.id), MAIL_DB_TIMEOUT_S)
-        log.info("mail sent", extra={"mail_id": mail.id, "mail_kind": mail.kind,
-                                     "attempts": mail.attempts + 1})
+        log.info("mail sent", extra={
+            "mail_id": mail.id, "mail_kind": mail.kind, "sender_id": self.sender_id,
+            "attempts": mail.attempts + 1})
 
     async def _smtp_send(self, message: EmailMessage) -> None:
         s = self.settings

@@ -33,7 +33,8 @@ SENDER = "no-reply@generation.hdf.example"
 RECIPIENT = "camille.lefebvre@eleves.example"
 SUBJECT = "Votre espace Génération #HDF est créé"
 BODY = ("Bonjour Camille,\n\nVotre identifiant : C.LEFEBVRE7\nMot de passe provisoire : "
-        "çà-Été-42€\nÀ changer dès la première connexion.\n\n« Génération #HDF », Région Hauts-de-France\n")
+        "çà-Été-42€\nÀ changer dès la première connexion.\n\n"
+        "« Génération #HDF », Région Hauts-de-France\n")
 SMTP_SERVER_LOGGER = "mail.log"   # aiosmtpd's own logger: the test server, not the product
 
 
@@ -185,7 +186,8 @@ async def test_two_senders_together_deliver_each_message_exactly_once(conn, cloc
                                                                     inbox):
     count = 24
     async with conn.transaction():
-        ids = [await enqueue(conn, f"eleve{n}@lycee.example", f"Message {n}", f"Corps {n} é", "account_created")
+        ids = [await enqueue(conn, f"eleve{n}@lycee.example", f"Message {n}", f"Corps {n} é",
+                             "account_created")
                for n in range(count)]
     senders = [sender(pool, smtp_settings, name, batch_rows=3) for name in ("sender-a", "sender-b")]
     tasks = [asyncio.create_task(s.run()) for s in senders]
@@ -202,6 +204,20 @@ async def test_two_senders_together_deliver_each_message_exactly_once(conn, cloc
                                                                      for n in range(count))
     states = [await mail_state(conn, i) for i in ids]
     assert all(s.sent_at is not None and s.attempts == 1 for s in states)
+
+
+async def test_a_claim_skips_the_rows_another_claim_is_taking_instead_of_waiting(conn, clock, dsn):
+    ids = [await enqueue(conn, RECIPIENT, SUBJECT, BODY, "account_created") for _ in range(4)]
+    other = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():          # the first claim's row locks are still held
+            first = await mail_outbox.claim_due(conn, "sender-a", 2, 60_000)
+            second = await asyncio.wait_for(mail_outbox.claim_due(other, "sender-b", 4, 60_000),
+                                            WAIT_BOUND_S)
+    finally:
+        await other.close()
+    assert sorted(m.id for m in first + second) == ids
+    assert {m.id for m in first}.isdisjoint(m.id for m in second)
 
 
 async def test_a_lease_keeps_a_message_from_a_second_sender_until_it_runs_out(conn, clock):
@@ -310,7 +326,8 @@ def test_smtp_settings_from_the_environment():
         "smtp.example.org", 587, "starttls", "hdfpay")
     assert "s3cret" not in repr(settings)
     assert SmtpSettings.from_env({**SMTP_ENV, "HDFPAY_SMTP_TLS": "tls"}).port == 465
-    assert SmtpSettings.from_env({**SMTP_ENV, "HDFPAY_SMTP_TLS": "none", "HDFPAY_SMTP_PORT": "2525"}).port == 2525
+    plain = SmtpSettings.from_env({**SMTP_ENV, "HDFPAY_SMTP_TLS": "none", "HDFPAY_SMTP_PORT": "2525"})
+    assert plain.port == 2525
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 25
 
