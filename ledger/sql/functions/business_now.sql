@@ -10,3 +10,4 @@ ALTER TABLE cards ALTER COLUMN issued_at SET DEFAULT business_now();
 ALTER TABLE pending_fees ALTER COLUMN created_at SET DEFAULT business_now();
 ALTER TABLE transfers ALTER COLUMN created_at SET DEFAULT business_now();
 ALTER TABLE operators ALTER COLUMN created_at SET DEFAULT business_now();
+ALTER TABLE mail_outbox ALTER COLUMN created_at SET DEFAULT business_now();
