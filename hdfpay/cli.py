@@ -51,6 +51,17 @@ def cmd_demo(args, settings: Settings) -> int:
     return _run(run_demo(settings))
 
 
+def _smtp_settings():
+    """The students' mail server, when HDFPAY_SMTP_HOST is set (a bad setting stops serve)."""
+    from portal.mail_sender import SmtpConfigError, SmtpSettings
+    if not os.environ.get("HDFPAY_SMTP_HOST"):
+        return None
+    try:
+        return SmtpSettings.from_env()
+    except SmtpConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_serve(args, settings: Settings) -> int:
     from hdfpay.json_logs import configure_json_logging
     from hdfpay.server import serve_forever
@@ -58,11 +69,12 @@ def cmd_serve(args, settings: Settings) -> int:
     settings = _override(settings, host=args.host, port=args.port)
     settings.check_transport()
     hsm = open_hsm_from_env() if settings.terminal_authentication == "dukpt" else None
+    smtp = _smtp_settings()
 
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-        await serve_forever(settings, dsn, hsm)
+        await serve_forever(settings, dsn, hsm, smtp=smtp)
 
     try:
         with cli_database(settings) as dsn:

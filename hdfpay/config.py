@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -70,6 +71,9 @@ class Settings:
     portal_host: str = "127.0.0.1"
     portal_port: int | None = None
     portal_db_pool_size: int = 4
+    # Where students reach the portal from outside (e-mailed links point there); None: the
+    # listener's own address (loopback: tests, the demo).
+    portal_public_url: str | None = None
 
     @property
     def ops_listen_port(self) -> int:
@@ -142,4 +146,20 @@ class Settings:
             portal_port=(int_from_env("HDFPAY_PORTAL_PORT", DEFAULT_PORTAL_PORT, 0, 65535)
                          if os.environ.get("HDFPAY_PORTAL_PORT") else None),
             portal_db_pool_size=int_from_env("HDFPAY_PORTAL_DB_POOL_SIZE", 4, 1, 100),
+            portal_public_url=_public_url(os.environ.get("HDFPAY_PORTAL_PUBLIC_URL")),
         )
+
+
+def _public_url(text: str | None) -> str | None:
+    """An absolute https URL (http only for loopback), without a trailing slash."""
+    if not text:
+        return None
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"HDFPAY_PORTAL_PUBLIC_URL must be an absolute URL such as "
+                          f"https://monespace.example.fr, got {text!r}")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ConfigError("HDFPAY_PORTAL_PUBLIC_URL must use https: e-mailed links carry "
+                          "single-use secrets")
+    return url

@@ -17,6 +17,8 @@ from authorizer.listener import READINESS, REFUSALS, ListenerLimits, build_termi
 from backoffice.openapi import OPENAPI_PATH
 from backoffice.ops_app import build_ops_app
 from portal.app import build_portal_app
+from portal.mail_sender import MailSender, SmtpSettings
+from portal.portal_links import PortalLinks
 from hdfpay.config import LOOPBACK_HOSTS, Settings
 from hsm.interface import Hsm
 from ledger.database import create_ops_pool, create_pool
@@ -24,6 +26,7 @@ from terminal_protocol.transport import TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
 SHUTDOWN_GRACE_S = 10.0
+MAIL_SENDER_STOP_TIMEOUT_S = 5.0     # the mail in hand, at stop
 
 
 def listener_limits(settings: Settings) -> ListenerLimits:
@@ -65,9 +68,11 @@ async def _listening(app: web.Application, host: str, port: int,
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings, dsn: str,
-                         hsm: Hsm | None = None) -> AsyncIterator[RunningServer]:
-    """Both listeners, each with its pool; all closed on exit. Port 0 picks a free port."""
+async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *,
+                         smtp: SmtpSettings | None = None) -> AsyncIterator[RunningServer]:
+    """The three listeners, each with its pool, and the students' mail sender when `smtp` is
+    given (without it mail stays queued, nothing is lost); all closed on exit. Port 0 picks a
+    free port."""
     settings.check_transport()
     tls = _tls_context(settings)
     async with contextlib.AsyncExitStack() as stack:
@@ -85,12 +90,26 @@ async def running_server(settings: Settings, dsn: str,
             _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))
         portal_pool = await create_ops_pool(dsn, settings.portal_db_pool_size)
         stack.push_async_callback(portal_pool.close)
-        portal_app = build_portal_app(portal_pool,
+        links = PortalLinks()
+        portal_app = build_portal_app(portal_pool, links=links,
                                       secure_cookies=settings.portal_host not in LOOPBACK_HOSTS)
         portal_url = await stack.enter_async_context(
             _listening(portal_app, settings.portal_host, settings.portal_listen_port, tls))
+        links.public_url = settings.portal_public_url or portal_url
+        if smtp is not None:
+            sender = MailSender(portal_pool, smtp)
+            links.mail_queued = sender.wake
+            stack.push_async_callback(_stopped, sender, asyncio.create_task(sender.run()))
         yield RunningServer(url=url, app=app, ops_url=ops_url, ops_app=ops_app,
                             portal_url=portal_url)
+
+
+async def _stopped(sender: MailSender, task: asyncio.Task) -> None:
+    sender.stop()
+    try:
+        await asyncio.wait_for(task, MAIL_SENDER_STOP_TIMEOUT_S)
+    except TimeoutError:      # a message in hand past the bound: its lease brings it back later
+        task.cancel()
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -102,12 +121,16 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=print) -> None:
+async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=print,
+                        smtp: SmtpSettings | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_server(settings, dsn, hsm) as server:
+    if smtp is None:
+        announce("no HDFPAY_SMTP_HOST: the students' e-mails stay queued in the database until"
+                 " a server with SMTP settings sends them")
+    async with running_server(settings, dsn, hsm, smtp=smtp) as server:
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         announce(f"hdfpay operator API listening on {server.ops_url}/v1/ops/ "
                  f"(OpenAPI: {server.ops_url}{OPENAPI_PATH})")

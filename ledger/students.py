@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 from argon2 import PasswordHasher
 
+from ledger.mail_outbox import enqueue
 from ledger.passwords import (DEFAULT_HASHER, PASSWORD_MAX_LENGTH_CHARS, PasswordRefused,
                               check_new_password, hash_password, provisional_password,
                               verify_password)
@@ -168,8 +169,7 @@ async def change_password(conn: asyncpg.Connection, session: StudentSession, cur
     try:
         check_new_password(new, session.student.dossier_number)
     except PasswordRefused:
-        raise StudentAccountError("Le nouveau mot de passe doit avoir de 12 à 128 caractères et"
-                                  " ne pas contenir votre n° de dossier") from None
+        raise StudentAccountError(_PASSWORD_RULE) from None
     if new == current:
         raise StudentAccountError("Le nouveau mot de passe doit différer de l'actuel")
     _, ok = await _charged(conn, "a.id = $1", session.student.account_id, current, hasher)
@@ -182,3 +182,86 @@ async def change_password(conn: asyncpg.Connection, session: StudentSession, cur
                            session.student.account_id, new_hash)
         await conn.execute("UPDATE student_sessions SET revoked = true WHERE account_id = $1"
                            " AND id <> $2", session.student.account_id, session.session_id)
+
+
+# -- "Mot de passe oublié" ---------------------------------------------------------------------
+
+RESET_LINK_LIFETIME_MS = 60 * 60 * 1000       # an hour to open the e-mail and choose a password
+RESETS_PER_ACCOUNT_PER_DAY_MAX = 3            # beyond, requests are answered alike but send nothing
+RESET_PATH = "/mot-de-passe-oublie"
+
+
+async def request_password_reset(conn: asyncpg.Connection, identifier: str, portal_url: str) -> bool:
+    """Queue the e-mail with a single-use link, in the same transaction as the link (so it is
+    neither lost nor sent for a link that does not exist). False when nothing was sent (no such
+    account, or too many requests today): the caller answers the same either way."""
+    identifier = normalized_identifier(identifier)
+    if not IDENTIFIER_PATTERN.match(identifier):
+        return False
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT a.id, b.email, b.first_name FROM student_accounts a JOIN beneficiaries b"
+            f" ON b.id = a.beneficiary_id WHERE {_BY_IDENTIFIER} FOR UPDATE OF a", identifier)
+        if row is None:
+            return False
+        recent = await conn.fetchval(
+            "SELECT count(*) FROM student_password_resets WHERE account_id = $1"
+            " AND created_at > business_now() - interval '1 day'", row["id"])
+        if recent >= RESETS_PER_ACCOUNT_PER_DAY_MAX:
+            return False
+        token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
+        await conn.execute(
+            "INSERT INTO student_password_resets (account_id, token_hash, created_at, expires_at)"
+            " SELECT $1, $2, business_now(), business_now() + $3 * interval '1 millisecond'",
+            row["id"], token_digest(token), RESET_LINK_LIFETIME_MS)
+        await enqueue(conn, row["email"], "Génération #HDF : choisir un nouveau mot de passe",
+                      _reset_mail(row["first_name"], f"{portal_url}{RESET_PATH}/{token}"),
+                      "password_reset")
+    return True
+
+
+def _reset_mail(first_name: str, link: str) -> str:
+    return (f"Bonjour {first_name},\n\n"
+            "Vous avez demandé à changer le mot de passe de votre espace Génération #HDF.\n"
+            f"Ouvrez ce lien dans l'heure pour en choisir un nouveau (il ne sert qu'une fois) :\n"
+            f"{link}\n\n"
+            "Si vous n'avez rien demandé, ignorez ce message : votre mot de passe ne change pas.\n\n"
+            "Besoin d'aide ? 0 800 026 080 (gratuit, du lundi au vendredi de 8 h à 18 h),"
+            " beneficiaire@hautsdefrance.fr\n"
+            "Région Hauts-de-France\n")
+
+
+async def reset_link_is_valid(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> bool:
+    return SESSION_TOKEN_PATTERN.match(token) is not None and await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM student_password_resets WHERE token_hash = $1"
+        " AND used_at IS NULL AND expires_at > business_now())", token_digest(token))
+
+
+async def reset_password(conn: asyncpg.Connection, token: str, new: str,
+                         hasher: PasswordHasher = DEFAULT_HASHER) -> None:
+    """The link's account gets `new`; the link is used up, the account's sessions end, a lock
+    is lifted. StudentAccountError for a used, expired or unknown link."""
+    if not SESSION_TOKEN_PATTERN.match(token):
+        raise StudentAccountError(_DEAD_LINK)
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE student_password_resets r SET used_at = business_now() FROM student_accounts a"
+            " JOIN beneficiaries b ON b.id = a.beneficiary_id"
+            " WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > business_now()"
+            " AND a.id = r.account_id RETURNING a.id, b.dossier_number", token_digest(token))
+        if row is None:
+            raise StudentAccountError(_DEAD_LINK)
+        try:
+            check_new_password(new, row["dossier_number"])
+        except PasswordRefused:
+            raise StudentAccountError(_PASSWORD_RULE) from None
+        await conn.execute("UPDATE student_accounts SET password_hash = $2, failed_logins = 0,"
+                           " locked_until = NULL, must_change_password = false WHERE id = $1",
+                           row["id"], await hash_password(hasher, new))
+        await conn.execute("UPDATE student_sessions SET revoked = true WHERE account_id = $1",
+                           row["id"])
+
+
+_DEAD_LINK = "Ce lien n'est plus valable (déjà utilisé ou vieux de plus d'une heure) : redemandez-en un"
+_PASSWORD_RULE = ("Le nouveau mot de passe doit avoir de 12 à 128 caractères et ne pas contenir"
+                  " votre n° de dossier")

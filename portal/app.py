@@ -9,7 +9,8 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from portal import pages_card, pages_login
+from portal import pages_card, pages_login, pages_password_reset
+from portal.portal_links import LINKS, PortalLinks
 from portal.student_session import POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
 from web.templates import setup_templates
@@ -19,13 +20,17 @@ HERE = Path(__file__).parent
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 
 
-def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool) -> web.Application:
-    """`secure_cookies`: False only for a listener on loopback (tests, the demo)."""
+def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool,
+                     links: PortalLinks | None = None) -> web.Application:
+    """`secure_cookies`: False only for a listener on loopback (tests, the demo). `links`: the
+    public address for e-mailed links, and the mail sender's nudge."""
     app = web.Application(middlewares=[security_middleware, session_middleware],
                           client_max_size=MAX_REQUEST_BODY_BYTES)
     app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
+    app[LINKS] = links or PortalLinks()
     setup_templates(app, HERE / "templates")
     app.add_routes(pages_login.routes)
     app.add_routes(pages_card.routes)
+    app.add_routes(pages_password_reset.routes)
     app.router.add_static("/static", HERE / "static")
     return app

@@ -32,7 +32,7 @@ from terminal_protocol.terminal_keys import TerminalKeys
 # Registered once for every module: the HSM fixtures (SoftHSM2 token, both backends), pcscd with
 # virtual cards, terminal agents, and authenticated clients of the operator API.
 pytest_plugins = ["hsm_fixtures", "pcsc_fixtures", "agent_fixtures", "operator_fixtures",
-                  "browser_fixtures"]
+                  "browser_fixtures", "mail_fixtures"]
 
 PARIS = ZoneInfo("Europe/Paris")
 TEST_SCHOOL_YEAR = 2026

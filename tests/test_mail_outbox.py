@@ -8,15 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import email
-import email.policy
 import logging
-import socket
-import threading
 
 import asyncpg
 import pytest
-from aiosmtpd.controller import Controller
 
 from conftest import SCHOOL_DAY
 from ledger import mail_outbox
@@ -27,85 +22,15 @@ from ledger.mail_outbox import (MAIL_BODY_MAX_CHARS, MAIL_FIRST_RETRY_MS, MAIL_K
                                 MAIL_RECIPIENT_MAX_CHARS, MAIL_SUBJECT_MAX_CHARS, enqueue, mail_state)
 from portal.mail_sender import MailSender, SmtpConfigError, SmtpSettings
 
-WAIT_BOUND_S = 20.0          # the longest any test waits for a condition
+from mail_fixtures import SENDER, WAIT_BOUND_S
+
 TEST_POLL_INTERVAL_S = 0.05  # the senders' idle wait in these tests
-SENDER = "no-reply@generation.hdf.example"
 RECIPIENT = "camille.lefebvre@eleves.example"
 SUBJECT = "Votre espace Génération #HDF est créé"
 BODY = ("Bonjour Camille,\n\nVotre identifiant : C.LEFEBVRE7\nMot de passe provisoire : "
         "çà-Été-42€\nÀ changer dès la première connexion.\n\n"
         "« Génération #HDF », Région Hauts-de-France\n")
 SMTP_SERVER_LOGGER = "mail.log"   # aiosmtpd's own logger: the test server, not the product
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Inbox:
-    """What the SMTP server accepted, with a wait on the count (the server runs in its thread)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.arrived: list[tuple[str, list[str], email.message.EmailMessage]] = []
-        self.changed = asyncio.Condition()
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        record = (envelope.mail_from, list(envelope.rcpt_tos), message)
-        done = threading.Event()
-        self.loop.call_soon_threadsafe(self._add, record, done)
-        done.wait(WAIT_BOUND_S)
-        return "250 Message accepted for delivery"
-
-    def _add(self, record, done: threading.Event) -> None:
-        self.arrived.append(record)
-        done.set()
-
-        async def notify():
-            async with self.changed:
-                self.changed.notify_all()
-        asyncio.ensure_future(notify())
-
-    async def wait_for(self, count: int) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.arrived) >= count), WAIT_BOUND_S)
-
-
-class SmtpServer:
-    """A real aiosmtpd server on a fixed loopback port, which can be stopped and started again."""
-
-    def __init__(self, inbox: Inbox, port: int) -> None:
-        self.inbox, self.port, self.controller = inbox, port, None
-
-    async def start(self) -> None:
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
-        await asyncio.to_thread(self.controller.start)
-
-    async def stop(self) -> None:
-        if self.controller is not None:
-            await asyncio.to_thread(self.controller.stop)
-            self.controller = None
-
-
-@pytest.fixture
-async def inbox() -> Inbox:
-    return Inbox()
-
-
-@pytest.fixture
-async def smtp(inbox):
-    server = SmtpServer(inbox, free_port())
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-def smtp_settings(smtp) -> SmtpSettings:
-    return SmtpSettings(host="127.0.0.1", port=smtp.port, tls="none", sender=SENDER, timeout_s=5)
 
 
 @pytest.fixture

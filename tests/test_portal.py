@@ -5,6 +5,7 @@ main page also at a phone's size, screenshots kept, no axe-core WCAG 2.1 A/AA vi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import subprocess
@@ -16,6 +17,7 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import expect
 from yarl import URL
 
+from hdfpay.server import running_server
 from ledger import students
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid
@@ -179,3 +181,48 @@ async def test_an_account_from_the_command_line_and_the_lock_after_five_wrong_pa
     await pin_clock(conn, await conn.fetchval("SELECT business_now()")
                     + dt.timedelta(milliseconds=students.LOGIN_LOCK_MS + 1))
     assert (await students.login(conn, dossier, provisional)).student.dossier_number == dossier
+
+
+async def test_a_forgotten_password_by_e_mail_end_to_end(settings, dsn, hsm, conn, smtp_settings,
+                                                         inbox, browser_page):
+    """The page answers the same for an unknown identifier; the e-mail's link opens once, sets
+    the new password, and ends the student's sessions; the link never comes from the Host
+    header but from the portal's public address."""
+    dossier, _, _ = await _student(conn, CARD)
+    await students.create_account(conn, dossier)
+    public = "https://monespace.hdf.example"
+    async with running_server(dataclasses.replace(settings, portal_public_url=public), dsn, hsm,
+                              smtp=smtp_settings) as server:
+        portal = server.portal_url
+        page = await browser_page(PHONE)
+        await page.goto(portal + "/connexion")
+        await page.get_by_role("link", name="Mot de passe oublié ?").click()
+        await page.get_by_label("N° de dossier ou n° de carte").fill("ZZZZZZ99")     # nobody
+        await page.get_by_role("button", name="Recevoir le lien").click()
+        unknown_answer = await page.get_by_role("status").inner_text()
+        await page.goto(portal + "/mot-de-passe-oublie")
+        await page.get_by_label("N° de dossier ou n° de carte").fill(dossier)
+        await page.get_by_role("button", name="Recevoir le lien").click()
+        assert await page.get_by_role("status").inner_text() == unknown_answer
+        await screenshot(page, "portal-reset-request-phone")
+        await inbox.wait_for(1)
+        _, recipients, mail = inbox.arrived[0]
+        email_address = await conn.fetchval("SELECT email FROM beneficiaries WHERE dossier_number = $1",
+                                            dossier)
+        assert recipients == [email_address] and len(inbox.arrived) == 1
+        body = mail.get_content()
+        link = next(word for word in body.split() if word.startswith(public))
+        assert "ne sert qu'une fois" in body and "0 800 026 080" in body
+        local_link = portal + link.removeprefix(public)
+        await page.goto(local_link)
+        await page.get_by_label("Nouveau mot de passe", exact=True).fill(NEW_PASSWORD)
+        await page.get_by_label("Nouveau mot de passe, encore").fill(NEW_PASSWORD)
+        await _no_accessibility_violations(page)
+        await page.get_by_role("button", name="Enregistrer").click()
+        await expect(page.get_by_role("status")).to_contain_text("Votre mot de passe est changé")
+        await page.get_by_label("N° de dossier ou n° de carte").fill(dossier)
+        await page.get_by_label("Mot de passe").fill(NEW_PASSWORD)
+        await page.get_by_role("button", name="Se connecter").click()
+        await expect(page).to_have_url(portal + "/ma-carte")      # no provisional step left
+        again = await page.goto(local_link)
+        assert again.status == 410                                  # single use
