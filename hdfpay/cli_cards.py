@@ -9,6 +9,7 @@ from __future__ import annotations
 from hdfpay.cli_support import cli_actor as _actor, run_on_database, whole_number
 from ledger import card_requests, cards, partners
 from ledger.cards import Refused
+from ledger.school_calendar import business_time_zone
 from terminal_protocol.amounts import format_euros
 
 REASONS = [r.lower() for r in cards.OPPOSITION_REASONS]
@@ -36,6 +37,15 @@ def _print_card(card: cards.Card) -> None:
 
 def cmd_cards(args, settings) -> int:
     async def work(conn) -> None:
+        if args.cards_command == "requests":
+            zone = await business_time_zone(conn)
+            pending = await cards.open_replacement_requests(conn)
+            for request in pending:
+                print(f"request {request.id}  card {request.card_id}  dossier "
+                      f"{request.dossier_number}  {request.reason:<9}  "
+                      f"{request.requested_at.astimezone(zone):%Y-%m-%d %H:%M}  {request.requested_by}")
+            print(f"{len(pending)} open request(s): 'hdfpay cards replace' fulfils each")
+            return
         card = await cards.find_card(conn, args.card)
         if args.cards_command == "oppose":
             async with conn.transaction():
@@ -138,6 +148,8 @@ def add_commands(subcommands) -> None:
                                       "43 stolen, 62 damaged or defective")
     s.add_argument("card", help=card_help)
     s.add_argument("--reason", required=True, choices=REASONS)
+    s = sub.add_parser("requests", help="students' open requests for a new card (lost, stolen, "
+                                        "damaged, or defective and posted to the region)")
     s = sub.add_parser("replace", help="a new card for the same beneficiary and wallet (rights for "
                                        "the current school year needed); the old card stays opposed")
     s.add_argument("card", help=card_help)

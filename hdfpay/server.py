@@ -127,14 +127,14 @@ async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if smtp is None:
-        announce("no HDFPAY_SMTP_HOST: the students' e-mails stay queued in the database until"
-                 " a server with SMTP settings sends them")
     async with running_server(settings, dsn, hsm, smtp=smtp) as server:
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         announce(f"hdfpay operator API listening on {server.ops_url}/v1/ops/ "
                  f"(OpenAPI: {server.ops_url}{OPENAPI_PATH})")
         announce(f"hdfpay students' space (Mon espace Génération #HDF) on {server.portal_url}/")
+        if smtp is None:
+            announce("no HDFPAY_SMTP_HOST: the students' e-mails stay queued in the database"
+                     " until a server with SMTP settings sends them")
         await stop.wait()
         # /readyz turns false first and the server keeps serving for the drain notice, so that a
         # load balancer stops sending; leaving the context then stops accepting and lets

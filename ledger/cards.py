@@ -169,3 +169,35 @@ async def replace_card(conn: asyncpg.Connection, card_id: int, new_uid: bytes, *
                        school_year=row["school_year"], fee_cents=row["fee_cents"],
                        fee_taken_cents=row["fee_taken_cents"],
                        fee_pending_cents=row["fee_pending_cents"])
+
+
+@dataclass(frozen=True)
+class ReplacementRequest:
+    id: int
+    card_id: int
+    reason: str
+    requested_by: str
+    requested_at: dt.datetime
+    dossier_number: str
+
+
+OPEN_REQUESTS_MAX_ROWS = 1_000
+
+
+async def request_replacement(conn: asyncpg.Connection, card_id: int, reason: str, *,
+                              actor: str) -> int:
+    """A student's request for a new card (request_card_replacement.sql says when it is
+    refused); returns the request's id."""
+    with refusals():
+        return await conn.fetchval("SELECT (request_card_replacement($1, $2, $3)).id", card_id,
+                                   parse_reason(reason), actor)
+
+
+async def open_replacement_requests(conn: asyncpg.Connection) -> list[ReplacementRequest]:
+    """What operators have to fulfil (replace_card closes each), oldest first."""
+    rows = await conn.fetch(
+        "SELECT r.id, r.card_id, r.reason, r.requested_by, r.requested_at, b.dossier_number"
+        " FROM card_replacement_requests r JOIN cards c ON c.id = r.card_id"
+        " JOIN beneficiaries b ON b.id = c.beneficiary_id WHERE r.done_at IS NULL"
+        " ORDER BY r.id LIMIT $1", OPEN_REQUESTS_MAX_ROWS)
+    return [ReplacementRequest(**dict(r)) for r in rows]

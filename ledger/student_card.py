@@ -31,6 +31,8 @@ class CardLine:
     status_label: str
     issued_on: dt.date
     opposed_on: dt.date | None
+    replaced: bool                     # a new card was issued in its place
+    requested_on: dt.date | None       # a new card asked for, not yet issued
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,17 @@ async def card_page(conn: asyncpg.Connection, beneficiary_id: int) -> CardPage:
         "   ON a.id = w.account_id WHERE w.beneficiary_id = $1 AND w.school_year = y) AS balance,"
         " EXISTS (SELECT 1 FROM rights WHERE beneficiary_id = $1 AND school_year = y) AS rights_now,"
         " EXISTS (SELECT 1 FROM rights WHERE beneficiary_id = $1 AND school_year = y + 1) AS rights_next,"
-        " (SELECT coalesce(sum(amount_cents - recovered_cents), 0) FROM pending_fees"
+        " (SELECT coalesce(sum(amount_cents - recovered_cents), 0)::bigint FROM pending_fees"
         "   WHERE beneficiary_id = $1) AS fees"
         " FROM (SELECT school_year_of(business_now()) AS y) AS now", beneficiary_id)
     zone = ZoneInfo(year_row["zone"])
     cards = await conn.fetch(
-        "SELECT id, right(card_number, 4) AS number_end, status, issued_at, opposed_at FROM cards"
-        " WHERE beneficiary_id = $1 ORDER BY issued_at DESC, id DESC", beneficiary_id)
+        "SELECT c.id, right(c.card_number, 4) AS number_end, c.status, c.issued_at, c.opposed_at,"
+        " EXISTS (SELECT 1 FROM card_replacements WHERE old_card_id = c.id) AS replaced,"
+        " (SELECT requested_at FROM card_replacement_requests WHERE card_id = c.id"
+        "   AND done_at IS NULL) AS requested_at"
+        " FROM cards c WHERE c.beneficiary_id = $1 ORDER BY c.issued_at DESC, c.id DESC",
+        beneficiary_id)
     history = await conn.fetch(
         "SELECT t.created_at, t.code, p.name AS shop,"
         " CASE WHEN t.credit_account_id = w.account_id THEN t.amount_cents"
@@ -91,14 +97,17 @@ async def card_page(conn: asyncpg.Connection, beneficiary_id: int) -> CardPage:
         cards=tuple(CardLine(r["id"], r["number_end"], r["status"],
                              STATUS_LABELS.get(r["status"], r["status"].lower()),
                              r["issued_at"].astimezone(zone).date(),
-                             r["opposed_at"].astimezone(zone).date() if r["opposed_at"] else None)
+                             r["opposed_at"].astimezone(zone).date() if r["opposed_at"] else None,
+                             r["replaced"],
+                             r["requested_at"].astimezone(zone).date() if r["requested_at"] else None)
                     for r in cards),
         history=tuple(Movement(r["created_at"].astimezone(zone), TRANSFER_LABELS.get(r["code"], r["code"]),
                                r["shop"], r["amount"]) for r in history))
 
 
-async def own_active_card(conn: asyncpg.Connection, beneficiary_id: int, card_id: int) -> bool:
-    """Whether `card_id` is an active card of this beneficiary (a student acts on no other)."""
-    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM cards WHERE id = $1"
-                               " AND beneficiary_id = $2 AND status = 'ACTIVE')",
+async def own_card_status(conn: asyncpg.Connection, beneficiary_id: int,
+                          card_id: int) -> str | None:
+    """The status of `card_id` if it is a card of this beneficiary, else None (a student acts
+    on no other card)."""
+    return await conn.fetchval("SELECT status FROM cards WHERE id = $1 AND beneficiary_id = $2",
                                card_id, beneficiary_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from portal import pages_card, pages_login, pages_password_reset
+from portal import pages_card, pages_login, pages_new_card, pages_password_reset
 from portal.portal_links import LINKS, PortalLinks
 from portal.student_session import POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
@@ -32,5 +32,6 @@ def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool,
     app.add_routes(pages_login.routes)
     app.add_routes(pages_card.routes)
     app.add_routes(pages_password_reset.routes)
+    app.add_routes(pages_new_card.routes)
     app.router.add_static("/static", HERE / "static")
     return app

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ledger.cards import oppose_card
 from ledger.rules import current_rules
-from ledger.student_card import card_page, own_active_card
+from ledger.student_card import card_page, own_card_status
 from ledger.students import StudentSession
 from portal.student_session import POOL, current, students_only
 
@@ -30,19 +30,23 @@ async def my_card(request: web.Request, session: StudentSession):
     return aiohttp_jinja2.render_template("card.html", request, {
         "session": session, "page": page,
         "notice": {"change": "Votre mot de passe est changé.",
-                   "opposee": "Votre carte est bloquée : elle est refusée partout."}.get(
+                   "opposee": "Votre carte est bloquée : elle est refusée partout.",
+                   "demandee": "Votre demande de nouvelle carte est envoyée à la Région."}.get(
             request.query.get("mot-de-passe") or request.query.get("carte"))})
 
 
-async def _own_card(request: web.Request, session: StudentSession, conn) -> int:
-    """The card of the URL, if it is an active card of this student: else 404, the same answer
-    for another student's card as for none (a student learns nothing of others' ids)."""
+async def own_card(request: web.Request, session: StudentSession, conn, *,
+                   active: bool) -> int:
+    """The card of the URL, if it is this student's and active (or opposed, `active` False):
+    else 404, the same answer for another student's card as for none (a student learns nothing
+    of others' ids)."""
     try:
         card_id = int(request.match_info["card_id"])
     except ValueError:
         raise web.HTTPNotFound() from None
-    if not 0 < card_id <= MAX_CARD_ID or not await own_active_card(
-            conn, session.student.beneficiary_id, card_id):
+    status = (await own_card_status(conn, session.student.beneficiary_id, card_id)
+              if 0 < card_id <= MAX_CARD_ID else None)
+    if status is None or (status == "ACTIVE") != active:
         raise web.HTTPNotFound()
     return card_id
 
@@ -51,7 +55,7 @@ async def _own_card(request: web.Request, session: StudentSession, conn) -> int:
 @students_only
 async def loss_page(request: web.Request, session: StudentSession):
     async with request.app[POOL].acquire() as conn:
-        card_id = await _own_card(request, session, conn)
+        card_id = await own_card(request, session, conn, active=True)
         page = await card_page(conn, session.student.beneficiary_id)
         fee = (await current_rules(conn)).replacement_fee_cents
     card = next(c for c in page.cards if c.card_id == card_id)
@@ -65,7 +69,7 @@ async def declare_loss(request: web.Request, session: StudentSession):
     form = await request.post()
     reason = LOSS_REASONS.get(form.get("motif") if isinstance(form.get("motif"), str) else "")
     async with request.app[POOL].acquire() as conn:
-        card_id = await _own_card(request, session, conn)
+        card_id = await own_card(request, session, conn, active=True)
         if reason is None or form.get("confirmation") != "oui":
             page = await card_page(conn, session.student.beneficiary_id)
             fee = (await current_rules(conn)).replacement_fee_cents

@@ -18,12 +18,13 @@ from playwright.async_api import expect
 from yarl import URL
 
 from hdfpay.server import running_server
-from ledger import students
+from ledger import cards, students
+from ledger.rights_renewal import renew_one
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid
 
 from browser_fixtures import PHONE, screenshot
-from conftest import balance_of
+from conftest import TEST_SCHOOL_YEAR, balance_of
 
 CARD = card_uid(5)
 OTHER_STUDENTS_CARD = card_uid(6)
@@ -226,3 +227,48 @@ async def test_a_forgotten_password_by_e_mail_end_to_end(settings, dsn, hsm, con
         await expect(page).to_have_url(portal + "/ma-carte")      # no provisional step left
         again = await page.goto(local_link)
         assert again.status == 410                                  # single use
+
+
+async def test_a_new_card_is_refused_until_the_rights_are_renewed_then_asked_and_made(
+        server, conn, browser_page):
+    """After a loss: 'Demander une nouvelle carte' says why it is refused while this school
+    year's rights are not renewed; once the establishment renews them the request goes to the
+    operators, who replace the card; then the new card's 'Carte défectueuse' gives the address."""
+    uid = await conn.fetchval(
+        "SELECT c.uid FROM cards c WHERE c.status = 'ACTIVE' AND NOT EXISTS (SELECT 1 FROM rights r"
+        " WHERE r.beneficiary_id = c.beneficiary_id AND r.school_year = $1) ORDER BY c.id LIMIT 1",
+        TEST_SCHOOL_YEAR)
+    dossier, card_number, card_id = await _student(conn, uid)
+    password = await students.create_account(conn, dossier)
+    await conn.execute("UPDATE student_accounts SET must_change_password = false")
+    await cards.oppose_card(conn, card_id, "lost", actor="test")
+    page = await browser_page(PHONE)
+    portal = server.portal_url
+    await _log_in(page, portal, dossier, password)
+    await page.get_by_role("link", name="Demander une nouvelle carte").click()
+    await expect(page.get_by_role("alert")).to_contain_text("ne sont pas encore actualisés")
+    await expect(page.get_by_role("button", name="Demander ma nouvelle carte")).to_have_count(0)
+    await screenshot(page, "portal-new-card-refused-phone")
+    await _no_accessibility_violations(page)
+
+    await renew_one(conn, dossier, school_year=TEST_SCHOOL_YEAR, actor="test")   # the lycée
+    await page.reload()
+    await expect(page.locator("main")).to_contain_text("Elle coûte 5,00")
+    await page.get_by_role("button", name="Demander ma nouvelle carte").click()
+    await expect(page.get_by_role("status")).to_contain_text("demande de nouvelle carte est envoyée")
+    await expect(page.locator("main")).to_contain_text("Nouvelle carte demandée le 26/11/2026")
+    [open_request] = await cards.open_replacement_requests(conn)
+    assert (open_request.card_id, open_request.reason) == (card_id, "LOST")
+
+    done = await cards.replace_card(conn, card_id, bytes.fromhex("04D1E2F3A4B5C6"), actor="operator")
+    assert await cards.open_replacement_requests(conn) == []
+    await page.reload()
+    await page.get_by_role("link", name="Ma carte est défectueuse").click()
+    await expect(page.locator("address")).to_contain_text("151 avenue du Président Hoover")
+    await _no_accessibility_violations(page)
+    await page.get_by_role("button", name="Déclarer ma carte défectueuse").click()
+    await expect(page.get_by_role("status")).to_contain_text("demande de nouvelle carte est envoyée")
+    [defective] = await cards.open_replacement_requests(conn)
+    assert (defective.card_id, defective.reason) == (done.new_card_id, "DEFECTIVE")
+    other = await page.request.get(f"{portal}/carte/{(await _student(conn, CARD))[2]}/defectueuse")
+    assert other.status == 404                                  # another student's card

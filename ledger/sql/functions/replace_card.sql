@@ -1,4 +1,4 @@
--- Replace a card. An active card is first opposed with p_reason; an opposed card keeps its own
+-- Replace a card (and close the student's request for it, if any). An active card is first opposed with p_reason; an opposed card keeps its own
 -- reason (p_reason, if given, must agree). Refused without rights for the current school year.
 -- The fee is the region's replacement fee (rules) when the reason charges it (card_statuses: lost,
 -- stolen, damaged; a defective card, returned by mail, is free): taken from the current school
@@ -69,6 +69,8 @@ BEGIN
         v_old := oppose_card(p_card_id, v_reason, p_actor);
     END IF;
     v_new := issue_card(v_old.beneficiary_id, p_new_uid, p_new_card_number, v_now);
+    -- The student's request for this card, if any, is fulfilled.
+    UPDATE card_replacement_requests SET done_at = v_now WHERE card_id = p_card_id AND done_at IS NULL;
 
     -- The fee is the region's (rules), when the reason charges it (card_statuses).
     SELECT rl.replacement_fee_cents INTO v_fee FROM rules rl, card_statuses cs
