@@ -1,5 +1,5 @@
 """The students' web space as an aiohttp application: its pages, its middlewares (security
-headers and CSRF, then the session), its templates and its stylesheet. Served by `hdfpay serve`
+headers and CSRF, then the session), its templates, its stylesheet and its one script. Served by `hdfpay serve`
 on its own listener (HDFPAY_PORTAL_HOST, HDFPAY_PORTAL_PORT) with its own database pool."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from portal import pages_card, pages_login, pages_new_card, pages_password_reset
+from portal import (pages_card, pages_login, pages_new_card, pages_partners,
+                    pages_password_reset)
 from portal.portal_links import LINKS, PortalLinks
 from portal.student_session import POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
@@ -33,5 +34,6 @@ def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool,
     app.add_routes(pages_card.routes)
     app.add_routes(pages_password_reset.routes)
     app.add_routes(pages_new_card.routes)
+    app.add_routes(pages_partners.routes)
     app.router.add_static("/static", HERE / "static")
     return app
