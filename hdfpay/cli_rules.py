@@ -36,6 +36,9 @@ def _print(rules) -> None:
     print(f"replacement fee        {format_euros(rules.replacement_fee_cents)} (lost, stolen, damaged)")
     print(f"rights renewal opens   {rules.rights_renewal_opens_day:02d}/"
           f"{rules.rights_renewal_opens_month:02d} for the next school year")
+    print(f"first-card requests    open {rules.first_card_requests_open_day:02d}/"
+          f"{rules.first_card_requests_open_month:02d} for the next school year, until its"
+          " wallet closes")
 
 
 def cmd_rules(args, settings) -> int:
@@ -49,9 +52,12 @@ def cmd_rules(args, settings) -> int:
             if args.renewal_opens is not None:
                 changes["rights_renewal_opens_month"], changes["rights_renewal_opens_day"] = \
                     args.renewal_opens
+            if args.first_card_opens is not None:
+                changes["first_card_requests_open_month"], changes["first_card_requests_open_day"] = \
+                    args.first_card_opens
             if not changes:
-                raise RulesRefused("nothing to change: give --max-purchase, --replacement-fee "
-                                   "or --renewal-opens")
+                raise RulesRefused("nothing to change: give --max-purchase, --replacement-fee, "
+                                   "--renewal-opens or --first-card-opens")
             _print(await set_rules(conn, actor=cli_actor(), **changes))
         else:
             _print(await current_rules(conn))
@@ -73,4 +79,7 @@ def add_commands(subcommands) -> None:
                          help="a lost, stolen or damaged card's replacement, e.g. 5")
     setting.add_argument("--renewal-opens", type=month_day, metavar="MM-DD",
                          help="when rights renewal opens for the next school year, e.g. 06-20")
+    setting.add_argument("--first-card-opens", type=month_day, metavar="MM-DD",
+                         help="when online first-card requests open for the next school year,"
+                              " e.g. 06-21")
     p.set_defaults(func=cmd_rules)

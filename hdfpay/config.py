@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -74,6 +75,8 @@ class Settings:
     # Where students reach the portal from outside (e-mailed links point there); None: the
     # listener's own address (loopback: tests, the demo).
     portal_public_url: str | None = None
+    # Applicants' photos: outside any web root, the server's user only (portal/photos.py).
+    photo_dir: Path = field(default_factory=lambda: default_photo_dir())
 
     @property
     def ops_listen_port(self) -> int:
@@ -147,6 +150,7 @@ class Settings:
                          if os.environ.get("HDFPAY_PORTAL_PORT") else None),
             portal_db_pool_size=int_from_env("HDFPAY_PORTAL_DB_POOL_SIZE", 4, 1, 100),
             portal_public_url=_public_url(os.environ.get("HDFPAY_PORTAL_PUBLIC_URL")),
+            photo_dir=default_photo_dir(),
         )
 
 
@@ -163,3 +167,13 @@ def _public_url(text: str | None) -> str | None:
         raise ConfigError("HDFPAY_PORTAL_PUBLIC_URL must use https: e-mailed links carry "
                           "single-use secrets")
     return url
+
+
+def default_photo_dir() -> Path:
+    """HDFPAY_PHOTO_DIR, else beside the embedded cluster's default place."""
+    if explicit := os.environ.get("HDFPAY_PHOTO_DIR"):
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/var/lib/hdfpay/photos")
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(xdg) / "hdfpay" / "photos"

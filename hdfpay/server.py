@@ -91,7 +91,7 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         portal_pool = await create_ops_pool(dsn, settings.portal_db_pool_size)
         stack.push_async_callback(portal_pool.close)
         links = PortalLinks()
-        portal_app = build_portal_app(portal_pool, links=links,
+        portal_app = build_portal_app(portal_pool, links=links, photo_dir=settings.photo_dir,
                                       secure_cookies=settings.portal_host not in LOOPBACK_HOSTS)
         portal_url = await stack.enter_async_context(
             _listening(portal_app, settings.portal_host, settings.portal_listen_port, tls))

@@ -26,12 +26,15 @@ class Rules:
     replacement_fee_cents: int         # a lost, stolen or damaged card's replacement
     rights_renewal_opens_month: int    # renewal for the next school year opens on this month
     rights_renewal_opens_day: int      # and day (business time), 20 June by default
+    first_card_requests_open_month: int  # the online first-card campaign opens on this month
+    first_card_requests_open_day: int    # and day, 21 June by default, until the wallet closes
 
 
 async def current_rules(conn: asyncpg.Connection) -> Rules:
     row = await conn.fetchrow(
         "SELECT max_purchase_amount_cents, replacement_fee_cents, rights_renewal_opens_month,"
-        " rights_renewal_opens_day FROM rules")
+        " rights_renewal_opens_day, first_card_requests_open_month, first_card_requests_open_day"
+        " FROM rules")
     return Rules(**dict(row))
 
 
@@ -44,12 +47,13 @@ async def set_rules(conn: asyncpg.Connection, *, actor: str, **changes: int) -> 
         return await current_rules(conn)
     async with conn.transaction():
         before = await conn.fetchrow("SELECT * FROM rules FOR UPDATE")
-        month = changes.get("rights_renewal_opens_month", before["rights_renewal_opens_month"])
-        day = changes.get("rights_renewal_opens_day", before["rights_renewal_opens_day"])
-        try:
-            dt.date(2001, month, day)            # not a leap year: 29 February is not every year's
-        except ValueError:
-            raise RulesRefused(f"no such date: {month:02d}-{day:02d}") from None
+        for prefix in ("rights_renewal_opens", "first_card_requests_open"):
+            month = changes.get(f"{prefix}_month", before[f"{prefix}_month"])
+            day = changes.get(f"{prefix}_day", before[f"{prefix}_day"])
+            try:
+                dt.date(2001, month, day)        # not a leap year: 29 February is not every year's
+            except ValueError:
+                raise RulesRefused(f"no such date: {month:02d}-{day:02d}") from None
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=1))
         try:
             await conn.execute(f"UPDATE rules SET {assignments}", *changes.values())

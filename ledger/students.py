@@ -44,11 +44,19 @@ class LoginRefused(StudentAccountError):
 
 @dataclass(frozen=True)
 class Student:
+    """A beneficiary, or an applicant whose first-card application is not sent yet (no
+    beneficiary, no dossier: the identifier is DEM and the application's number)."""
+
     account_id: int
-    beneficiary_id: int
-    dossier_number: str
+    beneficiary_id: int | None
+    application_id: int | None
+    dossier_number: str | None
     first_name: str
     must_change_password: bool
+
+    @property
+    def identifier(self) -> str:
+        return self.dossier_number or f"DEM{self.application_id:07d}"
 
 
 @dataclass(frozen=True)
@@ -58,21 +66,25 @@ class StudentSession:
     student: Student
 
 
-_STUDENT = ("a.id AS account_id, a.beneficiary_id, b.dossier_number, b.first_name,"
-            " a.must_change_password")
-_BY_IDENTIFIER = ("a.beneficiary_id = (SELECT b2.id FROM beneficiaries b2 WHERE b2.dossier_number = $1"
-                  " UNION ALL SELECT c.beneficiary_id FROM cards c WHERE c.card_number = $1 LIMIT 1)")
-_CHARGE_ATTEMPT = f"""
+_STUDENT = ("a.id AS account_id, a.beneficiary_id, a.application_id, b.dossier_number,"
+            " coalesce(b.first_name, ap.first_name) AS first_name, a.must_change_password")
+_ACCOUNT = ("student_accounts a LEFT JOIN beneficiaries b ON b.id = a.beneficiary_id"
+            " LEFT JOIN card_applications ap ON ap.id = a.application_id")
+# A dossier number, a card's number, or an applicant's DEM number.
+_BY_IDENTIFIER = ("(a.beneficiary_id = (SELECT b2.id FROM beneficiaries b2 WHERE b2.dossier_number = $1"
+                  " UNION ALL SELECT c.beneficiary_id FROM cards c WHERE c.card_number = $1 LIMIT 1)"
+                  " OR a.application_id = CASE WHEN $1 ~ '^DEM[0-9]{7}$'"
+                  " THEN substr($1, 4)::bigint END)")
+_CHARGE_ATTEMPT = """
     WITH now AS (SELECT business_now() AS t)
     UPDATE student_accounts a SET
         failed_logins = CASE WHEN a.locked_until <= now.t THEN 0 ELSE a.failed_logins END + 1,
         locked_until = CASE WHEN (CASE WHEN a.locked_until <= now.t THEN 0
                                        ELSE a.failed_logins END) + 1 >= $2
                             THEN now.t + $3 * interval '1 millisecond' END
-    FROM now, beneficiaries b
-    WHERE {{key}} AND b.id = a.beneficiary_id
-      AND (a.locked_until IS NULL OR a.locked_until <= now.t)
-    RETURNING a.password_hash, {_STUDENT}"""
+    FROM now
+    WHERE {key} AND (a.locked_until IS NULL OR a.locked_until <= now.t)
+    RETURNING a.password_hash, a.id AS account_id"""
 
 
 def token_digest(token: str) -> bytes:
@@ -136,8 +148,7 @@ async def _open_session(conn: asyncpg.Connection, account_id: int) -> StudentSes
         "UPDATE student_sessions SET revoked = true WHERE account_id = $1 AND NOT revoked"
         " AND id NOT IN (SELECT id FROM student_sessions WHERE account_id = $1 AND NOT revoked"
         " ORDER BY id DESC LIMIT $2)", account_id, MAX_ACTIVE_SESSIONS_PER_STUDENT)
-    row = await conn.fetchrow(f"SELECT {_STUDENT} FROM student_accounts a JOIN beneficiaries b"
-                              " ON b.id = a.beneficiary_id WHERE a.id = $1", account_id)
+    row = await conn.fetchrow(f"SELECT {_STUDENT} FROM {_ACCOUNT} WHERE a.id = $1", account_id)
     return StudentSession(session_id, token, Student(**row))
 
 
@@ -148,8 +159,7 @@ async def resolve_session(conn: asyncpg.Connection | asyncpg.Pool,
         return None
     row = await conn.fetchrow(
         f"SELECT s.id AS session_id, {_STUDENT} FROM student_sessions s"
-        " JOIN student_accounts a ON a.id = s.account_id JOIN beneficiaries b"
-        " ON b.id = a.beneficiary_id WHERE s.token_hash = $1 AND NOT s.revoked"
+        f" JOIN {_ACCOUNT} ON a.id = s.account_id WHERE s.token_hash = $1 AND NOT s.revoked"
         " AND s.expires_at > business_now()", token_digest(token))
     if row is None:
         return None
@@ -167,7 +177,7 @@ async def change_password(conn: asyncpg.Connection, session: StudentSession, cur
     """The student's own change (the provisional one first): the current password checked, the
     student's other sessions ended."""
     try:
-        check_new_password(new, session.student.dossier_number)
+        check_new_password(new, session.student.identifier)
     except PasswordRefused:
         raise StudentAccountError(_PASSWORD_RULE) from None
     if new == current:
@@ -200,8 +210,9 @@ async def request_password_reset(conn: asyncpg.Connection, identifier: str, port
         return False
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT a.id, b.email, b.first_name FROM student_accounts a JOIN beneficiaries b"
-            f" ON b.id = a.beneficiary_id WHERE {_BY_IDENTIFIER} FOR UPDATE OF a", identifier)
+            "SELECT a.id, coalesce(b.email, ap.email) AS email,"
+            f" coalesce(b.first_name, ap.first_name) AS first_name FROM {_ACCOUNT}"
+            f" WHERE {_BY_IDENTIFIER} FOR UPDATE OF a", identifier)
         if row is None:
             return False
         recent = await conn.fetchval(
@@ -245,10 +256,12 @@ async def reset_password(conn: asyncpg.Connection, token: str, new: str,
         raise StudentAccountError(_DEAD_LINK)
     async with conn.transaction():
         row = await conn.fetchrow(
-            "UPDATE student_password_resets r SET used_at = business_now() FROM student_accounts a"
-            " JOIN beneficiaries b ON b.id = a.beneficiary_id"
+            "UPDATE student_password_resets r SET used_at = business_now()"
+            " FROM student_accounts a LEFT JOIN beneficiaries b ON b.id = a.beneficiary_id"
             " WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > business_now()"
-            " AND a.id = r.account_id RETURNING a.id, b.dossier_number", token_digest(token))
+            " AND a.id = r.account_id RETURNING a.id,"
+            " coalesce(b.dossier_number, 'DEM' || lpad(a.application_id::text, 7, '0'))"
+            " AS dossier_number", token_digest(token))
         if row is None:
             raise StudentAccountError(_DEAD_LINK)
         try:

@@ -9,19 +9,21 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from portal import (pages_card, pages_login, pages_new_card, pages_partners,
-                    pages_password_reset)
+from portal import (pages_application, pages_card, pages_login, pages_new_card,
+                    pages_partners, pages_password_reset)
+from portal.photos import PHOTO_MAX_BYTES
 from portal.portal_links import LINKS, PortalLinks
-from portal.student_session import POOL, session_middleware
+from portal.student_session import PHOTO_DIR, POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
 from web.templates import setup_templates
 
 HERE = Path(__file__).parent
-# Forms only (no upload yet): a login or a declaration is well under this.
-MAX_REQUEST_BODY_BYTES = 64 * 1024
+# The largest form is the applicant's photo; every other is a few hundred bytes.
+MAX_FORM_OVERHEAD_BYTES = 64 * 1024
+MAX_REQUEST_BODY_BYTES = PHOTO_MAX_BYTES + MAX_FORM_OVERHEAD_BYTES
 
 
-def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool,
+def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool, photo_dir: Path,
                      links: PortalLinks | None = None) -> web.Application:
     """`secure_cookies`: False only for a listener on loopback (tests, the demo). `links`: the
     public address for e-mailed links, and the mail sender's nudge."""
@@ -29,11 +31,13 @@ def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool,
                           client_max_size=MAX_REQUEST_BODY_BYTES)
     app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
     app[LINKS] = links or PortalLinks()
+    app[PHOTO_DIR] = photo_dir
     setup_templates(app, HERE / "templates")
     app.add_routes(pages_login.routes)
     app.add_routes(pages_card.routes)
     app.add_routes(pages_password_reset.routes)
     app.add_routes(pages_new_card.routes)
     app.add_routes(pages_partners.routes)
+    app.add_routes(pages_application.routes)
     app.router.add_static("/static", HERE / "static")
     return app

@@ -25,6 +25,8 @@ async def home(request: web.Request):
 @routes.get("/ma-carte")
 @students_only
 async def my_card(request: web.Request, session: StudentSession):
+    if session.student.beneficiary_id is None:       # an applicant: no card yet
+        raise web.HTTPSeeOther("/ma-demande")
     async with request.app[POOL].acquire() as conn:
         page = await card_page(conn, session.student.beneficiary_id)
     return aiohttp_jinja2.render_template("card.html", request, {

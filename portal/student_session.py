@@ -7,6 +7,7 @@ password page while the provisional password has not been changed.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -15,6 +16,7 @@ from ledger.students import StudentSession, resolve_session
 
 SESSION_COOKIE = "hdf_session"
 POOL = web.AppKey("pool", asyncpg.Pool)
+PHOTO_DIR = web.AppKey("photo_dir", Path)       # applicants' photos, outside the web root
 STUDENT = web.RequestKey("student_session", object)
 LOGIN_PATH = "/connexion"
 PASSWORD_PATH = "/mot-de-passe"

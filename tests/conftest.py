@@ -132,9 +132,10 @@ async def conn(dsn: str):
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(tmp_path) -> Settings:
     base = Settings.from_env()
-    return dataclasses.replace(base, database_url=None, host="127.0.0.1", port=0)
+    return dataclasses.replace(base, database_url=None, host="127.0.0.1", port=0,
+                               photo_dir=tmp_path / "photos")
 
 
 @pytest.fixture

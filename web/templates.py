@@ -19,9 +19,15 @@ def setup_templates(app: web.Application, folder: Path) -> None:
         undefined=jinja2.StrictUndefined, context_processors=[_request_context])
     environment.filters["euros"] = format_euros
     environment.filters["date_fr"] = lambda day: day.strftime("%d/%m/%Y")
-    environment.filters["datetime_fr"] = lambda at: at.strftime("%d/%m/%Y à %H:%M")
+    environment.filters["datetime_fr"] = _datetime_fr
 
 
 async def _request_context(request: web.Request) -> dict:
     return {"csrf_field": CSRF_FIELD, "csrf_token": lambda: csrf_token(request),
             "request": request}
+
+
+def _datetime_fr(at, zone=None) -> str:
+    """An instant as a French reader reads it; `zone` (the business time zone) for instants the
+    database gives in UTC."""
+    return (at.astimezone(zone) if zone is not None else at).strftime("%d/%m/%Y à %H:%M")
