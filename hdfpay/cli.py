@@ -48,7 +48,7 @@ def _run(coro) -> int:
 
 def cmd_demo(args, settings: Settings) -> int:
     from hdfpay.demo import run_demo
-    return _run(run_demo(settings))
+    return _run(run_demo(settings, keep_serving=args.serve))
 
 
 def _smtp_settings():
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the authorizer on a throwaway database with a scripted till session")
+    p.add_argument("--serve", action="store_true",
+                   help="then keep the servers up with a demo student's account, to click through"
+                        " the students' space in a browser (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

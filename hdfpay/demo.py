@@ -9,10 +9,14 @@ through the real, MAC'd HTTP protocol. Everything is deleted at the end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
 import os
+import signal
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 import asyncpg
@@ -30,6 +34,7 @@ from ledger.demo_region import PARTNERS, card_uid, seed_demo_region, terminal_id
 from ledger.embedded import throwaway_cluster, throwaway_workdir
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
+from ledger.students import create_account
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import cashier_lines, masked_uid
 from terminal_protocol.client import TerminalClient
@@ -91,7 +96,9 @@ class Till:
         return self.show(f"Vente {format_euros(amount_cents)} · carte {masked_uid(uid)}", response)
 
 
-async def run_demo(settings: Settings, out=print) -> int:
+async def run_demo(settings: Settings, out=print, *, keep_serving: bool = False) -> int:
+    """The scripted till session; with `keep_serving`, the servers stay up afterwards with a demo
+    student's account, for a person to click through the students' space, until Ctrl-C."""
     out("Carte Génération #HDF — démonstration du serveur d'autorisation")
     with demo_environment(settings.database_url) as (base_dsn, hsm):
         # On someone else's server, a database of our own; our throwaway cluster is all ours.
@@ -117,10 +124,14 @@ async def run_demo(settings: Settings, out=print) -> int:
                 f"{len(keys)} terminaux ont reçu leur clé initiale AES-DUKPT en bloc TR-31.")
             server_settings = dataclasses.replace(settings, host="127.0.0.1", port=0,
                                                   terminal_authentication="dukpt")
-            async with running_server(server_settings, dsn, hsm) as server:
-                out(f"Serveur d'autorisation : {server.url} (messages signés AES-CMAC, anti-rejeu)")
-                await _session(server.url, keys, conn, school_year, business_time, out)
-            violations = await ledger_violations(conn)
+            with tempfile.TemporaryDirectory(prefix="hdfpay-demo-photos-") as photos:
+                server_settings = dataclasses.replace(server_settings, photo_dir=Path(photos))
+                async with running_server(server_settings, dsn, hsm) as server:
+                    out(f"Serveur d'autorisation : {server.url} (messages signés AES-CMAC, anti-rejeu)")
+                    await _session(server.url, keys, conn, school_year, business_time, out)
+                    violations = await ledger_violations(conn)
+                    if keep_serving and not violations:
+                        await _serve_students(conn, server, out)
     if violations:
         out(f"\nGRAND LIVRE DÉSÉQUILIBRÉ : {violations}")
         return 1
@@ -188,3 +199,24 @@ async def _session(url: str, keys: dict[str, TerminalKeys], conn: asyncpg.Connec
                   await client.refund(sale.rrn, 15_00, card_uid(12)))
         till.show(f"Remboursement {format_euros(30_00)} · ticket {sale.rrn} (dépasse le reste)",
                   await client.refund(sale.rrn, 30_00, card_uid(12)))
+
+
+DEMO_STUDENT_PASSWORD = "demo-generation-hdf"
+
+
+async def _serve_students(conn: asyncpg.Connection, server, out) -> None:
+    """A demo student (the one of the refund above) with a known password, then wait."""
+    dossier = await conn.fetchval("SELECT b.dossier_number FROM cards c JOIN beneficiaries b"
+                                  " ON b.id = c.beneficiary_id WHERE c.uid = $1", card_uid(12))
+    await create_account(conn, dossier, password=DEMO_STUDENT_PASSWORD)
+    out(f"\nEspace des élèves : {server.portal_url}/ — identifiant {dossier}, mot de passe "
+        f"{DEMO_STUDENT_PASSWORD}")
+    out(f"  aussi : {server.portal_url}/creer-un-compte (première demande de carte) et "
+        f"{server.portal_url}/ou-utiliser-ma-carte ; les e-mails restent en file d'attente "
+        "(aucun serveur SMTP dans la démonstration).")
+    out(f"API des opérateurs : {server.ops_url}/v1/ops/ — Ctrl-C pour arrêter.")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -97,14 +97,18 @@ def normalized_identifier(text: str) -> str:
 
 
 async def create_account(conn: asyncpg.Connection, dossier_number: str,
-                         hasher: PasswordHasher = DEFAULT_HASHER) -> str:
-    """An account for a beneficiary, with a provisional password (returned once)."""
-    password = provisional_password()
+                         hasher: PasswordHasher = DEFAULT_HASHER, *,
+                         password: str | None = None) -> str:
+    """An account for a beneficiary, with a provisional password (returned once) to change at
+    the first login; or, for the demo only, the `password` given, kept."""
+    provisional = password is None
+    password = password or provisional_password()
     try:
         created = await conn.fetchval(
-            "INSERT INTO student_accounts (beneficiary_id, password_hash, created_at)"
-            " SELECT id, $2, business_now() FROM beneficiaries WHERE dossier_number = $1"
-            " RETURNING id", dossier_number, await hash_password(hasher, password))
+            "INSERT INTO student_accounts (beneficiary_id, password_hash, must_change_password,"
+            " created_at) SELECT id, $2, $3, business_now() FROM beneficiaries"
+            " WHERE dossier_number = $1 RETURNING id", dossier_number,
+            await hash_password(hasher, password), provisional)
     except asyncpg.UniqueViolationError:
         raise StudentAccountError(f"le dossier {dossier_number} a déjà un compte") from None
     if created is None:

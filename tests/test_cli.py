@@ -4,6 +4,7 @@ cluster's lifecycle, serve, reload, check and the demo."""
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 
 from conftest import ACTIVE_TERMINAL
+from yarl import URL
 
 COMMAND_TIMEOUT_S = 120
+DEMO_SERVE_TIMEOUT_S = 120      # the scripted session, then the students' space up
 SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
                "loadtest", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
                "expire", "cards", "card-requests", "partners", "settle", "payouts", "payee", "report",
@@ -231,3 +234,33 @@ def test_demo_runs_a_till_session_in_french():
     assert "le porte-monnaie est fermé" in result.stdout
     assert "horloge ramenée au" in result.stdout        # and the demo says the clock went back
     assert "Remboursable au plus : 27,00\u00a0€" in result.stdout   # 42,00 sold, 15,00 refunded
+
+
+async def test_the_demo_keeps_serving_the_students_space_with_a_demo_account(dsn):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hdfpay.cli", "demo", "--serve",
+        env={**os.environ, "DATABASE_URL": dsn}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(DEMO_SERVE_TIMEOUT_S):
+            while not (line := (await process.stdout.readline()).decode()).startswith(
+                    "Espace des élèves"):
+                assert line, "the demo ended without serving the students' space"
+        portal = line.split(" : ")[1].split("/ —")[0]
+        identifier = line.split("identifiant ")[1].split(",")[0]
+        password = line.split("mot de passe ")[1].strip()
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(portal + "/connexion") as page:
+                assert page.status == 200
+            token = browser.cookie_jar.filter_cookies(URL(portal))["hdf_csrf"].value
+            async with browser.post(portal + "/connexion", data={
+                    "csrf_token": token, "identifiant": identifier, "mot_de_passe": password}) as page:
+                text = html.unescape(await page.text())
+                assert page.status == 200 and str(page.url).endswith("/ma-carte"), text
+                assert "Mon porte-monnaie" in text and "Remboursement d'un article" in text
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), DEMO_SERVE_TIMEOUT_S) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
