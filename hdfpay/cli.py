@@ -33,7 +33,7 @@ from terminal_protocol.agent.sealed_state import SealedStateError
 DEFAULT_SEED_BENEFICIARIES = 1000
 LOADTEST_COMMANDS = {
     "bench": "end-to-end authorization benchmark beside pgbench",
-    "loadtest": "a locust scenario (peak, hot-card, reversal-storm, decline-mix) on a throwaway "
+    "loadtest": "a locust scenario (peak, students, hot-card, reversal-storm, decline-mix) on a throwaway "
                 "database, then the ledger checked",
 }
 

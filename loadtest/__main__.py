@@ -10,7 +10,7 @@ import sys
 from hdfpay.cli_support import concurrency_list, stop_on_sigterm, whole_number
 from hdfpay.config import ConfigError, Settings
 
-SCENARIO_NAMES = ["peak", "hot-card", "reversal-storm", "decline-mix"]
+SCENARIO_NAMES = ["peak", "students", "hot-card", "reversal-storm", "decline-mix"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated client concurrencies (default 1,16,64)")
     p.add_argument("--output", default="bench-results.json", help="JSON results file")
 
-    p = sub.add_parser("loadtest", help="a locust scenario (peak, hot-card, reversal-storm, "
+    p = sub.add_parser("loadtest", help="a locust scenario (peak, students, hot-card, reversal-storm, "
                                         "decline-mix) on a throwaway database, then the ledger checked")
     p.add_argument("scenario", choices=SCENARIO_NAMES)
     p.add_argument("--users", type=whole_number, default=10,

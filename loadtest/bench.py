@@ -157,12 +157,11 @@ def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
     """The authorizer as production runs it: its own process, pool and HSM (the bench's
     keystore), on loopback; checking the terminals' MACs, or not (`mac`); keeping its
     per-request metrics, or not (`metrics`)."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port = probe.getsockname()[1]
+    port, portal_port = _free_port(), _free_port()
     env = {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROPPED},
            "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1", "HDFPAY_DRAIN_NOTICE_MS": "0",
            "HDFPAY_OPS_PORT": "0",  # the operator listener on a free port, never 8081
+           "HDFPAY_PORTAL_PORT": str(portal_port),     # nor 8082 for the students' space
            **bench.keys.server_env(mac, metrics)}
     log_path = bench.workdir / "server.log"
     with log_path.open("a") as log:
@@ -174,6 +173,7 @@ def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
             url = f"http://{LOOPBACK}:{port}"
             _wait_ready(url, proc, log_path)
             bench.server_pid = proc.pid
+            bench.portal_url = f"http://{LOOPBACK}:{portal_port}"
             yield url
         finally:
             proc.terminate()
@@ -182,6 +182,12 @@ def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path) -> None:

@@ -57,6 +57,7 @@ class Bench:
         default_factory=lambda: first_approvable(HOT_CARD_COUNT))
     keys: BenchKeys | None = None
     server_pid: int = 0
+    portal_url: str = ""                        # the students' space of the server under test
     seed_s: float = 0.0
     postgres_version: str = ""
     runs: list[dict] = dataclasses.field(default_factory=list)

@@ -159,5 +159,5 @@ async def _check_decline_mix(run: LoadRun, conn: asyncpg.Connection,
         if missing else [])
 
 
-SCENARIO_CHECKS = {"peak": _check_peak, "hot-card": _check_hot_card,
+SCENARIO_CHECKS = {"peak": _check_peak, "students": _check_peak, "hot-card": _check_hot_card,
                    "reversal-storm": _check_reversal_storm, "decline-mix": _check_decline_mix}

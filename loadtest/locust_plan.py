@@ -38,6 +38,8 @@ class LoadRun:
     categories: dict[str, str] = dataclasses.field(default_factory=dict)
     max_purchase_cents: int = 0          # the ledger's rule, read once the database is ready
     server_pid: int = 0
+    portal_url: str = ""                  # the students' space (set with the server)
+    student_dossiers: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def terminals(self) -> list[str]:

@@ -42,11 +42,13 @@ from ledger.migrate import migrate
 from terminal_protocol.amounts import format_euros
 from loadtest.load_config import TerminalSlot, terminals_variable
 from loadtest.locust_plan import LoadRun, LoadtestOptions
+from loadtest.student_accounts import PORTAL_URL_VARIABLE, STUDENTS_VARIABLE, student_accounts
 from loadtest.locust_checks import (HOT_CARD, SCENARIO_CHECKS, print_codes, read_journal,
                                         reconcile)
 
 # Scenario name → its locustfile in loadtest/ (locust loads a scenario from its file's path).
-SCENARIOS = {"peak": "peak.py", "hot-card": "hot_card.py", "reversal-storm": "reversal_storm.py",
+SCENARIOS = {"peak": "peak.py", "students": "students.py", "hot-card": "hot_card.py",
+             "reversal-storm": "reversal_storm.py",
              "decline-mix": "decline_mix.py"}
 LOCUSTFILE_DIR = Path(__file__).resolve().parent
 LOADTEST_DATABASE = "hdfpay_loadtest"
@@ -160,6 +162,8 @@ async def _prepare(run: LoadRun) -> None:
             "SELECT t.id, p.category FROM terminals t JOIN partners p ON p.id = t.partner_id"
             " WHERE t.id = ANY($1::text[])", run.terminals)}
         run.max_purchase_cents = (await current_rules(conn)).max_purchase_amount_cents
+        if run.options.scenario == "students":
+            run.student_dossiers = await student_accounts(conn, run.options.cards)
         await conn.execute("VACUUM ANALYZE")
     if (run.options.scenario == "decline-mix"
             and run.max_purchase_cents <= max(DEMO_RELOAD_CENTS_BY_KIND.values())):
@@ -177,7 +181,9 @@ def locust_environment(run: LoadRun, journal_dir: Path) -> dict[str, str]:
     return {ENV_KEY_FILE: str(run.keys.key_file), ENV_TERMINALS: terminals,
             ENV_JOURNAL_DIR: str(journal_dir), ENV_CARDS: str(run.options.cards),
             ENV_MAX_PURCHASE: str(run.max_purchase_cents),
-            ENV_HOT_CARD: str(HOT_CARD), ENV_THINK_MS: str(run.options.think_ms)}
+            ENV_HOT_CARD: str(HOT_CARD), ENV_THINK_MS: str(run.options.think_ms),
+            PORTAL_URL_VARIABLE: run.portal_url,
+            STUDENTS_VARIABLE: ",".join(run.student_dossiers)}
 
 
 def _run_locust(run: LoadRun, url: str) -> list[str]:

@@ -7,6 +7,7 @@ would break the asyncio tests of the same session. The scenarios run in their ow
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -61,6 +62,17 @@ def test_hot_card_is_never_overspent(tmp_path):
     result = loadtest("hot-card", 8, tmp_path)
     assert_run_passed(result, tmp_path)
     assert "no overspend" in result.stdout
+
+
+def test_students_browse_their_space_beside_the_tills(tmp_path):
+    """The students' pages under load beside the terminals: each has its own latency row, and
+    none failed (a login that does not reach Ma carte, a page without its content, fail)."""
+    result = loadtest("students", 8, tmp_path)
+    assert_run_passed(result, tmp_path)
+    rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "locust_stats.csv").open())}
+    for page in ("portal POST /connexion (argon2id)", "portal GET /ma-carte"):
+        assert int(rows[page]["Request Count"]) > 0 and rows[page]["Failure Count"] == "0"
+    assert int(rows["purchase"]["Request Count"]) > 0
 
 
 def test_the_users_read_what_the_command_provisions(tmp_path):
