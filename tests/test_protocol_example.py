@@ -3,6 +3,7 @@ terminal's signing code: the spec and the code cannot drift apart."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -46,3 +47,16 @@ def test_the_worked_example_macs():
     ksn, mac = keys.sign_request("POST", TERMINAL_PATH, request)
     assert (ksn, mac) == (_row("KSN"), request_mac)
     keys.check_response(ksn, 200, response, response_mac)
+
+
+RRN_FORMAT = re.compile(r"^(?P<year_digit>\d)(?P<day_of_year>\d{3})(?P<sequence>\d{8})$")
+
+
+def test_every_rrn_of_the_spec_has_the_stated_format_and_the_examples_agree():
+    """RRN = last digit of the year, day of the year (001-366) of the server's business date,
+    then 8 digits of sequence; the examples are the first sale of the worked example's day."""
+    assert "`Y` `DDD` `NNNNNNNN`" in SPEC
+    rrns = set(re.findall(r'"rrn":"([^"]*)"', SPEC))
+    local_time = dt.datetime.fromisoformat(re.search(r'"local_time":"([^"]+)"', EXAMPLE).group(1))
+    assert rrns == {f"{local_time.year % 10}{local_time.timetuple().tm_yday:03d}00000001"}
+    assert all(RRN_FORMAT.match(rrn) for rrn in rrns)
