@@ -22,7 +22,7 @@ from conftest import ACTIVE_TERMINAL
 
 COMMAND_TIMEOUT_S = 120
 SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
-               "loadtest", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
+               "loadtest", "fuzz", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
                "expire", "cards", "card-requests", "partners", "settle", "payouts", "payee", "report",
                "rules"]
 
