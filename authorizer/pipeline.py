@@ -20,7 +20,7 @@ class AuthorizationPipeline:
             case Purchase():
                 return await self._store.purchase(
                     origin, request.request_id, fingerprint, request.stan,
-                    bytes.fromhex(request.card_uid), request.amount_cents, request.local_time,
+                    bytes.fromhex(request.card_uid), request.amount_cents, request.local_datetime,
                     request.partial_ok)
             case Reversal():
                 return await self._store.reversal(

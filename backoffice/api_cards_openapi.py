@@ -30,6 +30,11 @@ def _QUERY(name: str, schema: dict, text: str, required: bool = False) -> dict: 
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": text}
 
 
+# A card UID's one canonical form, the terminal protocol's: upper-case hex of 4, 7 or 10 bytes
+# (a UID in a request may be in either case, with spaces or colons).
+_UID_HEX = {"type": "string", "pattern": "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$"}
+
+
 def _object(**properties) -> dict:
     return {"type": "object", "properties": properties}
 
@@ -42,7 +47,7 @@ def _wrapped(key: str, schema: str, many: bool = False) -> dict:
 _PARTNER_PROPERTIES = {"name": _STR, "category": {"enum": list(partners.CATEGORIES)},
                        "address": _STR, "latitude": _NUM, "longitude": _NUM}
 OPENAPI_SCHEMAS = {
-    "Card": _object(id=_INT, card_number=_STR, uid_hex=_STR, beneficiary_id=_INT,
+    "Card": _object(id=_INT, card_number=_STR, uid_hex=_UID_HEX, beneficiary_id=_INT,
                     dossier_number=_STR, status={"enum": ["ACTIVE", *cards.OPPOSITION_REASONS]},
                     opposed_at={"type": ["string", "null"], "format": "date-time"},
                     issued_at=_TIME, replaced_by_card_id=_NULL_INT, replaces_card_id=_NULL_INT),

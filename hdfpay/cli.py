@@ -35,6 +35,8 @@ LOADTEST_COMMANDS = {
     "bench": "end-to-end authorization benchmark beside pgbench",
     "loadtest": "a locust scenario (peak, students, hot-card, reversal-storm, decline-mix) on a throwaway "
                 "database, then the ledger checked",
+    "fuzz": "generated and mutated terminal messages against the codec and a server on a "
+            "throwaway database: 0 crashes, 0 hangs, 0 debits from invalid messages",
 }
 
 

@@ -25,7 +25,7 @@ def _run(settings, work) -> int:
 
 
 def _print_card(card: cards.Card) -> None:
-    print(f"card {card.id}  number {card.card_number}  UID {card.uid_hex.upper()}  "
+    print(f"card {card.id}  number {card.card_number}  UID {card.uid_hex}  "
           f"dossier {card.dossier_number}")
     print(f"  status {card.status}" + (f" since {card.opposed_at:%Y-%m-%d %H:%M}" if card.opposed_at else "")
           + f"  issued {card.issued_at:%Y-%m-%d}")

@@ -116,7 +116,7 @@ def parse_reason(text: str | None) -> str | None:
 
 
 _CARD_SQL = """
-    SELECT c.id, c.card_number, encode(c.uid, 'hex') AS uid_hex, c.beneficiary_id,
+    SELECT c.id, c.card_number, upper(encode(c.uid, 'hex')) AS uid_hex, c.beneficiary_id,
            b.dossier_number, c.status, c.opposed_at, c.issued_at,
            (SELECT new_card_id FROM card_replacements WHERE old_card_id = c.id) AS replaced_by_card_id,
            (SELECT old_card_id FROM card_replacements WHERE new_card_id = c.id) AS replaces_card_id

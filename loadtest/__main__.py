@@ -1,4 +1,5 @@
-"""`python -m loadtest bench|loadtest …`, which `hdfpay bench` and `hdfpay loadtest` run in a
+"""`python -m loadtest bench|loadtest|fuzz …`, which `hdfpay bench`, `hdfpay loadtest` and
+`hdfpay fuzz` run in a
 process of their own: the composition root never imports loadtest, and locust's gevent patching
 never reaches the CLI."""
 
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cashier's mean pause between sales (default 0: back to back)")
     p.add_argument("--output", default="loadtest-results",
                    help="directory for locust's CSV and HTML report (default ./loadtest-results)")
+
+    p = sub.add_parser("fuzz", help="generated and mutated terminal messages against the codec and "
+                                    "a server on a throwaway database: 0 crashes, hangs, debits")
+    p.add_argument("--messages", type=whole_number, default=10_000,
+                   help="messages to the server, and as many to the codec alone (default 10000)")
+    p.add_argument("--seed", type=whole_number, default=15, help="random seed (default 15)")
+    p.add_argument("--output", default="fuzz-results.json", help="JSON results file")
+    p.add_argument("--corpus", default=None,
+                   help="directory to write the inputs that broke a rule, and a few refused ones")
     return parser
 
 
@@ -53,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             from loadtest.bench_plan import BenchOptions
             return run_bench(BenchOptions(cards=args.cards, seconds=args.seconds,
                                           concurrency=args.concurrency, output=args.output), settings)
+        if args.command == "fuzz":
+            from loadtest.fuzz import FuzzOptions, run_fuzz
+            return run_fuzz(FuzzOptions(messages=args.messages, seed=args.seed, output=args.output,
+                                        corpus=args.corpus), settings)
         from loadtest.locust_plan import LoadtestOptions
         from loadtest.locust_runner import run_loadtest
         return run_loadtest(LoadtestOptions(scenario=args.scenario, users=args.users,

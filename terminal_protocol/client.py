@@ -23,7 +23,7 @@ from terminal_protocol.transport import (
 )
 from terminal_protocol.messages import (
     PROTOCOL_VERSION, STAN_MAX, BatchClose, BatchTotals, Purchase, Refund, Request, Response,
-    Reversal,
+    Reversal, local_time_text,
 )
 
 # The terminal gives up after this long and must reverse the purchase (see PROTOCOL.md).
@@ -66,7 +66,7 @@ class TerminalClient:
         uid = card_uid.hex().upper() if isinstance(card_uid, bytes) else card_uid
         return Purchase(v=PROTOCOL_VERSION, request_id=request_id or new_request_id(),
                         stan=self.next_stan(), card_uid=uid, amount_cents=amount_cents,
-                        local_time=dt.datetime.now().replace(microsecond=0), partial_ok=partial_ok)
+                        local_time=local_time_text(dt.datetime.now()), partial_ok=partial_ok)
 
     async def purchase(self, card_uid: bytes | str, amount_cents: int, *, partial_ok: bool = True,
                        request_id: str | None = None) -> Response:

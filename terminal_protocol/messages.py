@@ -29,7 +29,34 @@ AmountCents = Annotated[int, msgspec.Meta(gt=0, le=AMOUNT_CENTS_MAX_ACCEPTED)]
 # ISO 14443 UIDs are 4, 7 or 10 bytes; upper-case hex.
 CardUid = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z")]
 Rrn = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{12}\Z")]
-LocalTime = Annotated[dt.datetime, msgspec.Meta(tz=False)]
+# The terminal's wall clock, recorded only (the server decides with its own): exactly
+# YYYY-MM-DDTHH:MM:SS, no zone, no fraction, no space for T, a real date within a sane range
+# (a till whose clock reset to 1970, or a parser's year 0001 or 9999, is a broken terminal).
+# A string on the wire, checked here; msgpack hashes it as the datetime it replaced (the same text),
+# so request fingerprints are unchanged.
+LOCAL_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+LOCAL_TIME_MIN_YEAR = 2000
+LOCAL_TIME_MAX_YEAR = 2099
+LocalTime = Annotated[str, msgspec.Meta(
+    pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\Z")]
+
+
+def local_time_text(when: dt.datetime) -> str:
+    """A naive wall-clock time in the protocol's one form (seconds kept, fraction dropped)."""
+    return when.replace(microsecond=0, tzinfo=None).strftime(LOCAL_TIME_FORMAT)
+
+
+def parse_local_time(text: str) -> dt.datetime:
+    """The datetime of a local_time that matched the pattern; ValueError if not a real date or
+    outside LOCAL_TIME_MIN_YEAR..LOCAL_TIME_MAX_YEAR."""
+    try:
+        when = dt.datetime.strptime(text, LOCAL_TIME_FORMAT)
+    except ValueError:
+        raise ValueError(f"local_time {text!r} is not a real date and time") from None
+    if not LOCAL_TIME_MIN_YEAR <= when.year <= LOCAL_TIME_MAX_YEAR:
+        raise ValueError(f"local_time year {when.year} is outside "
+                         f"{LOCAL_TIME_MIN_YEAR}-{LOCAL_TIME_MAX_YEAR}")
+    return when
 
 
 class _Request(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -43,6 +70,13 @@ class Purchase(_Request, tag="purchase"):
     amount_cents: AmountCents
     local_time: LocalTime
     partial_ok: bool
+
+    def __post_init__(self) -> None:
+        parse_local_time(self.local_time)
+
+    @property
+    def local_datetime(self) -> dt.datetime:
+        return parse_local_time(self.local_time)
 
 
 class Reversal(_Request, tag="reversal"):

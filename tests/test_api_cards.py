@@ -60,8 +60,12 @@ async def test_oppose_and_replace(ops_client, conn):
                                             "fee_pending_cents")} == {
             "reason": "DAMAGED", "fee_cents": 5_00, "fee_taken_cents": 3_00, "fee_pending_cents": 2_00}
         status, answer = await call(region, "GET", "/v1/ops/cards/HDF0000005")
+        # The one canonical form of a UID, the terminal protocol's: upper-case hex.
         assert (answer["card"]["uid_hex"], answer["card"]["replaces_card_id"]) == (
-            NEW_UID.lower(), replacement["old_card_id"])
+            NEW_UID.upper(), replacement["old_card_id"])
+        status, answer = await call(region, "POST", "/v1/ops/cards/6330000000000006/replacement",
+                                    {"uid": NEW_UID.lower(), "reason": "stolen"})
+        assert status == 409 and NEW_UID.upper() in answer["error"]
         for body, expected in [({"uid": "zz"}, 400), ({"uid": NEW_UID}, 409), ({}, 400),
                                ({"uid": 7}, 400)]:
             assert (await call(region, "POST", "/v1/ops/cards/6330000000000005/replacement", body))[0] == expected

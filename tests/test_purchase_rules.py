@@ -50,10 +50,11 @@ async def test_terminal_and_partner_must_be_active(terminal, conn, terminal_name
 
 
 async def test_unknown_terminal(server, keys_for, conn):
-    """A genuine MAC (another terminal's key) under a terminal id the region does not know."""
+    """A genuine MAC (another terminal's key) under a terminal id the region does not know: the
+    key is not the named terminal's, a security violation (63) as PROTOCOL.md says."""
     async with TerminalClient(server.url, "TERM-9999-1", keys_for(terminal_id(2, 1))) as unknown:
         response = await unknown.purchase(ORDINARY, 10_00)
-    assert response.rc == "58"
+    assert response.rc == "63"
     assert await conn.fetchval("SELECT count(*) FROM transfers WHERE code = 'PURCHASE'") == 0
 
 

@@ -26,6 +26,7 @@ from ledger.demo_region import card_uid, terminal_id
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import encode_request
 from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.messages import BatchTotals
 from terminal_protocol.terminal_keys import ForgedResponse, TerminalKeys
 from terminal_protocol.transport import (
     KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH,
@@ -108,6 +109,24 @@ async def test_another_terminals_key_is_refused(server, keys_for, conn):
     async with TerminalClient(server.url, terminal_id(2, 1), keys_for(ACTIVE_TERMINAL)) as impostor:
         assert (await impostor.purchase(CARD, 1_00)).rc == "63"
     await _nothing_moved(conn, before)
+
+
+UNKNOWN_TERMINAL = "NO-SUCH-TERMINAL"
+
+
+async def test_an_unknown_terminal_id_with_another_terminals_key_is_a_security_violation(
+        server, keys_for, conn):
+    """A genuine MAC under a real terminal's key, sent as a terminal id the region never
+    provisioned: the key does not belong to the terminal named, as for a known one (63, as
+    PROTOCOL.md says), not 'terminal not allowed' (58), and whatever the message type."""
+    before = await balance_of(conn, CARD)
+    async with TerminalClient(server.url, UNKNOWN_TERMINAL, keys_for(ACTIVE_TERMINAL)) as impostor:
+        answers = [await impostor.purchase(CARD, 1_00), await impostor.reversal("a" * 32),
+                   await impostor.refund("633000000001", 1_00, CARD),
+                   await impostor.batch_close(BatchTotals())]
+    assert [a.rc for a in answers] == ["63"] * 4
+    await _nothing_moved(conn, before)
+    assert await conn.fetchval("SELECT count(*) FROM authorizations") == 0
 
 
 async def test_an_unsigned_request_is_refused(server, conn):

@@ -56,7 +56,7 @@ BEGIN
         END IF;
         IF EXISTS (SELECT 1 FROM cards WHERE uid = p_card_uid)
            OR EXISTS (SELECT 1 FROM card_requests WHERE card_uid = p_card_uid) THEN
-            RAISE EXCEPTION 'a card with UID % already exists', encode(p_card_uid, 'hex') USING ERRCODE = 'HD409';
+            RAISE EXCEPTION 'a card with UID % already exists', upper(encode(p_card_uid, 'hex')) USING ERRCODE = 'HD409';
         END IF;
         IF EXISTS (SELECT 1 FROM cards WHERE card_number = p_card_number)
            OR EXISTS (SELECT 1 FROM card_requests WHERE card_number = p_card_number) THEN

@@ -44,7 +44,11 @@ BEGIN
      WHERE t.id = p_terminal_id;
 
     IF NOT FOUND THEN
-        RETURN terminal_response('purchase', p_request_id, p_stan, '58', p_amount_cents, 0, NULL, NULL, NULL);
+        -- An unknown terminal: with a KSN, a genuine MAC under a key that is not this (nor any)
+        -- terminal's is a security violation (63), as for a known terminal; 58 without one.
+        RETURN terminal_response('purchase', p_request_id, p_stan,
+                                 CASE WHEN p_initial_key_id IS NULL THEN '58' ELSE '63' END,
+                                 p_amount_cents, 0, NULL, NULL, NULL);
     END IF;
     IF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
         RETURN terminal_response('purchase', p_request_id, p_stan, '63', p_amount_cents, 0, NULL, NULL, NULL);

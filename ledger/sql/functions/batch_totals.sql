@@ -1,5 +1,6 @@
--- Counts and totals in cents of what the ledger approved for one terminal in an id range.
-CREATE OR REPLACE FUNCTION batch_totals(p_terminal_id text, p_from_id bigint, p_below_id bigint)
+-- Counts and totals in cents of what the ledger approved in one batch of a terminal: the
+-- authorizations marked with that batch number by close_terminal_batch().
+CREATE OR REPLACE FUNCTION batch_totals(p_terminal_id text, p_batch_number integer)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'purchases_count', count(*) FILTER (WHERE message_type = 'PURCHASE'),
@@ -9,6 +10,6 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
         'refunds_count', count(*) FILTER (WHERE message_type = 'REFUND'),
         'refunds_cents', coalesce(sum(amount_approved_cents) FILTER (WHERE message_type = 'REFUND'), 0))
       FROM authorizations
-     WHERE terminal_id = p_terminal_id AND id >= p_from_id AND id < p_below_id
+     WHERE terminal_id = p_terminal_id AND batch_number = p_batch_number
        AND request_hash IS NOT NULL AND amount_approved_cents > 0
 $$;

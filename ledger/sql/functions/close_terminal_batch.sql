@@ -19,19 +19,29 @@ BEGIN
     IF f.early_response IS NOT NULL THEN
         RETURN f.early_response;
     END IF;
-    -- One close at a time per terminal (also serialised by its KSN row when MACs are on).
-    PERFORM 1 FROM terminals WHERE id = p_terminal_id FOR UPDATE;
+    -- One close at a time per terminal (also serialised by its KSN row when MACs are on). NO KEY
+    -- UPDATE: the KEY SHARE lock every authorization's insert takes on its terminal does not
+    -- wait for it, nor it for them.
+    PERFORM 1 FROM terminals WHERE id = p_terminal_id FOR NO KEY UPDATE;
 
-    SELECT coalesce(max(close_authorization_id) + 1, 0), coalesce(max(batch_number), 0) + 1
-      INTO v_from_id, v_number
+    SELECT coalesce(max(batch_number), 0) + 1 INTO v_number
       FROM terminal_batches WHERE terminal_id = p_terminal_id;
 
     INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan,
-                                response_code, created_at, response)
-    VALUES (p_terminal_id, p_request_id, 'BATCH_CLOSE', p_request_hash, p_stan, '00', v_now, '')
+                                response_code, created_at, response, batch_number)
+    VALUES (p_terminal_id, p_request_id, 'BATCH_CLOSE', p_request_hash, p_stan, '00', v_now, '',
+            v_number)
     RETURNING id INTO v_auth_id;
 
-    v_ledger := batch_totals(p_terminal_id, v_from_id, v_auth_id);
+    -- The batch is what the terminal sent that is committed and not yet in a batch, whatever its
+    -- id: a message committing after this statement's snapshot stays unmarked for the next close.
+    WITH counted AS (
+        UPDATE authorizations SET batch_number = v_number
+         WHERE terminal_id = p_terminal_id AND batch_number IS NULL AND request_hash IS NOT NULL
+        RETURNING id)
+    SELECT coalesce(min(id), v_auth_id) INTO v_from_id FROM counted;
+
+    v_ledger := batch_totals(p_terminal_id, v_number);
     SELECT coalesce(jsonb_agg(jsonb_build_object('field', l.key, 'terminal', t.value, 'ledger', l.value)
                               ORDER BY l.key), '[]'::jsonb)
       INTO v_diffs

@@ -12,7 +12,7 @@ BEGIN
         RAISE EXCEPTION 'a card number is 16 digits (got %)', p_card_number USING ERRCODE = 'HD422';
     END IF;
     IF EXISTS (SELECT 1 FROM cards WHERE uid = p_uid) THEN
-        RAISE EXCEPTION 'a card with UID % already exists', encode(p_uid, 'hex') USING ERRCODE = 'HD409';
+        RAISE EXCEPTION 'a card with UID % already exists', upper(encode(p_uid, 'hex')) USING ERRCODE = 'HD409';
     END IF;
     IF EXISTS (SELECT 1 FROM cards WHERE card_number = p_card_number) THEN
         RAISE EXCEPTION 'card number % is already used', p_card_number USING ERRCODE = 'HD409';

@@ -1,5 +1,6 @@
--- The common first step of a reversal, a refund or a batch close: the terminal is known and
--- active (58), the KSN is accepted (63), and an earlier message under the same key is replayed or
+-- The common first step of a reversal, a refund or a batch close: the terminal is known (63
+-- when a KSN came with the message, 58 without), the KSN is accepted (63), the terminal is
+-- active (58, below), and an earlier message under the same key is replayed or
 -- is a duplicate (94). early_response is the whole answer when the message is decided here;
 -- otherwise it is NULL and the terminal's partner and merchant account are returned.
 --
@@ -25,7 +26,11 @@ BEGIN
       LEFT JOIN authorizations a ON a.terminal_id = t.id AND a.request_id = p_request_id
      WHERE t.id = p_terminal_id;
     IF NOT FOUND THEN
-        early_response := terminal_response(p_type, p_request_id, p_stan, '58', p_requested_cents, 0, NULL, NULL, NULL);
+        -- An unknown terminal: with a KSN, the key is not the named terminal's (63, as for a
+        -- known terminal given another one's key); 58 only without authentication.
+        early_response := terminal_response(p_type, p_request_id, p_stan,
+                                            CASE WHEN p_initial_key_id IS NULL THEN '58' ELSE '63' END,
+                                            p_requested_cents, 0, NULL, NULL, NULL);
     ELSIF NOT accept_ksn(p_terminal_id, p_initial_key_id, p_ksn_counter) THEN
         early_response := terminal_response(p_type, p_request_id, p_stan, '63', p_requested_cents, 0, NULL, NULL, NULL);
     ELSIF f.previous_id IS NOT NULL THEN
