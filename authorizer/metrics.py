@@ -40,6 +40,9 @@ class Metrics:
         self.shed = Counter(
             "hdfpay_requests_shed_total", "Requests answered 91 at once: too many in flight",
             registry=self.registry)
+        self.card_busy = Counter(
+            "hdfpay_card_busy_total", "Purchases answered 91 at once: their card had "
+            "MAX_IN_FLIGHT_PER_CARD purchases in flight already", registry=self.registry)
         self.pool_size = Gauge(
             "hdfpay_db_pool_connections", "Connections of the database pool",
             registry=self.registry)

@@ -9,12 +9,14 @@ the server's MAC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
 from pathlib import Path
 
 from aiohttp import web
 
+from authorizer.card_gate import CardGate
 from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder
@@ -24,7 +26,7 @@ from authorizer.terminal_authentication import (
 )
 from ledger.authorization_store import LedgerFailure, LedgerUnavailable
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, ProtocolError, decode_request, error_body
-from terminal_protocol.messages import Request
+from terminal_protocol.messages import Purchase, Request
 from terminal_protocol.transport import JSON_CONTENT_TYPE
 
 
@@ -58,6 +60,7 @@ class TerminalEndpoint:
         self._refusals = refusals
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
+        self._card_gate = CardGate()
         self.in_flight = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
 
@@ -140,12 +143,21 @@ class TerminalEndpoint:
 
     async def _decide(self, sender: Authenticated,
                       body: bytes) -> tuple[Request | None, int, bytes]:
-        terminal_id = sender.origin.terminal_id
         try:
             message = decode_request(body)
         except ProtocolError as exc:
             return None, 400, error_body("30", str(exc))
         await self._recorder.prepare(sender.origin, message)
+        card = message.card_uid if isinstance(message, Purchase) else None
+        with self._card_gate.enter(card) if card else contextlib.nullcontext(True) as admitted:
+            if not admitted:
+                self._metrics.card_busy.inc()
+                return message, 503, error_body("91", "card busy, retry later")
+            return await self._decide_admitted(sender, message)
+
+    async def _decide_admitted(self, sender: Authenticated,
+                               message: Request) -> tuple[Request, int, bytes]:
+        terminal_id = sender.origin.terminal_id
         try:
             return message, 200, await self._pipeline.decide(sender.origin, message)
         except LedgerUnavailable as exc:

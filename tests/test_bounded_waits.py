@@ -16,6 +16,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
+from authorizer.listener import METRICS
 from hdfpay.server import running_server
 from ledger.demo_region import card_uid
 from ledger.embedded import throwaway_cluster, throwaway_workdir
@@ -70,6 +72,38 @@ async def test_one_held_wallet_does_not_starve_other_cards(settings, dsn, hsm, c
     # At least one gave up its wait (91), freeing a connection; the other may have been granted
     # the row once the holder let go.
     assert "91" in stuck_codes and set(stuck_codes) <= {"91", "00"}
+
+
+async def test_one_card_cannot_hold_more_than_its_share_of_the_server(settings, dsn, hsm, conn,
+                                                                      keys_for):
+    """Six tills send a purchase of one card whose wallet another session holds: the first
+    MAX_IN_FLIGHT_PER_CARD wait their turn (one pool connection, a long acquire timeout: they
+    stay in flight for seconds), the rest are answered 91 "card busy" at once, without touching
+    the database."""
+    one_connection = dataclasses.replace(settings, db_pool_size=1, pool_acquire_timeout_ms=4_000,
+                                         db_statement_timeout_ms=4_500, request_timeout_ms=4_500)
+    wallet = await conn.fetchval(
+        "SELECT w.account_id FROM cards c JOIN wallets w ON w.beneficiary_id = c.beneficiary_id"
+        " AND w.school_year = 2026 WHERE c.uid = $1", HELD_CARD)
+    tills_count = MAX_IN_FLIGHT_PER_CARD + 2
+    holder = await asyncpg.connect(dsn)
+    try:
+        async with running_server(one_connection, dsn, hsm) as server, \
+                contextlib.AsyncExitStack() as stack:
+            tills = [await stack.enter_async_context(TerminalClient(server.url, t, keys_for(t)))
+                     for t in CROWD_TERMINALS[:tills_count]]
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", wallet)
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(t.purchase(HELD_CARD, 1_00) for t in tills)), HANG_GUARD_S)
+            await held.rollback()
+            busy = server.app[METRICS].card_busy._value.get()
+    finally:
+        await holder.close()
+    details = [a.detail for a in answers]
+    assert details.count("card busy, retry later") == tills_count - MAX_IN_FLIGHT_PER_CARD == busy
+    assert all(a.rc == "91" for a in answers if a.detail == "card busy, retry later")
 
 
 def _cluster_processes(data_dir: Path) -> list[int]:
