@@ -34,7 +34,7 @@ from ledger.demo_region import PARTNERS, card_uid, seed_demo_region, terminal_id
 from ledger.embedded import throwaway_cluster, throwaway_workdir
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
-from ledger.students import create_account
+from ledger.students import create_account, dossier_of_card
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import cashier_lines, masked_uid
 from terminal_protocol.client import TerminalClient
@@ -206,8 +206,7 @@ DEMO_STUDENT_PASSWORD = "demo-generation-hdf"
 
 async def _serve_students(conn: asyncpg.Connection, server, out) -> None:
     """A demo student (the one of the refund above) with a known password, then wait."""
-    dossier = await conn.fetchval("SELECT b.dossier_number FROM cards c JOIN beneficiaries b"
-                                  " ON b.id = c.beneficiary_id WHERE c.uid = $1", card_uid(12))
+    dossier = await dossier_of_card(conn, card_uid(12))
     await create_account(conn, dossier, password=DEMO_STUDENT_PASSWORD)
     out(f"\nEspace des élèves : {server.portal_url}/ — identifiant {dossier}, mot de passe "
         f"{DEMO_STUDENT_PASSWORD}")

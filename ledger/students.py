@@ -96,6 +96,12 @@ def normalized_identifier(text: str) -> str:
     return re.sub(r"\s+", "", text).upper()
 
 
+async def dossier_of_card(conn: asyncpg.Connection, uid: bytes) -> str | None:
+    """The dossier number of the card's beneficiary (the demo's student, the load tests')."""
+    return await conn.fetchval("SELECT b.dossier_number FROM cards c JOIN beneficiaries b"
+                               " ON b.id = c.beneficiary_id WHERE c.uid = $1", uid)
+
+
 async def create_account(conn: asyncpg.Connection, dossier_number: str,
                          hasher: PasswordHasher = DEFAULT_HASHER, *,
                          password: str | None = None) -> str:

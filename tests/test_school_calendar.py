@@ -64,7 +64,8 @@ def test_the_time_zone_and_the_dates_are_written_once():
     assert zone == ["functions/business_time_zone.sql", "migrations/0001_schema.sql"]
     dates = sorted(name for name, text in _sql_texts().items()
                    if re.search(r"make_timestamp(tz)?\s*\(", code(text)))
-    assert dates == ["functions/rights_renewal_opens_at.sql", "functions/school_year_starts_at.sql",
+    assert dates == ["functions/first_card_requests_open_at.sql",
+                     "functions/rights_renewal_opens_at.sql", "functions/school_year_starts_at.sql",
                      "functions/wallet_closes_at.sql"]
 
 
