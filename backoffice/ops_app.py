@@ -13,6 +13,8 @@ from backoffice.areas import AREAS, openapi_document
 from backoffice.openapi import OPENAPI_DOCUMENT
 from backoffice.operator_auth import POOL, json_error, resolve_operator
 from backoffice.ops_requests import plain_text
+from backoffice.pages_app import build_pages_app, is_page
+from backoffice.page_session import BASE
 
 log = logging.getLogger("hdfpay.ops")
 # Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
@@ -29,7 +31,7 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
+        if exc.status < 400 or exc.content_type == "application/json" or is_page(request):
             raise
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -55,12 +57,14 @@ async def plain_text_urls(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def build_ops_app(pool: asyncpg.Pool) -> web.Application:
-    """Routes of every area, then the OpenAPI document built once from what they declare."""
+def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.Application:
+    """Routes of every area, then the OpenAPI document built once from what they declare; the
+    back office's pages under /bureau/ (`secure_cookies` False only on loopback)."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
                           middlewares=[json_errors, plain_text_urls, resolve_operator])
     app[POOL] = pool
     for area in AREAS:
         area.add_routes(app)
     app[OPENAPI_DOCUMENT] = openapi_document()
+    app.add_subapp(BASE + "/", build_pages_app(pool, secure_cookies=secure_cookies))
     return app

@@ -15,7 +15,7 @@ from portal.photos import PHOTO_MAX_BYTES
 from portal.portal_links import LINKS, PortalLinks
 from portal.student_session import PHOTO_DIR, POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
-from web.templates import setup_templates
+from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
 # The largest form is the applicant's photo; every other is a few hundred bytes.
@@ -39,5 +39,6 @@ def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool, photo_dir: Pat
     app.add_routes(pages_new_card.routes)
     app.add_routes(pages_partners.routes)
     app.add_routes(pages_application.routes)
+    add_shared_static(app, "/static/web")
     app.router.add_static("/static", HERE / "static")
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SHARED_STATIC = Path(__file__).parent / "static"      # the stylesheet every web space uses
+
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
@@ -31,3 +33,8 @@ def _datetime_fr(at, zone=None) -> str:
     """An instant as a French reader reads it; `zone` (the business time zone) for instants the
     database gives in UTC."""
     return (at.astimezone(zone) if zone is not None else at).strftime("%d/%m/%Y à %H:%M")
+
+
+def add_shared_static(app: web.Application, prefix: str) -> None:
+    """The shared stylesheet at `prefix` (e.g. /static/web), before the room's own files."""
+    app.router.add_static(prefix, SHARED_STATIC)
