@@ -1,6 +1,7 @@
 """The operator listener's application: its own port, pool and body limit, apart from the
 terminals' (a slow CSV upload or a bulk job must never hold up a till). Every area mounts its
-routes here; every answer, errors included, is JSON."""
+routes here; every answer, errors included, is JSON, even to HTTP aiohttp cannot parse
+(OpsAppRunner), whose bytes never reach a log: they may hold a bearer token."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from backoffice.areas import AREAS, openapi_document
 from backoffice.openapi import OPENAPI_DOCUMENT
 from backoffice.operator_auth import POOL, json_error, resolve_operator
 from backoffice.ops_requests import plain_text
+from web.http_face import QuietErrorsAppRunner
 
 log = logging.getLogger("hdfpay.ops")
 # Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
@@ -53,6 +55,21 @@ async def plain_text_urls(request: web.Request, handler) -> web.StreamResponse:
         raise json_error(web.HTTPBadRequest, "the URL must not contain NUL characters or "
                                              "invalid UTF-8")
     return await handler(request)
+
+
+def answer_malformed_http(status: int, exc: BaseException | None) -> web.Response:
+    """aiohttp's parse error quotes the offending line (a bearer token with it): the log keeps
+    the error's class only, at debug (anyone can send garbage), and the answer echoes nothing."""
+    log.debug("malformed HTTP refused", extra={"fields": {
+        "status": status, "error": type(exc).__name__ if exc else None}})
+    return web.json_response({"error": "malformed HTTP request"}, status=status)
+
+
+class OpsAppRunner(QuietErrorsAppRunner):
+    """The operator listener's runner: unparseable HTTP answered by answer_malformed_http."""
+
+    def __init__(self, app: web.Application, **kwargs) -> None:
+        super().__init__(app, answer_malformed_http, **kwargs)
 
 
 def build_ops_app(pool: asyncpg.Pool) -> web.Application:

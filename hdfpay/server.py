@@ -15,7 +15,7 @@ from aiohttp import web
 from authorizer.http_refusals import TerminalAppRunner
 from authorizer.listener import READINESS, REFUSALS, ListenerLimits, build_terminal_app
 from backoffice.openapi import OPENAPI_PATH
-from backoffice.ops_app import build_ops_app
+from backoffice.ops_app import OpsAppRunner, build_ops_app
 from portal.app import build_portal_app
 from portal.mail_sender import MailSender, SmtpSettings
 from portal.portal_links import PortalLinks
@@ -86,8 +86,9 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         url = await stack.enter_async_context(
             _listening(app, settings.host, settings.port, tls, runner))
         ops_app = build_ops_app(ops_pool)
+        ops_runner = OpsAppRunner(ops_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         ops_url = await stack.enter_async_context(
-            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))
+            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls, ops_runner))
         portal_pool = await create_ops_pool(dsn, settings.portal_db_pool_size)
         stack.push_async_callback(portal_pool.close)
         links = PortalLinks()
