@@ -14,7 +14,7 @@ from backoffice.areas import AREAS, openapi_document
 from backoffice.openapi import OPENAPI_DOCUMENT
 from backoffice.operator_auth import POOL, json_error, resolve_operator
 from backoffice.ops_requests import plain_text
-from web.http_face import QuietErrorsAppRunner
+from web.http_face import QuietErrorsAppRunner, plain_server_header
 
 log = logging.getLogger("hdfpay.ops")
 # Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
@@ -76,6 +76,7 @@ def build_ops_app(pool: asyncpg.Pool) -> web.Application:
     """Routes of every area, then the OpenAPI document built once from what they declare."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
                           middlewares=[json_errors, plain_text_urls, resolve_operator])
+    plain_server_header(app)
     app[POOL] = pool
     for area in AREAS:
         area.add_routes(app)

@@ -22,6 +22,7 @@ from portal.portal_links import PortalLinks
 from hdfpay.config import LOOPBACK_HOSTS, Settings
 from hsm.interface import Hsm
 from ledger.database import create_ops_pool, create_pool
+from web.http_face import QuietErrorsAppRunner
 from terminal_protocol.transport import TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
@@ -53,8 +54,10 @@ class RunningServer:
 async def _listening(app: web.Application, host: str, port: int,
                      tls: ssl.SSLContext | None,
                      runner: web.AppRunner | None = None) -> AsyncIterator[str]:
-    """The app served on host:port (0: a free port) until exit; yields its base URL."""
-    runner = runner or web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    """The app served on host:port (0: a free port) until exit; yields its base URL. Without
+    its own runner, unparseable HTTP gets a plain 400 and its bytes are never logged."""
+    runner = runner or QuietErrorsAppRunner(app, access_log=None,
+                                            shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)

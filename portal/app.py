@@ -14,6 +14,7 @@ from portal.portal_links import LINKS, PortalLinks
 from portal.student_session import POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
 from web.templates import setup_templates
+from web.http_face import plain_server_header
 
 HERE = Path(__file__).parent
 # Forms only (no upload yet): a login or a declaration is well under this.
@@ -26,6 +27,7 @@ def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool,
     public address for e-mailed links, and the mail sender's nudge."""
     app = web.Application(middlewares=[security_middleware, session_middleware],
                           client_max_size=MAX_REQUEST_BODY_BYTES)
+    plain_server_header(app)
     app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
     app[LINKS] = links or PortalLinks()
     setup_templates(app, HERE / "templates")

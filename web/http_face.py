@@ -34,6 +34,11 @@ def plain_server_header(app: web.Application) -> web.Application:
     return app
 
 
+def plain_answer(status: int, exc: BaseException | None) -> web.Response:
+    """The answer of a listener with no format of its own (the students' pages)."""
+    return web.Response(status=status, text="malformed HTTP request")
+
+
 class _QuietRequestHandler(RequestHandler):
     answer_malformed: MalformedAnswer
 
@@ -65,7 +70,7 @@ class QuietErrorsAppRunner(web.AppRunner):
     """An AppRunner whose connections answer unparseable HTTP with `answer_malformed` (which
     may count or log it, without the request's bytes), and with the plain Server header."""
 
-    def __init__(self, app: web.Application, answer_malformed: MalformedAnswer,
+    def __init__(self, app: web.Application, answer_malformed: MalformedAnswer = plain_answer,
                  **kwargs) -> None:
         super().__init__(app, **kwargs)
         self._answer_malformed = answer_malformed
