@@ -48,12 +48,17 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
 @web.middleware
 async def plain_text_urls(request: web.Request, handler) -> web.StreamResponse:
     """A NUL character (%00) or a lone surrogate in the path or the query is a 400 here, before
-    any handler passes it on to PostgreSQL (which would refuse it with an error)."""
+    any handler passes it on to PostgreSQL (which would refuse it with an error); so is a query
+    parameter given twice."""
     texts = [request.path, *request.match_info.values(), *request.query.keys(),
              *request.query.values()]
     if not all(plain_text(text) for text in texts):
         raise json_error(web.HTTPBadRequest, "the URL must not contain NUL characters or "
                                              "invalid UTF-8")
+    if len(request.query) != len(set(request.query.keys())):
+        # Handlers read one value; the OpenAPI document takes one: a second is refused, not
+        # silently dropped.
+        raise json_error(web.HTTPBadRequest, "a query parameter may be given once")
     return await handler(request)
 
 
