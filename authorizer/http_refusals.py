@@ -12,11 +12,11 @@ import logging
 import time
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from authorizer.metrics import Metrics
 from terminal_protocol.codec import error_body
 from terminal_protocol.transport import JSON_CONTENT_TYPE
+from web.http_face import QuietErrorsAppRunner
 
 REFUSAL_LOG_INTERVAL_S = 10.0
 
@@ -45,43 +45,13 @@ class Refusals:
             self._last_logged_at = now
 
 
-class _RefusingRequestHandler(RequestHandler):
-    refusals: Refusals
-
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        """aiohttp's own error answer (text/plain, after an error-level traceback), in JSON."""
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)   # a bug: keep its trace
-        self.refusals.refused("malformed_http", type(exc).__name__ if exc else f"HTTP {status}")
-        if request.writer.output_size > 0:
-            raise ConnectionError("an answer was already sent, no room for the error's")
-        response = web.Response(status=status, content_type=JSON_CONTENT_TYPE,
-                                body=error_body("30", "malformed HTTP request"))
-        response.force_close()
-        return response
-
-
-class _RefusingServer(web.Server):
-    refusals: Refusals
-
-    def __call__(self) -> RequestHandler:
-        handler = _RefusingRequestHandler(self, loop=self._loop, **self._kwargs)
-        handler.refusals = self.refusals
-        return handler
-
-
-class TerminalAppRunner(web.AppRunner):
-    """An AppRunner whose connections answer unparseable HTTP with Refusals. aiohttp offers no
-    public hook for that answer: this overrides its runner's _make_server (the server it builds
-    is given our handler class); tests/test_malformed_http.py notices if aiohttp changes it."""
+class TerminalAppRunner(QuietErrorsAppRunner):
+    """An AppRunner whose connections answer unparseable HTTP in the protocol's JSON, counted
+    and logged quietly by Refusals (web.http_face: never the request's bytes, Server: hdfpay)."""
 
     def __init__(self, app: web.Application, refusals: Refusals, **kwargs) -> None:
-        super().__init__(app, **kwargs)
-        self._refusals = refusals
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _RefusingServer
-        server.refusals = self._refusals
-        return server
+        def answer(status: int, exc: BaseException | None) -> web.Response:
+            refusals.refused("malformed_http", type(exc).__name__ if exc else f"HTTP {status}")
+            return web.Response(status=status, content_type=JSON_CONTENT_TYPE,
+                                body=error_body("30", "malformed HTTP request"))
+        super().__init__(app, answer, **kwargs)

@@ -23,6 +23,7 @@ from hsm.interface import Hsm
 from ledger.authorization_store import AuthorizationStore
 from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, error_body
 from terminal_protocol.transport import JSON_CONTENT_TYPE, TERMINAL_PATH
+from web.http_face import plain_server_header
 
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
@@ -89,6 +90,7 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
     # Slack above the largest valid message so that aiohttp itself never buffers more.
     app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES + 1,
                           middlewares=[_json_http_errors])
+    plain_server_header(app)
     app[METRICS] = metrics
     app[REFUSALS] = refusals
     app.router.add_post(TERMINAL_PATH, endpoint.handle)

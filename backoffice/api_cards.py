@@ -106,6 +106,9 @@ async def submit_request(request: web.Request) -> web.Response:
 async def list_requests(request: web.Request) -> web.Response:
     operator = require(request, REGION, AUDITOR, STAFF)
     query = request.query
+    state = query.get("state")
+    if state is not None and card_requests.parse_state(state) not in card_requests.STATES:
+        raise json_error(web.HTTPBadRequest, f"state is one of {', '.join(card_requests.STATES)}")
     async with acquire(request) as conn:
         found = await card_requests.list_requests(
             conn, state=query.get("state"), dossier_number=query.get("dossier_number"),
@@ -140,6 +143,9 @@ async def advance_request(request: web.Request) -> web.Response:
 
 async def list_partners(request: web.Request) -> web.Response:
     require(request, REGION, AUDITOR)
+    status = request.query.get("status")
+    if status is not None and status.strip().upper() not in partners.STATUSES:
+        raise json_error(web.HTTPBadRequest, f"status is one of {', '.join(partners.STATUSES)}")
     async with acquire(request) as conn:
         with _answers():
             found = await partners.list_partners(conn, category=request.query.get("category"),
@@ -174,6 +180,10 @@ async def update_partner(request: web.Request) -> web.Response:
     unknown = set(body) - {name for name, _ in _PARTNER_FIELDS}
     if unknown:
         raise json_error(web.HTTPBadRequest, f"unknown fields: {', '.join(sorted(unknown))}")
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:      # the schema says each field is a value: a field to keep is left out
+        raise json_error(web.HTTPBadRequest, f"null is not a value (leave the field out to "
+                                             f"keep it): {', '.join(nulls)}")
     fields = {name: _field(body, name, kind) for name, kind in _PARTNER_FIELDS}
     async with acquire(request) as conn, conn.transaction():
         with _answers():

@@ -4,7 +4,7 @@ OPENAPI_SCHEMAS, which backoffice.openapi merges into the served document."""
 
 from __future__ import annotations
 
-from backoffice.openapi import operation, path_parameter, schema_ref
+from backoffice.openapi import integer_path_parameter, operation, path_parameter, schema_ref
 from backoffice.operator_auth import Role
 from backoffice.ops_requests import MAX_ID
 from ledger import card_requests, cards, partners
@@ -22,8 +22,8 @@ _TIME, _NULL_STR, _NULL_INT = ({"type": "string", "format": "date-time"}, {"type
 _REASON = {"enum": [r.lower() for r in cards.OPPOSITION_REASONS] + list(cards.OPPOSITION_REASONS)}
 _CARD = path_parameter("card", "card number (16 digits), or dossier number for that "
                        "beneficiary's current card", "^[0-9A-Za-z]{6,20}$")
-_REQUEST_ID = path_parameter("request_id", f"the card request's id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
-_PARTNER_ID = path_parameter("partner_id", f"the partner's id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
+_REQUEST_ID = integer_path_parameter("request_id", "the card request's id", 1, MAX_ID)
+_PARTNER_ID = integer_path_parameter("partner_id", "the partner's id", 1, MAX_ID)
 
 
 def _QUERY(name: str, schema: dict, text: str, required: bool = False) -> dict:  # noqa: N802
@@ -44,8 +44,17 @@ def _wrapped(key: str, schema: str, many: bool = False) -> dict:
     return _object(**{key: {"type": "array", "items": ref} if many else ref})
 
 
-_PARTNER_PROPERTIES = {"name": _STR, "category": {"enum": list(partners.CATEGORIES)},
-                       "address": _STR, "latitude": _NUM, "longitude": _NUM}
+# What the ledger stores (partners' CHECKs, after btrim of the name): the schema says so too.
+PARTNER_NAME_MAX_CHARS, PARTNER_ADDRESS_MAX_CHARS = 200, 300
+_CATEGORY = {"enum": list(partners.CATEGORIES)}
+_LATITUDE = {"type": "number", "minimum": -90, "maximum": 90}
+_LONGITUDE = {"type": "number", "minimum": -180, "maximum": 180}
+_PARTNER_PROPERTIES = {"name": {"type": "string", "pattern": "[^ ]",
+                                "maxLength": PARTNER_NAME_MAX_CHARS},
+                       "category": _CATEGORY, "address": {
+                           "type": "string", "pattern": "[^ ]",
+                           "maxLength": PARTNER_ADDRESS_MAX_CHARS}, "latitude": _LATITUDE,
+                       "longitude": _LONGITUDE}
 OPENAPI_SCHEMAS = {
     "Card": _object(id=_INT, card_number=_STR, uid_hex=_UID_HEX, beneficiary_id=_INT,
                     dossier_number=_STR, status={"enum": ["ACTIVE", *cards.OPPOSITION_REASONS]},
@@ -93,7 +102,8 @@ OPENAPI_PATHS = {
                           ok_schema=_wrapped("card_request", "CardRequest")),
         "get": operation("listCardRequests", "Requests, newest first (staff: their "
                          "establishment's).", roles=(_REGION, _AUDITOR, _STAFF),
-                         parameters=[_QUERY("state", _STR, "one state"),
+                         parameters=[_QUERY("state", {"enum": list(card_requests.STATES)},
+                                            "one state"),
                                      _QUERY("dossier_number", _STR, "one beneficiary")],
                          ok_schema=_wrapped("card_requests", "CardRequest", many=True))},
     REQUESTS_PATH + "/{request_id}": {"get": operation(
@@ -111,8 +121,9 @@ OPENAPI_PATHS = {
     PARTNERS_PATH: {
         "get": operation("listPartners", "Partners with their terminals.", roles=(_REGION, _AUDITOR),
                          errors=("BadRequest",), parameters=[
-                             _QUERY("category", _STR, "BOOKSHOP or EQUIPMENT"),
-                             _QUERY("status", _STR, "ACTIVE, SUSPENDED or CLOSED")],
+                             _QUERY("category", _CATEGORY, "BOOKSHOP or EQUIPMENT"),
+                             _QUERY("status", {"enum": list(partners.STATUSES)},
+                                    "ACTIVE, SUSPENDED or CLOSED")],
                          ok_schema=_wrapped("partners", "PartnerShop", many=True)),
         "post": operation("addPartner", "A new ACTIVE partner with its merchant account.",
                           roles=(_REGION,), ok_status="201", errors=_EDIT,
@@ -122,11 +133,13 @@ OPENAPI_PATHS = {
     PARTNERS_PATH + "/near": {"get": operation(
         "partnersNear", "Active partners within a radius, nearest first.", roles=(),
         errors=("BadRequest",), parameters=[
-            _QUERY("lat", _NUM, "latitude", True), _QUERY("lon", _NUM, "longitude", True),
-            _QUERY("radius_m", _NUM, f"metres (default {DEFAULT_SEARCH_RADIUS_M}, at most "
-                   f"{partners.MAX_SEARCH_RADIUS_M})"),
-            _QUERY("category", _STR, "BOOKSHOP or EQUIPMENT"),
-            _QUERY("limit", _INT, f"at most {partners.MAX_SEARCH_RESULTS_ROWS}")],
+            _QUERY("lat", _LATITUDE, "latitude", True), _QUERY("lon", _LONGITUDE, "longitude", True),
+            _QUERY("radius_m", {"type": "number", "exclusiveMinimum": 0,
+                                "maximum": partners.MAX_SEARCH_RADIUS_M},
+                   f"metres (default {DEFAULT_SEARCH_RADIUS_M})"),
+            _QUERY("category", _CATEGORY, "BOOKSHOP or EQUIPMENT"),
+            _QUERY("limit", {"type": "integer", "minimum": 1,
+                             "maximum": partners.MAX_SEARCH_RESULTS_ROWS}, "partners, at most")],
         ok_schema=_wrapped("partners", "NearbyPartner", many=True))},
     PARTNERS_PATH + "/{partner_id}": {
         "get": operation("getPartner", "A partner and its terminals (a partner: its own).",

@@ -134,7 +134,8 @@ async def disable_account(request: web.Request) -> web.Response:
     async with acquire(request) as conn:
         try:
             account = await operators.disable_operator(conn, actor=operator.actor,
-                                                       login_name=login_name)
+                                                       login_name=login_name,
+                                                       by_operator_id=operator.id)
         except operators.OperatorError as error:
             raise _account_error(error) from None
     return web.json_response({"account": _account(account)})
@@ -143,6 +144,10 @@ async def disable_account(request: web.Request) -> web.Response:
 async def reset_password(request: web.Request) -> web.Response:
     operator = require(request, Role.REGION_OPERATOR)
     login_name = request.match_info["login"]
+    if login_name == operator.login:
+        # A token alone would then set a new password: one's own goes through the current one.
+        raise json_error(web.HTTPConflict, "you cannot reset your own password: change it with "
+                                           "POST /v1/ops/password (your current password is asked)")
     async with acquire(request) as conn:
         try:
             provisional = await operators.reset_password(conn, actor=operator.actor,
@@ -233,11 +238,15 @@ OPENAPI_PATHS = {
                 "account": schema_ref("Account"),
                 "provisional_password": schema_ref("ProvisionalPassword")}})},
     "/v1/ops/accounts/{login}/disable": {"post": operation(
-        "disableAccount", "Disable an account for good; its sessions end.", roles=(_REGION,),
+        "disableAccount", "Disable an account for good; its sessions end. Refused (409) for "
+        "one's own account, and for a region operator when fewer than "
+        f"{operators.MIN_OTHER_REGION_OPERATOR_ACCOUNTS} other active region operator would "
+        "remain besides the caller.", roles=(_REGION,),
         errors=("NotFound", "Conflict"), parameters=[_LOGIN],
         ok_schema={"type": "object", "properties": {"account": schema_ref("Account")}})},
     "/v1/ops/accounts/{login}/reset-password": {"post": operation(
-        "resetPassword", "A new provisional password; the lock lifted, sessions ended.",
+        "resetPassword", "A new provisional password; the lock lifted, sessions ended. Refused "
+        "(409) for one's own account: POST /v1/ops/password asks the current password.",
         roles=(_REGION,), errors=("NotFound", "Conflict"), parameters=[_LOGIN],
         ok_schema={"type": "object", "properties": {
             "login": {"type": "string"},

@@ -14,8 +14,9 @@ import re
 
 from aiohttp import web
 
-from backoffice.api_school_year_openapi import (BASE, FALSE_WORDS, OPENAPI_PATHS,
-                                                OPENAPI_SCHEMAS, TRUE_WORDS)
+from backoffice.api_school_year_openapi import (BASE, FALSE_WORDS, MAX_SCHOOL_YEAR,
+                                                MIN_SCHOOL_YEAR, OPENAPI_PATHS, OPENAPI_SCHEMAS,
+                                                TRUE_WORDS)
 from backoffice.operator_auth import POOL, Operator, Role, json_error, require
 from backoffice.ops_requests import acquire, read_json_object
 from ledger import school_calendar
@@ -27,7 +28,6 @@ log = logging.getLogger("hdfpay.school_year")
 REGION, AUDITOR, STAFF = Role.REGION_OPERATOR, Role.AUDITOR, Role.ESTABLISHMENT_STAFF
 BULK_RELOADS = web.AppKey("bulk_reloads_in_progress", dict)      # school year → asyncio.Task
 BULK_RELOAD_ERRORS = web.AppKey("bulk_reload_last_errors", dict)  # school year → message
-MIN_SCHOOL_YEAR, MAX_SCHOOL_YEAR = 2000, 2100
 __all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes"]
 
 

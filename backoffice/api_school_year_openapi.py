@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from backoffice.openapi import json_content, operation, path_parameter, schema_ref
+from backoffice.openapi import (integer_path_parameter, json_content, operation, path_parameter,
+                                schema_ref)
 
 BASE = "/v1/ops/school-years/{school_year}"
 TRUE_WORDS, FALSE_WORDS = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 _REGION, _STAFF, _AUDITOR = "region_operator", "establishment_staff", "auditor"
-_YEAR = path_parameter("school_year", "the school year's first year, e.g. 2026 for 2026-2027",
-                       "^[0-9]{4}$")
+MIN_SCHOOL_YEAR, MAX_SCHOOL_YEAR = 2000, 2100    # the school years the API names
+_YEAR = integer_path_parameter("school_year", "the school year's first year, e.g. 2026 for "
+                               "2026-2027", MIN_SCHOOL_YEAR, MAX_SCHOOL_YEAR)
 _PROGRAMME = path_parameter("programme", "a programme code, e.g. BOOKS or EQUIPMENT",
                             "^[A-Z][A-Z0-9_]{1,31}$")
 _INT, _STR, _BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}

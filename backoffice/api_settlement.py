@@ -10,7 +10,7 @@ import os
 
 from aiohttp import web
 
-from backoffice.openapi import operation, path_parameter, schema_ref
+from backoffice.openapi import integer_path_parameter, operation, schema_ref
 from backoffice.operator_auth import Role, json_error, require
 from backoffice.ops_requests import MAX_ID, acquire, path_id, read_json_object
 from backoffice.payout_files import (BankAccount, PayoutError, kept_payout_files, payout_files,
@@ -70,6 +70,8 @@ async def list_runs(request: web.Request) -> web.Response:
 async def create_run(request: web.Request) -> web.Response:
     operator = require(request, REGION)
     body = await read_json_object(request) if request.body_exists else {}
+    if "through_day" in body and body["through_day"] is None:    # the schema says: a date
+        raise json_error(web.HTTPBadRequest, "through_day must be a date, YYYY-MM-DD (or absent)")
     through_day = _day(body.get("through_day"), "through_day")
     async with acquire(request) as conn:
         try:
@@ -208,8 +210,8 @@ def add_routes(app: web.Application) -> None:
 _INT, _STR, _BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
 _DATE, _NULL_DATE = {"type": "string", "format": "date"}, {"type": ["string", "null"], "format": "date"}
 _DAY_IN = {**_DATE, "description": f"{MIN_DAY} to {MAX_DAY}"}   # a date the API takes
-_RUN_ID = path_parameter("run_id", f"settlement run id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
-_PARTNER_ID = path_parameter("partner_id", f"the partner's id, 1 to {MAX_ID}", "^[0-9]{1,10}$")
+_RUN_ID = integer_path_parameter("run_id", "settlement run id", 1, MAX_ID)
+_PARTNER_ID = integer_path_parameter("partner_id", "the partner's id", 1, MAX_ID)
 _PERIOD = [{"name": n, "in": "query", "required": False, "schema": _DAY_IN, "description": d}
            for n, d in (("from", "first Paris business day (default: a week before `to`; funds: "
                                  "the beginning)"), ("to", "last day (default: today)"))]
@@ -278,6 +280,9 @@ OPENAPI_PATHS = {
                                        "the ledger (Σ debits = Σ credits)."))},
 }
 
+OPENAPI_PATHS[RUNS_PATH]["post"]["responses"]["200"] = {
+    "description": "Already settled through that day: the existing run, nothing moved.",
+    "content": OPENAPI_PATHS[RUNS_PATH]["post"]["responses"]["201"]["content"]}
 # Both bodies may be left out entirely (every field has a default).
 for _path in (RUNS_PATH, RUN_PATH + "/payout-files"):
     OPENAPI_PATHS[_path]["post"]["requestBody"]["required"] = False

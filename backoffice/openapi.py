@@ -46,13 +46,21 @@ def operation(operation_id: str, summary: str, *, roles: tuple[str, ...] | None,
               body: dict | None = None, errors: tuple[str, ...] = (),
               parameters: list[dict] | None = None) -> dict:
     """One operation. roles=None: no authentication; otherwise the roles allowed (empty: any
-    authenticated operator); 401 and 403 are then documented, plus `errors`."""
+    authenticated operator); 401 and 403 are then documented, plus `errors`. What the listener
+    answers whatever the handler does is documented too: 400 for parameters or a body it cannot
+    read, 404 for a path its route's pattern does not match, 413 for a body above the limit."""
     responses: dict = {ok_status: {"description": ok_description}}
     if ok_schema is not None:
         responses[ok_status]["content"] = json_content(ok_schema)
     if roles is not None:
         errors = ("Unauthorized", "Forbidden", *errors)
-    for name in (*errors, "Unavailable"):
+    if parameters or body is not None:
+        errors = (*errors, "BadRequest")
+    if any(parameter["in"] == "path" for parameter in parameters or ()):
+        errors = (*errors, "NotFound")
+    if body is not None:
+        errors = (*errors, "TooLarge")
+    for name in dict.fromkeys((*errors, "Unavailable")):
         status, _ = ERROR_RESPONSES[name]
         responses[status] = {"$ref": f"#/components/responses/{name}"}
     item: dict = {"operationId": operation_id, "summary": summary, "responses": responses}
@@ -73,6 +81,12 @@ def path_parameter(name: str, description: str, pattern: str | None = None) -> d
     schema = {"type": "string"} | ({"pattern": pattern} if pattern else {})
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": schema}
+
+
+def integer_path_parameter(name: str, description: str, minimum: int, maximum: int) -> dict:
+    """A path parameter written in ASCII digits, from minimum to maximum (others: 400)."""
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "integer", "minimum": minimum, "maximum": maximum}}
 
 
 def build_openapi_document(modules: list[ModuleType]) -> dict:
@@ -96,7 +110,9 @@ def build_openapi_document(modules: list[ModuleType]) -> dict:
                  "description": "Region operations of the carte Génération #HDF: accounts, "
                                 "school year, cards, partners and settlement. Log in with POST "
                                 "/v1/ops/login and send the token as `Authorization: Bearer "
-                                "<token>`. Errors are JSON: {\"error\": \"...\"}."},
+                                "<token>`. Errors are JSON: {\"error\": \"...\"}. Strings, in "
+                                "bodies, paths and queries, are UTF-8 text without NUL "
+                                "characters (others: 400); a query parameter is given once."},
         "security": [{"bearerAuth": []}],
         "paths": dict(sorted(paths.items())),
         "components": {

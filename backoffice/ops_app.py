@@ -1,6 +1,7 @@
 """The operator listener's application: its own port, pool and body limit, apart from the
 terminals' (a slow CSV upload or a bulk job must never hold up a till). Every area mounts its
-routes here; every answer, errors included, is JSON."""
+routes here; every answer, errors included, is JSON, even to HTTP aiohttp cannot parse
+(OpsAppRunner), whose bytes never reach a log: they may hold a bearer token."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from backoffice.operator_auth import POOL, json_error, resolve_operator
 from backoffice.ops_requests import plain_text
 from backoffice.pages_app import build_pages_app, is_page
 from backoffice.page_session import BASE
+from web.http_face import QuietErrorsAppRunner, plain_server_header
 
 log = logging.getLogger("hdfpay.ops")
 # Room for the CSV files of rights renewal; JSON bodies have their own, smaller limit
@@ -48,13 +50,33 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
 @web.middleware
 async def plain_text_urls(request: web.Request, handler) -> web.StreamResponse:
     """A NUL character (%00) or a lone surrogate in the path or the query is a 400 here, before
-    any handler passes it on to PostgreSQL (which would refuse it with an error)."""
+    any handler passes it on to PostgreSQL (which would refuse it with an error); so is a query
+    parameter given twice."""
     texts = [request.path, *request.match_info.values(), *request.query.keys(),
              *request.query.values()]
     if not all(plain_text(text) for text in texts):
         raise json_error(web.HTTPBadRequest, "the URL must not contain NUL characters or "
                                              "invalid UTF-8")
+    if len(request.query) != len(set(request.query.keys())):
+        # Handlers read one value; the OpenAPI document takes one: a second is refused, not
+        # silently dropped.
+        raise json_error(web.HTTPBadRequest, "a query parameter may be given once")
     return await handler(request)
+
+
+def answer_malformed_http(status: int, exc: BaseException | None) -> web.Response:
+    """aiohttp's parse error quotes the offending line (a bearer token with it): the log keeps
+    the error's class only, at debug (anyone can send garbage), and the answer echoes nothing."""
+    log.debug("malformed HTTP refused", extra={"fields": {
+        "status": status, "error": type(exc).__name__ if exc else None}})
+    return web.json_response({"error": "malformed HTTP request"}, status=status)
+
+
+class OpsAppRunner(QuietErrorsAppRunner):
+    """The operator listener's runner: unparseable HTTP answered by answer_malformed_http."""
+
+    def __init__(self, app: web.Application, **kwargs) -> None:
+        super().__init__(app, answer_malformed_http, **kwargs)
 
 
 def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.Application:
@@ -62,6 +84,7 @@ def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.App
     back office's pages under /bureau/ (`secure_cookies` False only on loopback)."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
                           middlewares=[json_errors, plain_text_urls, resolve_operator])
+    plain_server_header(app)
     app[POOL] = pool
     for area in AREAS:
         area.add_routes(app)

@@ -3,6 +3,12 @@ transfer initiation (pain.001, written by sepaxml and validated against its ship
 region's bank. Bank details are checked with schwifty (IBAN check digits, the French RIB key,
 BIC structure) before anything is written.
 
+Names in the CSV are written so that a spreadsheet shows them as text (spreadsheet_cell):
+OWASP's CSV injection advice, a leading ' before = + - @ tab or carriage return. They are not
+refused on input: "+ de Saveurs" or "-20 % Outlet" are honest shop names, the API and the
+pain.001 are no spreadsheet, and names already stored would still reach the CSV; the danger
+is only where a spreadsheet reads the cell, so it is defused there.
+
 A run's files are made once and kept in the database (payout_files): a second request gets the
 same bytes and the same message id, so the bank's duplicate check catches a file sent twice.
 """
@@ -39,6 +45,8 @@ CSV_COLUMNS = ["run_id", "partner_id", "partner_name", "payee_name", "iban", "bi
                "purchases_count", "purchases_cents", "reversals_count", "reversals_cents",
                "refunds_count", "refunds_cents", "net_cents", "debt_before_cents", "paid_cents",
                "debt_after_cents", "end_to_end_id"]
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class PayoutError(ValueError):
@@ -193,6 +201,14 @@ def _checked_payees(paid_lines: list[asyncpg.Record]) -> dict[int, BankAccount]:
     return payees
 
 
+def spreadsheet_cell(value):
+    """A text cell that a spreadsheet shows as typed: a leading ' before a formula trigger.
+    Numbers (a negative amount included) are left as numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 def _csv(run_id: int, lines: list[asyncpg.Record], payees: dict[int, BankAccount]) -> bytes:
     """Every line of the run, paid or not (a debt carried shows as paid_cents 0)."""
     out = io.StringIO()
@@ -201,11 +217,12 @@ def _csv(run_id: int, lines: list[asyncpg.Record], payees: dict[int, BankAccount
     for line in lines:
         payee = payees.get(line["partner_id"])
         paid = line["paid_cents"] > 0
-        writer.writerow([run_id, line["partner_id"], line["partner_name"],
-                         payee.name if payee else "", payee.iban if payee else "",
-                         payee.bic if payee else "", line["business_day"].isoformat(),
-                         *(line[c] for c in CSV_COLUMNS[7:17]),
-                         end_to_end_id(line["partner_id"], line["business_day"]) if paid else ""])
+        writer.writerow([spreadsheet_cell(cell) for cell in (
+            run_id, line["partner_id"], line["partner_name"],
+            payee.name if payee else "", payee.iban if payee else "",
+            payee.bic if payee else "", line["business_day"].isoformat(),
+            *(line[c] for c in CSV_COLUMNS[7:17]),
+            end_to_end_id(line["partner_id"], line["business_day"]) if paid else "")])
     return out.getvalue().encode()
 
 

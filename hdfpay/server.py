@@ -15,7 +15,7 @@ from aiohttp import web
 from authorizer.http_refusals import TerminalAppRunner
 from authorizer.listener import READINESS, REFUSALS, ListenerLimits, build_terminal_app
 from backoffice.openapi import OPENAPI_PATH
-from backoffice.ops_app import build_ops_app
+from backoffice.ops_app import OpsAppRunner, build_ops_app
 from portal.app import build_portal_app
 from portal.housekeeping import purge_forever
 from portal.mail_sender import MailSender, SmtpSettings
@@ -23,6 +23,7 @@ from portal.portal_links import PortalLinks
 from hdfpay.config import LOOPBACK_HOSTS, Settings
 from hsm.interface import Hsm
 from ledger.database import create_ops_pool, create_pool
+from web.http_face import QuietErrorsAppRunner
 from terminal_protocol.transport import TERMINAL_PATH
 
 # How long a stopping server lets in-flight requests finish.
@@ -54,8 +55,10 @@ class RunningServer:
 async def _listening(app: web.Application, host: str, port: int,
                      tls: ssl.SSLContext | None,
                      runner: web.AppRunner | None = None) -> AsyncIterator[str]:
-    """The app served on host:port (0: a free port) until exit; yields its base URL."""
-    runner = runner or web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    """The app served on host:port (0: a free port) until exit; yields its base URL. Without
+    its own runner, unparseable HTTP gets a plain 400 and its bytes are never logged."""
+    runner = runner or QuietErrorsAppRunner(app, access_log=None,
+                                            shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
@@ -87,8 +90,9 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         url = await stack.enter_async_context(
             _listening(app, settings.host, settings.port, tls, runner))
         ops_app = build_ops_app(ops_pool, secure_cookies=settings.ops_host not in LOOPBACK_HOSTS)
+        ops_runner = OpsAppRunner(ops_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         ops_url = await stack.enter_async_context(
-            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls))
+            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls, ops_runner))
         portal_pool = await create_ops_pool(dsn, settings.portal_db_pool_size)
         stack.push_async_callback(portal_pool.close)
         links = PortalLinks()

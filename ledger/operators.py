@@ -34,6 +34,9 @@ SESSION_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_ACTIVE_SESSIONS_PER_OPERATOR = 10  # older ones are revoked at the next login
 LIST_OPERATORS_MAX_ROWS = 10_000
 LOGIN_REFUSED_MESSAGE = "invalid login or password"
+# Region operators that must stay enabled besides the one disabled and the one disabling: no
+# single region operator can lock the region's staff out (disable_operator).
+MIN_OTHER_REGION_OPERATOR_ACCOUNTS = 1
 
 _ACCOUNT = ("o.id, o.login, o.role, o.establishment_id, o.partner_id, o.must_change_password,"
             " o.disabled, coalesce(o.locked_until > business_now(), false) AS locked, o.created_at")
@@ -151,6 +154,10 @@ async def _check_password(conn: asyncpg.Connection, key: str, value, password: s
         row = await conn.fetchrow(_CHARGE_ATTEMPT.format(key=key), value,
                                   LOGIN_FAILURES_BEFORE_LOCK, LOGIN_LOCK_MS)
     ok = await verify_password(hasher, row["password_hash"] if row else None, password)
+    if row is not None and not ok and row["locked"]:
+        # This failure locked the account: whoever holds its sessions may be the one guessing.
+        await conn.execute("UPDATE operator_sessions SET revoked = true WHERE operator_id = $1"
+                           " AND NOT revoked", row["id"])
     return row, ok and row is not None
 
 
@@ -273,10 +280,24 @@ async def reset_password(conn: asyncpg.Connection, *, actor: str, login_name: st
     return provisional
 
 
-async def disable_operator(conn: asyncpg.Connection, *, actor: str, login_name: str) -> Account:
-    """Disabled for good (a new account is a new login): every session ends at once."""
+async def disable_operator(conn: asyncpg.Connection, *, actor: str, login_name: str,
+                           by_operator_id: int | None = None) -> Account:
+    """Disabled for good (a new account is a new login): every session ends at once. A region
+    operator is disabled only if MIN_OTHER_REGION_OPERATOR_ACCOUNTS others stay enabled besides
+    them and `by_operator_id` (the operator asking, None from the command line). The enabled
+    region operators are locked first, in id order, so two disables at once are decided one
+    after the other and cannot deadlock."""
     async with conn.transaction():
+        region_operators = await conn.fetch(
+            "SELECT id FROM operators WHERE role = 'region_operator' AND NOT disabled"
+            " ORDER BY id FOR UPDATE")
         before = await _enabled_account_for_update(conn, login_name)
+        others = {row["id"] for row in region_operators} - {before.id, by_operator_id}
+        if before.role == "region_operator" and len(others) < MIN_OTHER_REGION_OPERATOR_ACCOUNTS:
+            raise OperatorConflict(
+                f"operator {login_name} is a region operator, and disabling them would leave "
+                f"fewer than {MIN_OTHER_REGION_OPERATOR_ACCOUNTS} other active region operator: "
+                "create another region operator account first")
         row = await conn.fetchrow(f"UPDATE operators o SET disabled = true WHERE id = $1"
                                   f" RETURNING {_ACCOUNT}", before.id)
         await conn.execute("UPDATE operator_sessions SET revoked = true WHERE operator_id = $1",

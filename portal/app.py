@@ -15,6 +15,7 @@ from portal.photos import PHOTO_MAX_BYTES
 from portal.portal_links import LINKS, PortalLinks
 from portal.student_session import PHOTO_DIR, POOL, session_middleware
 from web.security import SECURE_COOKIES, security_middleware
+from web.http_face import plain_server_header
 from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
@@ -29,6 +30,7 @@ def build_portal_app(pool: asyncpg.Pool, *, secure_cookies: bool, photo_dir: Pat
     public address for e-mailed links, and the mail sender's nudge."""
     app = web.Application(middlewares=[security_middleware, session_middleware],
                           client_max_size=MAX_REQUEST_BODY_BYTES)
+    plain_server_header(app)
     app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
     app[LINKS] = links or PortalLinks()
     app[PHOTO_DIR] = photo_dir

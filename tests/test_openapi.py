@@ -8,11 +8,13 @@ import types
 
 import aiohttp
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from backoffice.areas import openapi_document
 from backoffice.openapi import OPENAPI_DOCUMENT, OPENAPI_PATH, build_openapi_document
+from backoffice.operator_auth import Role
 from backoffice.ops_app import build_ops_app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -79,3 +81,34 @@ def test_two_areas_documenting_the_same_operation_are_refused():
                                     OPENAPI_SCHEMAS={"Error": {}})
     with pytest.raises(ValueError, match="already defined"):
         build_openapi_document([schemas])
+
+
+async def test_what_the_server_refuses_the_document_refuses_too(ops_client):
+    """Issue 14's disagreements, each once: the server's 400 is documented, and the schema no
+    longer allows the value (id 0, school year 0000, an empty category, limit 0, a null date)."""
+    document = openapi_document()
+
+    def allows(path: str, method: str, name: str, value) -> bool:
+        operation = document["paths"][path][method]
+        assert "400" in operation["responses"], (method, path)
+        if name == "body":
+            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        else:
+            schema = next(p["schema"] for p in operation["parameters"] if p["name"] == name)
+        return Draft202012Validator(schema).is_valid(value)
+
+    cases = [("/v1/ops/partners/{partner_id}", "get", "partner_id", 0, "/v1/ops/partners/0", None),
+             ("/v1/ops/school-years/{school_year}/expiry", "get", "school_year", 0,
+              "/v1/ops/school-years/0000/expiry", None),
+             ("/v1/ops/partners", "get", "category", "", "/v1/ops/partners?category=", None),
+             ("/v1/ops/partners/near", "get", "limit", 0,
+              "/v1/ops/partners/near?lat=50&lon=3&limit=0", None),
+             ("/v1/ops/settlement/runs", "post", "body", {"through_day": None},
+              "/v1/ops/settlement/runs", {"through_day": None})]
+    async with ops_client(Role.REGION_OPERATOR) as region:
+        for path, method, name, value, url, body in cases:
+            assert not allows(path, method, name, value), (path, name, value)
+            async with region.request(method, url, json=body) as reply:
+                assert reply.status == 400, (url, await reply.text())
+    settle = document["paths"]["/v1/ops/settlement/runs"]["post"]["responses"]
+    assert {"200", "201"} <= set(settle)

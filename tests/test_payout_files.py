@@ -19,6 +19,7 @@ from backoffice.payout_files import (PAIN001_SCHEMA, BankAccount, PayoutError, e
                                      payout_files, set_payee, write_payout_files)
 from ledger.clock import pin_clock
 from ledger.demo_region import PARTNERS, terminal_id
+from ledger.partners import update_partner
 from ledger.settlement import settle
 
 from conftest import paris
@@ -173,3 +174,25 @@ def test_identifiers_longer_than_iso_20022_allows_are_refused():
         message_id(10**22)
     with pytest.raises(PayoutError, match="longer than 35"):
         end_to_end_id(10**30, dt.date(2026, 9, 1))
+
+
+# OWASP's CSV injection list: a cell starting with one of these is a formula to a spreadsheet.
+FORMULA_NAMES = ["=cmd|' /C calc'!A0", "@SUM(1+9)*cmd|' /C calc'!A0", "+33 Boulangerie",
+                 "-20% Outlet", "\t=1+1", "\r=1+1"]
+
+
+@pytest.mark.parametrize("formula", FORMULA_NAMES)
+async def test_names_that_a_spreadsheet_would_run_are_neutralised_in_the_csv(conn, payees, formula):
+    """Partner and payee names come from operators (and partners, through them): the CSV opened
+    in a spreadsheet must show them as text, never evaluate them."""
+    await update_partner(conn, 1, actor=ACTOR, name=formula)
+    await set_payee(conn, 1, name=formula, iban=french_iban(1), bic="BNPAFRPPXXX", actor=ACTOR)
+    files = await payout_files(conn, await settled_run(conn), actor=ACTOR, debtor=REGION)
+    row = next(r for r in csv.DictReader(io.StringIO(files.csv.decode(), newline=""))
+               if r["partner_id"] == "1")
+    for column in ("partner_name", "payee_name"):
+        assert row[column][0] == "'", (column, row[column])
+        assert row[column][1:].strip() == formula.strip()
+    # numbers stay numbers: a negative amount is not a name
+    assert all(not cell.startswith("'") for key, cell in row.items()
+               if key not in ("partner_name", "payee_name"))
