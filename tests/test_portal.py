@@ -23,7 +23,7 @@ from ledger.rights_renewal import renew_one
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid
 
-from browser_fixtures import PHONE, screenshot
+from browser_fixtures import DESKTOP, PHONE, screenshot
 from conftest import TEST_SCHOOL_YEAR, balance_of
 
 CARD = card_uid(5)
@@ -272,3 +272,28 @@ async def test_a_new_card_is_refused_until_the_rights_are_renewed_then_asked_and
     assert (defective.card_id, defective.reason) == (done.new_card_id, "DEFECTIVE")
     other = await page.request.get(f"{portal}/carte/{(await _student(conn, CARD))[2]}/defectueuse")
     assert other.status == 404                                  # another student's card
+
+
+MAIN_PAGES = ("/connexion", "/creer-un-compte", "/ou-utiliser-ma-carte?ville=Arras",
+              "/ma-carte", "/carte/{card}/perte", "/carte/{card}/defectueuse")
+
+
+async def test_every_main_page_on_a_phone_and_a_computer(server, conn, browser_page):
+    """Screenshots of each main page at both sizes, for the reviewer; and on a phone no page is
+    wider than the screen (nothing to scroll sideways)."""
+    dossier, _, card_id = await _student(conn, CARD)
+    password = await students.create_account(conn, dossier)
+    await conn.execute("UPDATE student_accounts SET must_change_password = false")
+    for size_name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+        page = await browser_page(viewport)
+        await _log_in(page, server.portal_url, dossier, password)
+        await expect(page).to_have_url(server.portal_url + "/ma-carte")
+        for path in MAIN_PAGES:
+            answer = await page.goto(server.portal_url + path.format(card=card_id))
+            assert answer.status == 200, path
+            name = path.strip("/").split("?")[0].replace("/", "-").replace("{card}", "numero")
+            await screenshot(page, f"portal-{name}-{size_name}")
+            if viewport is PHONE:
+                overflow = await page.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                assert overflow <= 0, f"{path} is {overflow} px wider than a phone"
