@@ -1,0 +1,220 @@
+"""Model-based testing of the rules (issue 15 §4): hypothesis drives random sequences of
+purchases, partial approvals, reversals, refunds, reloads with pending fees, oppositions,
+replacements, renewals and clock moves across 1 July, 1 May and both DST nights against the real
+server and database, and compares every answer and balance with tests/rules_model.py.
+
+Short in CI (MODEL_EXAMPLES_CI × MODEL_STEPS_CI); long with HDFPAY_MODEL_EXAMPLES (and
+HDFPAY_MODEL_STEPS). Shrunk failing sequences are kept below as plain regression tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, settings as hypothesis_settings, strategies as st
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, rule,
+                                 run_state_machine_as_test)
+
+from ledger.cards import OPPOSITION_REASONS
+
+from conftest import SCHOOL_DAY
+from rules_harness import STUDENTS, TERMINALS, UNKNOWN_CARD, Harness
+from rules_model import PARIS, Answer, rrn_prefix
+
+MODEL_EXAMPLES_CI = 20
+MODEL_STEPS_CI = 30
+MODEL_EXAMPLES = int(os.environ.get("HDFPAY_MODEL_EXAMPLES", MODEL_EXAMPLES_CI))
+MODEL_STEPS = int(os.environ.get("HDFPAY_MODEL_STEPS", MODEL_STEPS_CI))
+
+UTC = dt.timezone.utc
+# The instants the clock moves between: both sides of each boundary the rules name, and both
+# DST nights (the RRN's day is the Paris date, so 00:30 CET is the next day, 23:30 UTC).
+INSTANTS = (
+    SCHOOL_DAY,
+    dt.datetime(2026, 6, 30, 21, 59, 59, tzinfo=UTC),    # 30 June 23:59:59 CEST: year 2025, closed
+    dt.datetime(2026, 6, 30, 22, 0, 0, tzinfo=UTC),      # 1 July 2026 00:00 CEST: opens
+    dt.datetime(2026, 10, 25, 0, 30, tzinfo=UTC),        # 25 Oct 02:30 CEST, before falling back
+    dt.datetime(2026, 10, 25, 1, 30, tzinfo=UTC),        # 25 Oct 02:30 CET, after
+    dt.datetime(2026, 12, 31, 23, 30, tzinfo=UTC),       # 1 January 00:30 Paris: a new RRN year
+    dt.datetime(2027, 3, 27, 22, 59, 59, tzinfo=UTC),    # 27 March 23:59:59 CET
+    dt.datetime(2027, 3, 28, 1, 0, 0, tzinfo=UTC),       # 28 March 03:00 CEST, after springing
+    dt.datetime(2027, 4, 30, 21, 59, 59, tzinfo=UTC),    # 30 April 23:59:59 CEST: still open
+    dt.datetime(2027, 4, 30, 22, 0, 0, tzinfo=UTC),      # 1 May 2027 00:00: the wallet closes
+    dt.datetime(2027, 6, 19, 21, 59, 59, tzinfo=UTC),    # renewal for 2027 not open yet
+    dt.datetime(2027, 6, 19, 22, 0, 0, tzinfo=UTC),      # 20 June 00:00: renewal for 2027 opens
+    dt.datetime(2027, 6, 30, 21, 59, 59, tzinfo=UTC),    # last second of school year 2026
+    dt.datetime(2027, 6, 30, 22, 0, 0, tzinfo=UTC),      # 1 July 2027 00:00: year 2027 opens
+    dt.datetime(2027, 10, 31, 0, 30, tzinfo=UTC),        # 31 Oct 02:30 CEST, before falling back
+    dt.datetime(2027, 10, 31, 1, 30, tzinfo=UTC),        # 31 Oct 02:30 CET, after
+)
+SCHOOL_YEARS = (2026, 2027)
+# Amounts: ordinary ones, and both sides of the per-purchase ceiling (300 € in the seed).
+AMOUNTS_CENTS = st.one_of(st.integers(1, 60_00), st.sampled_from([299_99, 300_00, 300_01]))
+RELOAD_CENTS = st.integers(1, 200_00)
+REFUND_CENTS = st.one_of(st.none(), st.integers(1, 60_00))     # None: what is left of the sale
+CARD_CHOICES = 64          # an index into the cards in play, taken modulo their number
+
+
+def _answer(response) -> Answer:
+    return Answer(response.rc, response.requested_cents, response.approved_cents,
+                  response.balance_cents, response.refundable_cents, response.detail)
+
+
+class RulesMachine(RuleBasedStateMachine):
+    """Each example starts on a fresh copy of the seeded region; the model is read from it."""
+
+    harness: Harness   # set by the test that runs the machine
+    sales = Bundle("sales")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = type(self).harness
+        self.h.new_example()
+        self.model = self.h.load_model(SCHOOL_DAY)
+
+    def _uid(self, choice: int) -> bytes:
+        uids = [*self.model.cards, UNKNOWN_CARD]
+        return uids[choice % len(uids)]
+
+    def _check_answer(self, response, expected: Answer) -> None:
+        assert _answer(response) == expected, f"server {_answer(response)} != model {expected}"
+        assert response.rrn and response.rrn.startswith(rrn_prefix(self.model.now)), response.rrn
+
+    def _sell(self, terminal: str, uid: bytes, amount_cents: int, partial_ok: bool) -> str:
+        request = self.h.terminals[terminal].purchase_request(uid, amount_cents,
+                                                              partial_ok=partial_ok)
+        response = self.h.send(terminal, request)
+        expected = self.model.purchase(request.request_id, terminal, uid, amount_cents, partial_ok)
+        self._check_answer(response, expected)
+        self.model.sales[request.request_id].rrn = response.rrn
+        return request.request_id
+
+    @rule(target=sales, terminal=st.sampled_from(TERMINALS), card=st.integers(0, CARD_CHOICES),
+          amount_cents=AMOUNTS_CENTS, partial_ok=st.booleans())
+    def purchase(self, terminal, card, amount_cents, partial_ok):
+        """Any card in play, the unknown one included."""
+        return self._sell(terminal, self._uid(card), amount_cents, partial_ok)
+
+    @rule(target=sales, terminal=st.sampled_from(TERMINALS), card=st.integers(0, CARD_CHOICES),
+          amount_cents=AMOUNTS_CENTS, partial_ok=st.booleans())
+    def purchase_with_an_active_card(self, terminal, card, amount_cents, partial_ok):
+        """What most taps are: a card not opposed (so that sales get approved)."""
+        active = [uid for uid, c in self.model.cards.items() if c.status == "ACTIVE"]
+        uid = active[card % len(active)] if active else self._uid(card)
+        return self._sell(terminal, uid, amount_cents, partial_ok)
+
+    def _reverse(self, sale: str, terminal: str) -> None:
+        response = self.h.send(terminal, self.h.terminals[terminal].reversal_request(sale))
+        self._check_answer(response, self.model.reversal(terminal, sale))
+
+    @rule(sale=sales, terminal=st.sampled_from(TERMINALS))
+    def reversal(self, sale, terminal):
+        """From either terminal: another terminal's sale is not found (25)."""
+        self._reverse(sale, terminal)
+
+    @rule(sale=sales)
+    def reversal_at_its_terminal(self, sale):
+        self._reverse(sale, self.model.sales[sale].terminal)
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def reversal_of_unknown(self, terminal):
+        response = self.h.send(terminal, self.h.terminals[terminal].reversal_request(uuid.uuid4().hex))
+        self._check_answer(response, Answer("25", 0, 0, None))
+
+    def _refund(self, sale: str, terminal: str, uid: bytes, amount_cents: int | None) -> None:
+        """amount None: exactly what is left of the sale (at least a cent)."""
+        original = self.model.sales[sale]
+        if amount_cents is None:
+            amount_cents = max(original.left_cents, 1)
+        request = self.h.terminals[terminal].refund_request(original.rrn, amount_cents, uid)
+        response = self.h.send(terminal, request)
+        self._check_answer(response, self.model.refund(terminal, sale, uid, amount_cents))
+
+    @rule(sale=sales, terminal=st.sampled_from(TERMINALS), card=st.integers(0, CARD_CHOICES),
+          amount_cents=REFUND_CENTS)
+    def refund(self, sale, terminal, card, amount_cents):
+        """Any terminal, any card: 25 at another partner or for another student, 14 unknown."""
+        self._refund(sale, terminal, self._uid(card), amount_cents)
+
+    @rule(sale=sales, card=st.integers(0, CARD_CHOICES), amount_cents=REFUND_CENTS)
+    def refund_to_its_student(self, sale, card, amount_cents):
+        """At the terminal that sold, to a card of the student who paid (a replaced one too)."""
+        original = self.model.sales[sale]
+        theirs = [uid for uid, c in self.model.cards.items() if c.student == original.student]
+        uid = theirs[card % len(theirs)] if theirs else self._uid(card)
+        self._refund(sale, original.terminal, uid, amount_cents)
+
+    @rule(student=st.sampled_from(STUDENTS), school_year=st.sampled_from(SCHOOL_YEARS),
+          amount_cents=RELOAD_CENTS)
+    def reload(self, student, school_year, amount_cents):
+        got = self.h.reload(student, school_year, amount_cents, f"model-{uuid.uuid4().hex}")
+        assert got == self.model.reload(student, school_year, amount_cents)
+
+    @rule(card=st.integers(0, CARD_CHOICES), reason=st.sampled_from(OPPOSITION_REASONS))
+    def oppose(self, card, reason):
+        uid = self._uid(card)
+        if uid == UNKNOWN_CARD:
+            return
+        assert self.h.oppose(uid, reason) == self.model.oppose(uid, reason)
+
+    @rule(card=st.integers(0, CARD_CHOICES),
+          reason=st.one_of(st.none(), st.sampled_from(OPPOSITION_REASONS)))
+    def replace(self, card, reason):
+        uid = self._uid(card)
+        if uid == UNKNOWN_CARD:
+            return
+        new_uid, got = self.h.replace(uid, reason)
+        assert got == self.model.replace(uid, reason, new_uid)
+
+    @rule(student=st.sampled_from(STUDENTS), school_year=st.sampled_from(SCHOOL_YEARS))
+    def renew(self, student, school_year):
+        assert self.h.renew(student, school_year) == self.model.renew(student, school_year)
+
+    @rule(at=st.sampled_from(INSTANTS))
+    def move_clock(self, at):
+        self.h.pin(at)
+        self.model.now = at
+
+    @invariant()
+    def ledger_agrees(self):
+        balances, statuses, violations = self.h.ledger_state()
+        assert balances == self.model.balances
+        assert statuses == {uid: card.status for uid, card in self.model.cards.items()}
+        assert violations == []
+
+
+def run_machine(harness: Harness, examples: int, steps: int) -> None:
+    RulesMachine.harness = harness
+    run_state_machine_as_test(RulesMachine, settings=hypothesis_settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+
+
+@pytest.fixture
+def harness(settings, pg_cluster, template_database, hsm, keys_for):
+    with Harness(settings, pg_cluster, template_database, hsm, keys_for) as running:
+        yield running
+
+
+def test_the_server_follows_the_model_of_the_rules(harness):
+    started = time.monotonic()
+    run_machine(harness, MODEL_EXAMPLES, MODEL_STEPS)
+    print(f"model: {MODEL_EXAMPLES} examples × up to {MODEL_STEPS} steps, {harness.examples} examples and "
+          f"{harness.steps} steps run on the server in {time.monotonic() - started:.1f} s; answers "
+          f"{sorted(harness.outcomes.items())}")
+
+
+def replay(harness: Harness) -> RulesMachine:
+    """A fresh machine for a kept sequence, as hypothesis prints it (state.rule(...))."""
+    RulesMachine.harness = harness
+    return RulesMachine()
+
+
+def test_paris_instants_are_what_their_comments_say():
+    """The clock's instants, read in Paris: a wrong one would test another night."""
+    local = [at.astimezone(PARIS).strftime("%m-%d %H:%M:%S %Z") for at in INSTANTS[1:3]]
+    assert local == ["06-30 23:59:59 CEST", "07-01 00:00:00 CEST"]
+    assert INSTANTS[9].astimezone(PARIS).strftime("%m-%d %H:%M %Z") == "05-01 00:00 CEST"
