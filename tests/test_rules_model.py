@@ -80,6 +80,7 @@ class RulesMachine(RuleBasedStateMachine):
         return uids[choice % len(uids)]
 
     def _check_answer(self, response, expected: Answer) -> None:
+        self.last = response        # what a kept sequence may look at
         assert _answer(response) == expected, f"server {_answer(response)} != model {expected}"
         assert response.rrn and response.rrn.startswith(rrn_prefix(self.model.now)), response.rrn
 
@@ -218,3 +219,64 @@ def test_paris_instants_are_what_their_comments_say():
     local = [at.astimezone(PARIS).strftime("%m-%d %H:%M:%S %Z") for at in INSTANTS[1:3]]
     assert local == ["06-30 23:59:59 CEST", "07-01 00:00:00 CEST"]
     assert INSTANTS[9].astimezone(PARIS).strftime("%m-%d %H:%M %Z") == "05-01 00:00 CEST"
+
+
+# --- kept sequences ------------------------------------------------------------------------------
+# Each replays steps as hypothesis prints them (state.rule(...)), on a fresh seeded database, with
+# every answer and the ledger compared with the model as in the random run. Card indexes are into
+# the cards in play in seed order: 0 → student 201, 1 → 202, 2 → 203, 3 → 250 (no rights this
+# year), 4 → 292 (card lost), then new cards, then the unknown card.
+
+
+def test_kept_partial_refund_then_void_leaves_nothing_voided(harness):
+    state = replay(harness)
+    sale = state.purchase_with_an_active_card(terminal=TERMINALS[0], card=0, amount_cents=150_00,
+                                              partial_ok=True)         # 10: the whole 100 €
+    state.refund_to_its_student(sale=sale, card=0, amount_cents=30_00)
+    state.reversal_at_its_terminal(sale=sale)                            # the 70 € left
+    state.refund_to_its_student(sale=sale, card=0, amount_cents=None)     # 13, detail voided
+    assert (state.last.rc, state.last.refundable_cents, state.last.detail) == ("13", 0, "voided")
+    state.ledger_agrees()
+    state.teardown()
+
+
+def test_kept_replacement_fee_pending_outside_the_window_recovered_by_the_next_reload(harness):
+    state = replay(harness)
+    state.move_clock(at=INSTANTS[9])                  # 1 May 2027 00:00: the wallet has closed
+    state.replace(card=0, reason="LOST")              # 5 € pending
+    state.reload(student=201, school_year=2027, amount_cents=3_00)        # recovers 3 €
+    state.reload(student=201, school_year=2027, amount_cents=10_00)       # the last 2 €
+    assert state.model.pending_fees[201] == 0 and state.model.balances[(201, 2027)] == 8_00
+    state.ledger_agrees()
+    state.teardown()
+
+
+def test_kept_void_after_1_may_goes_to_expired_funds(harness):
+    state = replay(harness)
+    state.move_clock(at=INSTANTS[8])                  # 30 April 23:59:59
+    sale = state.purchase(terminal=TERMINALS[1], card=1, amount_cents=20_00, partial_ok=False)
+    state.move_clock(at=INSTANTS[9])                  # one second later, 1 May 00:00
+    state.reversal_at_its_terminal(sale=sale)         # restored, but not to the closed wallet
+    assert (state.last.rc, state.last.approved_cents, state.last.balance_cents) == ("00", 20_00, None)
+    state.refund_to_its_student(sale=sale, card=1, amount_cents=None)    # 54
+    assert state.last.rc == "54"
+    state.ledger_agrees()
+    state.teardown()
+
+
+def test_kept_renewal_opens_on_20_june_and_the_new_year_starts_on_1_july(harness):
+    state = replay(harness)
+    state.move_clock(at=INSTANTS[10])                 # 19 June 23:59:59: not open yet
+    state.renew(student=202, school_year=2027)
+    state.move_clock(at=INSTANTS[11])                 # 20 June 00:00
+    state.renew(student=202, school_year=2027)
+    state.reload(student=202, school_year=2027, amount_cents=50_00)
+    state.move_clock(at=INSTANTS[12])                 # 30 June 23:59:59: still 54
+    state.purchase(terminal=TERMINALS[0], card=1, amount_cents=10_00, partial_ok=False)
+    state.move_clock(at=INSTANTS[13])                 # 1 July 2027 00:00: the new wallet
+    state.purchase(terminal=TERMINALS[0], card=1, amount_cents=10_00, partial_ok=False)
+    assert (state.last.rc, state.last.balance_cents) == ("00", 40_00)
+    state.purchase(terminal=TERMINALS[0], card=0, amount_cents=10_00, partial_ok=False)  # 57
+    assert state.last.rc == "57"
+    state.ledger_agrees()
+    state.teardown()
