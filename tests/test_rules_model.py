@@ -68,12 +68,14 @@ class RulesMachine(RuleBasedStateMachine):
 
     harness: Harness   # set by the test that runs the machine
     sales = Bundle("sales")
+    unseen = Bundle("unseen")       # (terminal, request id) voided before the server saw them
 
     def __init__(self) -> None:
         super().__init__()
         self.h = type(self).harness
         self.h.new_example()
         self.model = self.h.load_model(SCHOOL_DAY)
+        self.first_answers: dict[str, tuple] = {}     # request id → (request, its first answer)
 
     def _uid(self, choice: int) -> bytes:
         uids = [*self.model.cards, UNKNOWN_CARD]
@@ -91,6 +93,7 @@ class RulesMachine(RuleBasedStateMachine):
         expected = self.model.purchase(request.request_id, terminal, uid, amount_cents, partial_ok)
         self._check_answer(response, expected)
         self.model.sales[request.request_id].rrn = response.rrn
+        self.first_answers[request.request_id] = (request, response)
         return request.request_id
 
     @rule(target=sales, terminal=st.sampled_from(TERMINALS), card=st.integers(0, CARD_CHOICES),
@@ -120,10 +123,29 @@ class RulesMachine(RuleBasedStateMachine):
     def reversal_at_its_terminal(self, sale):
         self._reverse(sale, self.model.sales[sale].terminal)
 
-    @rule(terminal=st.sampled_from(TERMINALS))
+    @rule(target=unseen, terminal=st.sampled_from(TERMINALS))
     def reversal_of_unknown(self, terminal):
-        response = self.h.send(terminal, self.h.terminals[terminal].reversal_request(uuid.uuid4().hex))
+        """25, and the server remembers: the original, if it comes, is declined."""
+        request_id = uuid.uuid4().hex
+        response = self.h.send(terminal, self.h.terminals[terminal].reversal_request(request_id))
         self._check_answer(response, Answer("25", 0, 0, None))
+        return (terminal, request_id)
+
+    @rule(voided=unseen, card=st.integers(0, CARD_CHOICES), amount_cents=AMOUNTS_CENTS)
+    def late_original(self, voided, card, amount_cents):
+        """The purchase a reversal overtook: 94, nothing debited (and no RRN: not recorded)."""
+        terminal, request_id = voided
+        request = self.h.terminals[terminal].purchase_request(self._uid(card), amount_cents,
+                                                              request_id=request_id)
+        response = self.h.send(terminal, request)
+        assert (_answer(response), response.rrn) == (Answer("94", amount_cents, 0, None), None)
+
+    @rule(sale=sales)
+    def retry(self, sale):
+        """The same request again (new KSN and MAC): the same answer, no money moved twice."""
+        request, first = self.first_answers[sale]
+        terminal = self.model.sales[sale].terminal
+        assert self.h.send(terminal, request) == first
 
     def _refund(self, sale: str, terminal: str, uid: bytes, amount_cents: int | None) -> None:
         """amount None: exactly what is left of the sale (at least a cent)."""
