@@ -23,6 +23,7 @@ import asyncpg
 from hdfpay.server import running_server
 from ledger import cards as ledger_cards
 from ledger.clock import pin_clock
+from ledger.expiry import ExpiryRefused, expire_school_year
 from ledger.demo_region import card_uid, terminal_id
 from ledger.invariants import ledger_violations
 from ledger.reload import ReloadRefused, reload_wallet
@@ -188,6 +189,18 @@ class Harness:
             except ReloadRefused:
                 return "ReloadRefused"
             return (r.credited_cents, r.fee_recovered_cents, r.balance_cents)
+        return self.run(call())
+
+    def expire(self, school_year: int) -> str:
+        """The 1 May job, for the whole region (the model looks only at the students in play)."""
+        self.steps += 1
+
+        async def call():
+            try:
+                await expire_school_year(self.conn, school_year, actor=ACTOR)
+            except ExpiryRefused:
+                return "ExpiryRefused"
+            return "ok"
         return self.run(call())
 
     def oppose(self, uid: bytes, reason: str) -> str:

@@ -180,6 +180,15 @@ class RulesModel:
         self.balances[key] = self.balances.get(key, 0) + amount_cents - recovered
         return (amount_cents, recovered, self.balances[key])
 
+    def expire(self, school_year: int) -> str:
+        """From 1 May, what is left in the year's wallets is no longer the students'."""
+        if self.now < wallet_closes_at(school_year):
+            return "ExpiryRefused"
+        for key in self.balances:
+            if key[1] == school_year:
+                self.balances[key] = 0
+        return "ok"
+
     def oppose(self, uid: bytes, reason: str) -> str:
         """Irreversible: an opposed card cannot be opposed again."""
         card = self.cards[uid]

@@ -1,6 +1,6 @@
 """Model-based testing of the rules (issue 15 §4): hypothesis drives random sequences of
-purchases, partial approvals, reversals, refunds, reloads with pending fees, oppositions,
-replacements, renewals and clock moves across 1 July, 1 May and both DST nights against the real
+purchases, partial approvals, retries, reversals, refunds, reloads with pending fees, the 1 May
+expiry, oppositions, replacements, renewals and clock moves across 1 July, 1 May and both DST nights against the real
 server and database, and compares every answer and balance with tests/rules_model.py.
 
 Short in CI (MODEL_EXAMPLES_CI × MODEL_STEPS_CI); long with HDFPAY_MODEL_EXAMPLES (and
@@ -175,6 +175,10 @@ class RulesMachine(RuleBasedStateMachine):
     def reload(self, student, school_year, amount_cents):
         got = self.h.reload(student, school_year, amount_cents, f"model-{uuid.uuid4().hex}")
         assert got == self.model.reload(student, school_year, amount_cents)
+
+    @rule(school_year=st.sampled_from(SCHOOL_YEARS))
+    def expire(self, school_year):
+        assert self.h.expire(school_year) == self.model.expire(school_year)
 
     @rule(card=st.integers(0, CARD_CHOICES), reason=st.sampled_from(OPPOSITION_REASONS))
     def oppose(self, card, reason):
