@@ -22,7 +22,7 @@ from ledger.cards import OPPOSITION_REASONS
 
 from conftest import SCHOOL_DAY
 from rules_harness import STUDENTS, TERMINALS, UNKNOWN_CARD, Harness
-from rules_model import PARIS, Answer, rrn_prefix
+from rules_model import PARIS, Answer, in_wallet_window, rrn_prefix, school_year_of
 
 MODEL_EXAMPLES_CI = 20
 MODEL_STEPS_CI = 30
@@ -242,9 +242,27 @@ def replay(harness: Harness) -> RulesMachine:
 
 def test_paris_instants_are_what_their_comments_say():
     """The clock's instants, read in Paris: a wrong one would test another night."""
-    local = [at.astimezone(PARIS).strftime("%m-%d %H:%M:%S %Z") for at in INSTANTS[1:3]]
-    assert local == ["06-30 23:59:59 CEST", "07-01 00:00:00 CEST"]
-    assert INSTANTS[9].astimezone(PARIS).strftime("%m-%d %H:%M %Z") == "05-01 00:00 CEST"
+    assert [at.astimezone(PARIS).strftime("%Y-%m-%d %H:%M:%S %Z") for at in INSTANTS] == [
+        "2026-11-26 10:00:00 CET",
+        "2026-06-30 23:59:59 CEST", "2026-07-01 00:00:00 CEST",
+        "2026-10-25 02:30:00 CEST", "2026-10-25 02:30:00 CET",
+        "2027-01-01 00:30:00 CET",
+        "2027-03-27 23:59:59 CET", "2027-03-28 03:00:00 CEST",
+        "2027-04-30 23:59:59 CEST", "2027-05-01 00:00:00 CEST",
+        "2027-06-19 23:59:59 CEST", "2027-06-20 00:00:00 CEST",
+        "2027-06-30 23:59:59 CEST", "2027-07-01 00:00:00 CEST",
+        "2027-10-31 02:30:00 CEST", "2027-10-31 02:30:00 CET"]
+
+
+async def test_the_models_calendar_is_the_ledgers(conn):
+    """At every instant the clock visits: the same school year, window and RRN day."""
+    for at in INSTANTS:
+        row = await conn.fetchrow(
+            "SELECT school_year_of($1) AS year, in_wallet_window($1) AS open,"
+            " right(to_char($1 AT TIME ZONE business_time_zone(), 'YYYY'), 1)"
+            " || to_char($1 AT TIME ZONE business_time_zone(), 'DDD') AS rrn_prefix", at)
+        assert (row["year"], row["open"], row["rrn_prefix"]) == (
+            school_year_of(at), in_wallet_window(at), rrn_prefix(at)), at
 
 
 # --- kept sequences ------------------------------------------------------------------------------
