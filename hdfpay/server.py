@@ -17,7 +17,6 @@ from authorizer.listener import READINESS, REFUSALS, ListenerLimits, build_termi
 from backoffice.openapi import OPENAPI_PATH
 from backoffice.ops_app import OpsAppRunner, build_ops_app
 from portal.app import build_portal_app
-from portal.housekeeping import purge_forever
 from portal.mail_sender import MailSender, SmtpSettings
 from portal.portal_links import PortalLinks
 from hdfpay.config import LOOPBACK_HOSTS, Settings
@@ -101,20 +100,12 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         portal_url = await stack.enter_async_context(
             _listening(portal_app, settings.portal_host, settings.portal_listen_port, tls))
         links.public_url = settings.portal_public_url or portal_url
-        stack.push_async_callback(_cancelled, asyncio.create_task(
-            purge_forever(portal_pool, settings.photo_dir)))
         if smtp is not None:
             sender = MailSender(portal_pool, smtp)
             links.mail_queued = sender.wake
             stack.push_async_callback(_stopped, sender, asyncio.create_task(sender.run()))
         yield RunningServer(url=url, app=app, ops_url=ops_url, ops_app=ops_app,
                             portal_url=portal_url)
-
-
-async def _cancelled(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _stopped(sender: MailSender, task: asyncio.Task) -> None:

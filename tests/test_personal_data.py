@@ -1,24 +1,28 @@
 """Personal data is kept only as long as the rule says (ledger/personal_data.py): a finished
 request's photo file is deleted, expired sessions and old reset links go, a sent mail's address
-is erased after its days. The purge the students' space runs every hour, run once here."""
+is erased after its days. `hdfpay students purge`, which a timer runs every hour, run here."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import os
+import subprocess
+import sys
 
 from PIL import Image
 
 from ledger import card_applications as applications
 from ledger import card_requests, students
 from ledger.clock import pin_clock
-from ledger.database import create_ops_pool
 from ledger.mail_outbox import MAIL_KEEP_SENT_DAYS, claim_due, mark_sent
-from portal.housekeeping import purge_once
+from portal.housekeeping import purge_personal_data
 from ledger.demo_region import card_uid
 from portal.photos import store_photo
 
 from conftest import SCHOOL_DAY
+
+CLI_TIMEOUT_S = 60
 
 
 def _png() -> bytes:
@@ -53,21 +57,28 @@ async def test_the_purge_keeps_nothing_past_its_rule(dsn, conn, tmp_path):
     [mail] = await claim_due(conn, "test-sender", 10, 60_000)          # the account's e-mail
     await mark_sent(conn, mail.id)
 
-    pool = await create_ops_pool(dsn, 2)
-    try:
-        kept = await purge_once(pool, photo_dir)                        # nothing is due yet
-        assert (kept.photo_files, kept.sessions, kept.mail_addresses) == ((), 0, 0)
-        assert (photo_dir / stored.file_name).exists()
+    kept = await purge_personal_data(conn, photo_dir)                   # nothing is due yet
+    assert (kept.photo_files, kept.sessions, kept.mail_addresses) == ((), 0, 0)
+    assert (photo_dir / stored.file_name).exists()
 
-        await card_requests.advance(conn, request_id, "rejected", actor="region",
-                                    reason="Photo non conforme")
-        await pin_clock(conn, SCHOOL_DAY + dt.timedelta(days=MAIL_KEEP_SENT_DAYS, hours=1))
-        purged = await purge_once(pool, photo_dir)
-    finally:
-        await pool.close()
+    await card_requests.advance(conn, request_id, "rejected", actor="region",
+                                reason="Photo non conforme")
+    await pin_clock(conn, SCHOOL_DAY + dt.timedelta(days=MAIL_KEEP_SENT_DAYS, hours=1))
+    purged = await purge_personal_data(conn, photo_dir)
     assert purged.photo_files == (stored.file_name,) and not (photo_dir / stored.file_name).exists()
     assert await conn.fetchval("SELECT photo_file FROM card_applications") is None
     assert purged.sessions == 1 and await conn.fetchval("SELECT count(*) FROM student_sessions") == 0
     assert purged.mail_addresses == 1
     assert await conn.fetchval("SELECT recipient FROM mail_outbox WHERE id = $1", mail.id) is None
     assert dossier.startswith("W")
+
+
+
+def test_the_purge_command_runs_and_says_what_it_purged(dsn, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "hdfpay.cli", "students", "purge"],
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "DATABASE_URL": dsn,
+                               "HDFPAY_PHOTO_DIR": str(tmp_path / "photos")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("purged: 0 photo(s), ")
