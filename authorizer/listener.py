@@ -12,6 +12,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
 from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder, PartnerCategories
@@ -42,6 +43,8 @@ class ListenerLimits:
     # "dukpt" (MAC'd, replay-proof terminal messages) or "none" (loopback benchmarking only).
     terminal_authentication: str
     metrics_enabled: bool
+    # Purchases of one card in progress beyond which 91 "card busy" (authorizer/card_gate.py).
+    max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -85,6 +88,7 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
         OutcomeRecorder(metrics, PartnerCategories(pool), counting=limits.metrics_enabled),
         refusals,
         max_in_flight_requests=limits.max_in_flight_requests,
+        max_in_flight_per_card=limits.max_in_flight_per_card,
         request_timeout_ms=limits.request_timeout_ms,
     )
     # Slack above the largest valid message so that aiohttp itself never buffers more.

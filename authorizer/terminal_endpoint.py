@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from authorizer.card_gate import CardGate
+from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD, CardGate
 from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder
@@ -52,7 +52,8 @@ def _answer(status: int, body: bytes, headers: dict[str, str]) -> web.Response:
 class TerminalEndpoint:
     def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator,
                  metrics: Metrics, recorder: OutcomeRecorder, refusals: Refusals, *,
-                 max_in_flight_requests: int, request_timeout_ms: int) -> None:
+                 max_in_flight_requests: int, request_timeout_ms: int,
+                 max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD) -> None:
         self._pipeline = pipeline
         self._authenticator = authenticator
         self._metrics = metrics
@@ -60,7 +61,7 @@ class TerminalEndpoint:
         self._refusals = refusals
         self._max_in_flight = max_in_flight_requests
         self._request_timeout_s = request_timeout_ms / 1000
-        self._card_gate = CardGate()
+        self._card_gate = CardGate(max_in_flight_per_card)
         self.in_flight = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
 

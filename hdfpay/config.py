@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
+
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_OPS_PORT = 8081
@@ -77,6 +79,8 @@ class Settings:
     portal_public_url: str | None = None
     # Applicants' photos: outside any web root, the server's user only (portal/photos.py).
     photo_dir: Path = field(default_factory=lambda: default_photo_dir())
+    # Purchases of one card in progress at once (authorizer/card_gate.py); 91 "card busy" beyond.
+    max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD
 
     @property
     def ops_listen_port(self) -> int:
@@ -151,6 +155,8 @@ class Settings:
             portal_db_pool_size=int_from_env("HDFPAY_PORTAL_DB_POOL_SIZE", 4, 1, 100),
             portal_public_url=_public_url(os.environ.get("HDFPAY_PORTAL_PUBLIC_URL")),
             photo_dir=default_photo_dir(),
+            max_in_flight_per_card=int_from_env("HDFPAY_MAX_IN_FLIGHT_PER_CARD",
+                                                MAX_IN_FLIGHT_PER_CARD, 1, 1_000),
         )
 
 

@@ -38,6 +38,7 @@ def listener_limits(settings: Settings) -> ListenerLimits:
         request_timeout_ms=settings.request_timeout_ms,
         terminal_authentication=settings.terminal_authentication,
         metrics_enabled=settings.metrics_enabled,
+        max_in_flight_per_card=settings.max_in_flight_per_card,
     )
 
 
