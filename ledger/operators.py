@@ -291,8 +291,13 @@ async def disable_operator(conn: asyncpg.Connection, *, actor: str, login_name: 
         region_operators = await conn.fetch(
             "SELECT id FROM operators WHERE role = 'region_operator' AND NOT disabled"
             " ORDER BY id FOR UPDATE")
+        enabled = {row["id"] for row in region_operators}
+        if by_operator_id is not None and by_operator_id not in enabled:
+            # Disabled by another operator while this request waited for the lock: it was
+            # authenticated before, but may no longer act (two operators disabling each other).
+            raise OperatorConflict("your own account was disabled meanwhile: nothing changed")
         before = await _enabled_account_for_update(conn, login_name)
-        others = {row["id"] for row in region_operators} - {before.id, by_operator_id}
+        others = enabled - {before.id, by_operator_id}
         if before.role == "region_operator" and len(others) < MIN_OTHER_REGION_OPERATOR_ACCOUNTS:
             raise OperatorConflict(
                 f"operator {login_name} is a region operator, and disabling them would leave "
