@@ -131,15 +131,21 @@ async def beneficiary_page(request: web.Request, operator: Operator):
         "notice": request.query.get("fait"), "error": request.query.get("refus")})
 
 
+async def _owner(conn, card_id: int) -> int:
+    """The beneficiary whose page an action on this card returns to; 404 for no such card."""
+    owner = await beneficiaries.beneficiary_of_card(conn, card_id)
+    if owner is None:
+        raise web.HTTPNotFound(text="Carte introuvable")
+    return owner
+
+
 @routes.post(BASE + r"/cartes/{card_id:\d{1,19}}/opposition")
 @operator_page(Role.REGION_OPERATOR)
 async def oppose(request: web.Request, operator: Operator):
     form = await request.post()
     card_id = _id(request, "card_id")
     async with request.app[POOL].acquire() as conn:
-        owner = await beneficiaries.beneficiary_of_card(conn, card_id)
-        if owner is None:
-            raise web.HTTPNotFound(text="Carte introuvable")
+        owner = await _owner(conn, card_id)
         reason = REASONS.get(_field(form, "motif"))
         if reason is None or reason == "DEFECTIVE" or form.get("confirmation") != "oui":
             raise web.HTTPSeeOther(f"{BASE}/beneficiaires/{owner}?refus=confirmation")
@@ -157,9 +163,7 @@ async def replace(request: web.Request, operator: Operator):
     form = await request.post()
     card_id = _id(request, "card_id")
     async with request.app[POOL].acquire() as conn:
-        owner = await beneficiaries.beneficiary_of_card(conn, card_id)
-        if owner is None:
-            raise web.HTTPNotFound(text="Carte introuvable")
+        owner = await _owner(conn, card_id)
         try:
             uid = cards.parse_uid(_field(form, "uid"))
             reason = REASONS.get(_field(form, "motif")) if _field(form, "motif") else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -26,9 +25,9 @@ from terminal_protocol.agent.agent_metrics import METRICS_FILE_INTERVAL_S, Agent
 from terminal_protocol.agent.journal import Journal, SentMessage
 from terminal_protocol.agent.local_store import LocalStore
 from terminal_protocol.agent.outbox import Outbox, OutboxSender
-from terminal_protocol.agent.receipt_printer import EscposFilePrinter, PrinterError
-from terminal_protocol.agent.receipts import as_copy, receipt_text
+from terminal_protocol.agent.receipt_printer import EscposFilePrinter
 from terminal_protocol.agent.supervisor_pin import SupervisorPin
+from terminal_protocol.agent.tickets import Tickets
 from terminal_protocol.amounts import format_euros
 from terminal_protocol.cashier_display import masked_uid
 from terminal_protocol.client import TerminalClient
@@ -82,8 +81,8 @@ class TerminalAgent:
         self._sender_task: asyncio.Task | None = None
         self._supervisor = supervisor
         self._now = now
-        self._shop_name = shop_name or client.terminal_id
-        self._printer = printer
+        self._tickets = Tickets(self.journal, shop_name=shop_name or client.terminal_id,
+                                terminal_id=client.terminal_id, printer=printer, now=now)
         self._metrics_dir = metrics_dir
         self._metrics_task: asyncio.Task | None = None
         self.metrics = AgentMetrics(
@@ -165,7 +164,7 @@ class TerminalAgent:
                 self.journal.record_answer(request.request_id, response)
                 outcome = texts.answered(response, amount_cents)
             outcome = texts.with_card_and_time(outcome, masked_uid(uid), at)
-            return await self._receipt(outcome, request.request_id, "purchase", masked_uid(uid))
+            return await self._tickets.issue(outcome, request.request_id, "purchase", masked_uid(uid))
 
     def void_preview(self) -> Outcome:
         """What "void the last sale" would do, for the cashier to confirm (status `confirm`,
@@ -191,7 +190,7 @@ class TerminalAgent:
                                               sale["approved_cents"])
             if outcome.status == "queued":
                 return outcome
-            return await self._receipt(outcome, outcome.request_id, "reversal", sale["card"],
+            return await self._tickets.issue(outcome, outcome.request_id, "reversal", sale["card"],
                                        original_rrn=sale["rrn"])
 
     async def refund(self, original_rrn: str, amount_cents: int,
@@ -227,18 +226,11 @@ class TerminalAgent:
             if outcome.status == "queued":
                 return outcome
             outcome = texts.with_card_and_time(outcome, masked_uid(uid), self._now().astimezone())
-            return await self._receipt(outcome, request.request_id, "refund", masked_uid(uid),
+            return await self._tickets.issue(outcome, request.request_id, "refund", masked_uid(uid),
                                        original_rrn=original_rrn)
 
     async def reprint_last(self) -> Outcome:
-        """The last ticket again, marked as a copy."""
-        text = self.journal.last_receipt()
-        if text is None:
-            return texts.refused("Aucun ticket à réimprimer")
-        copy = as_copy(text)
-        outcome = Outcome("receipt", tuple(copy.rstrip("\n").split("\n")),
-                          details={"receipt": copy})
-        return await self._print(outcome, copy)
+        return await self._tickets.reprint_last()
 
     def transactions(self) -> Outcome:
         """The open batch's operations, newest first: a refund finds its sale's RRN here."""
@@ -331,28 +323,6 @@ class TerminalAgent:
             return texts.card_error(getattr(exc, "message_fr", "Erreur du lecteur de cartes"))
         finally:
             self.notice = None
-
-    async def _receipt(self, outcome: Outcome, request_id: str, kind: str, card: str | None, *,
-                       original_rrn: str | None = None) -> Outcome:
-        """The ticket of an operation the server decided (or that got no answer): kept in the
-        journal, printed when the shop has a printer, and returned to the till."""
-        text = receipt_text(shop=self._shop_name, terminal_id=self._client.terminal_id, kind=kind,
-                            at=self._now().astimezone(), card=card,
-                            amount_cents=outcome.requested_cents,
-                            answer=self.journal.answer(request_id), original_rrn=original_rrn)
-        self.journal.record_receipt(request_id, text)
-        return await self._print(dataclasses.replace(
-            outcome, details={**outcome.details, "receipt": text}), text)
-
-    async def _print(self, outcome: Outcome, text: str) -> Outcome:
-        if self._printer is None:
-            return outcome
-        try:
-            await asyncio.to_thread(self._printer.print_receipt, text)
-        except PrinterError:
-            return dataclasses.replace(outcome, lines=outcome.lines + (texts.NOT_PRINTED,),
-                                       details={**outcome.details, "printed": False})
-        return dataclasses.replace(outcome, details={**outcome.details, "printed": True})
 
     def _voidable_sale(self):
         """The open batch's last sale if it can be voided, else the outcome that says why."""
