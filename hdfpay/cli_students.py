@@ -5,7 +5,7 @@ time, hourly from deploy/systemd/hdfpay-purge.timer)."""
 from __future__ import annotations
 
 from hdfpay.cli_support import run_on_database
-from ledger import students
+from ledger import roles, students
 from portal.housekeeping import purge_personal_data
 
 
@@ -16,7 +16,7 @@ def cmd_add_account(args, settings) -> int:
         print(f"provisional password  {password}")
         print("Shown this once: give it to the student by a separate channel; it must be changed"
               " at the first login.")
-    return run_on_database(settings, work, (students.StudentAccountError,))
+    return run_on_database(settings, work, (students.StudentAccountError,), role=roles.PORTAL)
 
 
 def cmd_purge(args, settings) -> int:
@@ -24,7 +24,7 @@ def cmd_purge(args, settings) -> int:
         purged = await purge_personal_data(conn, settings.photo_dir)
         print(f"purged: {len(purged.photo_files)} photo(s), {purged.sessions} session(s),"
               f" {purged.reset_links} reset link(s), {purged.mail_addresses} mail address(es)")
-    return run_on_database(settings, work, (students.StudentAccountError,))
+    return run_on_database(settings, work, (students.StudentAccountError,), role=roles.PORTAL)
 
 
 def add_commands(subcommands) -> None:

@@ -14,7 +14,9 @@ from typing import Awaitable, Callable
 import asyncpg
 import uvloop
 
+from ledger import roles
 from ledger.database import check_schema, connection, database_dsn
+from ledger.roles import role_dsn
 
 
 # Argument types: each has a name argparse shows, and refuses bad text in plain words.
@@ -67,11 +69,12 @@ def cli_actor() -> str:
 
 
 def run_on_database(settings, work: Callable[[asyncpg.Connection], Awaitable[int | None]],
-                    refusals: tuple[type[BaseException], ...]) -> int:
-    """Run `work(conn)` on a checked schema; the area's `refusals` become one line on stderr
+                    refusals: tuple[type[BaseException], ...], role: str = roles.OPS) -> int:
+    """Run `work(conn)` on a checked schema, logged in as `role` (an operators' command has
+    the operator API's rights, no more); the area's `refusals` become one line on stderr
     and exit code 2."""
     async def main() -> int:
-        async with connection(dsn) as conn:
+        async with connection(role_dsn(dsn, role)) as conn:
             await check_schema(conn)
             return await work(conn) or 0
 

@@ -21,7 +21,9 @@ from portal.mail_sender import MailSender, SmtpSettings
 from portal.portal_links import PortalLinks
 from hdfpay.config import LOOPBACK_HOSTS, Settings
 from hsm.interface import Hsm
+from ledger import roles
 from ledger.database import create_ops_pool, create_pool
+from ledger.roles import role_dsn
 from web.http_face import QuietErrorsAppRunner
 from terminal_protocol.transport import TERMINAL_PATH
 
@@ -76,13 +78,14 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
                          smtp: SmtpSettings | None = None) -> AsyncIterator[RunningServer]:
     """The three listeners, each with its pool, and the students' mail sender when `smtp` is
     given (without it mail stays queued, nothing is lost); all closed on exit. Port 0 picks a
-    free port."""
+    free port. `dsn` is the administrator's: each pool logs in as its own role (ledger/roles.py),
+    never as the owner of the tables."""
     settings.check_transport()
     tls = _tls_context(settings)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(dsn, settings.db_pool_size)
+        pool = await create_pool(role_dsn(dsn, roles.TERMINAL), settings.db_pool_size)
         stack.push_async_callback(pool.close)
-        ops_pool = await create_ops_pool(dsn, settings.ops_db_pool_size)
+        ops_pool = await create_ops_pool(role_dsn(dsn, roles.OPS), settings.ops_db_pool_size)
         stack.push_async_callback(ops_pool.close)
         app = build_terminal_app(listener_limits(settings), pool, hsm)
         runner = TerminalAppRunner(app, app[REFUSALS], access_log=None,
@@ -93,7 +96,8 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         ops_runner = OpsAppRunner(ops_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         ops_url = await stack.enter_async_context(
             _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls, ops_runner))
-        portal_pool = await create_ops_pool(dsn, settings.portal_db_pool_size)
+        portal_pool = await create_ops_pool(role_dsn(dsn, roles.PORTAL),
+                                            settings.portal_db_pool_size)
         stack.push_async_callback(portal_pool.close)
         links = PortalLinks()
         portal_app = build_portal_app(portal_pool, links=links, photo_dir=settings.photo_dir,

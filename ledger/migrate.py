@@ -29,10 +29,15 @@ from pathlib import Path
 
 import asyncpg
 
+from ledger.roles import act_as_owner, ensure_roles
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQL_DIR = Path(__file__).parent / "sql"
 # Functions before views: a view may call a function; functions do not read views.
 REPEATABLE_SUBDIRS = ("functions", "views")
+# Who may do what (ledger/roles.py names the roles): applied after everything else, and again
+# whenever anything else was, since a new table or function starts with no grants.
+PRIVILEGES_FILE = "privileges.sql"
 MIGRATION_ADVISORY_LOCK_KEY = 0x4844_4650  # "HDFP"
 
 
@@ -56,9 +61,11 @@ def shipped_migrations() -> list[Migration]:
 
 
 def shipped_repeatables() -> list[Migration]:
-    """The function and view files, named by their path under ledger/sql ('functions/x.sql')."""
+    """The function and view files, named by their path under ledger/sql ('functions/x.sql'),
+    then the privileges file, last."""
     return [Migration(version=f"{subdir}/{f.name}", sql=f.read_text())
-            for subdir in REPEATABLE_SUBDIRS for f in sorted((SQL_DIR / subdir).glob("*.sql"))]
+            for subdir in REPEATABLE_SUBDIRS for f in sorted((SQL_DIR / subdir).glob("*.sql"))
+            ] + [Migration(version=PRIVILEGES_FILE, sql=(SQL_DIR / PRIVILEGES_FILE).read_text())]
 
 
 OLD_LAYOUT_MESSAGE = (
@@ -89,8 +96,10 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             "CREATE TABLE IF NOT EXISTS schema_repeatables ("
             " path text PRIMARY KEY, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())")
+        await ensure_roles(conn)
+        await act_as_owner(conn)
         applied_now += await _apply_numbered(conn)
-        applied_now += await _apply_repeatables(conn)
+        applied_now += await _apply_repeatables(conn, force_privileges=bool(applied_now))
     return applied_now
 
 
@@ -118,12 +127,13 @@ async def _apply_numbered(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
-async def _apply_repeatables(conn: asyncpg.Connection) -> list[str]:
+async def _apply_repeatables(conn: asyncpg.Connection, force_privileges: bool) -> list[str]:
     recorded = {r["path"]: r["checksum"]
                 for r in await conn.fetch("SELECT path, checksum FROM schema_repeatables")}
     applied: list[str] = []
     for repeatable in shipped_repeatables():
-        if recorded.get(repeatable.version) == repeatable.checksum:
+        forced = repeatable.version == PRIVILEGES_FILE and (force_privileges or applied)
+        if recorded.get(repeatable.version) == repeatable.checksum and not forced:
             continue
         await conn.execute(repeatable.sql)
         await conn.execute(

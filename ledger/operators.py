@@ -133,26 +133,14 @@ async def create_operator(conn: asyncpg.Connection, *, actor: str, login: str, r
     return account, provisional
 
 
-# One attempt charged, before the password is checked: the lock, once reached, holds against
-# requests already in flight. A lock that has run out starts a fresh count.
-_CHARGE_ATTEMPT = f"""
-    WITH now AS (SELECT business_now() AS t)
-    UPDATE operators o SET
-        failed_logins = CASE WHEN o.locked_until <= now.t THEN 0 ELSE o.failed_logins END + 1,
-        locked_until = CASE WHEN (CASE WHEN o.locked_until <= now.t THEN 0
-                                       ELSE o.failed_logins END) + 1 >= $2
-                            THEN now.t + $3 * interval '1 millisecond' END
-    FROM now
-    WHERE {{key}} AND NOT o.disabled AND (o.locked_until IS NULL OR o.locked_until <= now.t)
-    RETURNING o.password_hash, {_ACCOUNT}"""
-
-
-async def _check_password(conn: asyncpg.Connection, key: str, value, password: str,
+async def _check_password(conn: asyncpg.Connection, login_name: str | None,
+                          operator_id: int | None, password: str,
                           hasher: PasswordHasher) -> tuple[asyncpg.Record | None, bool]:
+    """One attempt charged (sql/functions/charge_operator_login.sql), then the password checked."""
     row = None
     if len(password) <= PASSWORD_MAX_LENGTH_CHARS:
-        row = await conn.fetchrow(_CHARGE_ATTEMPT.format(key=key), value,
-                                  LOGIN_FAILURES_BEFORE_LOCK, LOGIN_LOCK_MS)
+        row = await conn.fetchrow("SELECT * FROM charge_operator_login($1, $2, $3, $4)",
+                                  login_name, operator_id, LOGIN_FAILURES_BEFORE_LOCK, LOGIN_LOCK_MS)
     ok = await verify_password(hasher, row["password_hash"] if row else None, password)
     if row is not None and not ok and row["locked"]:
         # This failure locked the account: whoever holds its sessions may be the one guessing.
@@ -179,7 +167,7 @@ async def login(conn: asyncpg.Connection, login_name: str, password: str,
                 hasher: PasswordHasher = DEFAULT_HASHER) -> Session:
     """A new session for the right password; LoginRefused for anything else, always the same."""
     # A login that cannot exist (CHECK on the column) costs the same query and check.
-    row, ok = await _check_password(conn, "o.login = $1", login_name.lower(), password, hasher)
+    row, ok = await _check_password(conn, login_name.lower(), None, password, hasher)
     if not ok:
         raise LoginRefused()
     password_hash = await _current_hash(row, password, hasher)
@@ -232,7 +220,7 @@ async def change_password(conn: asyncpg.Connection, session: Session, current: s
     _check_new(new, login_name)
     if new == current:
         raise OperatorError("the new password must differ from the current one")
-    row, ok = await _check_password(conn, "o.id = $1", session.account.id, current, hasher)
+    row, ok = await _check_password(conn, None, session.account.id, current, hasher)
     if not ok:
         raise WrongPassword("the current password is wrong (or the account is locked)")
     new_hash = await hash_password(hasher, new)

@@ -20,7 +20,9 @@ from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
 from authorizer.listener import METRICS
 from hdfpay.server import running_server
 from ledger.demo_region import card_uid
+from ledger.database import connection
 from ledger.embedded import throwaway_cluster, throwaway_workdir
+from ledger.migrate import migrate
 from terminal_protocol.client import TerminalClient
 
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS
@@ -130,6 +132,8 @@ async def test_readyz_says_503_in_time_when_the_database_is_frozen(settings, hsm
     with throwaway_workdir("readyz") as workdir:
         cluster = throwaway_cluster(workdir)
         dsn = cluster.start()
+        async with connection(dsn) as conn:
+            await migrate(conn)             # the roles the server's pools log in as
         one_connection = dataclasses.replace(settings, db_pool_size=1)
         async with running_server(one_connection, dsn, hsm) as server:
             assert (await _readyz(server.url))[0] == 200

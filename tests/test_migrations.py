@@ -15,7 +15,7 @@ import pytest
 
 import ledger.migrate
 from ledger.database import SchemaNotReady, check_schema
-from ledger.migrate import (MIGRATIONS_DIR, SQL_DIR, MigrationError, migrate, shipped_migrations,
+from ledger.migrate import (MIGRATIONS_DIR, SQL_DIR, MigrationError, PRIVILEGES_FILE, migrate, shipped_migrations,
                             shipped_repeatables)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +87,12 @@ async def test_a_changed_function_file_is_reapplied_by_the_next_migrate(conn, mo
         return [dataclasses.replace(r, sql=r.sql.replace("'bulk:'", "'changed:'"))
                 if r.version == target else r for r in original]
     monkeypatch.setattr(ledger.migrate, "shipped_repeatables", changed)
-    assert await migrate(conn) == [target]
+    assert await migrate(conn) == [target, PRIVILEGES_FILE]   # grants follow any change
     assert await conn.fetchval("SELECT bulk_reload_reference(2026, 7)") == "changed:2026:000000000007"
     assert await migrate(conn) == []
 
     monkeypatch.setattr(ledger.migrate, "shipped_repeatables", lambda: original)
-    assert await migrate(conn) == [target]
+    assert await migrate(conn) == [target, PRIVILEGES_FILE]   # grants follow any change
     assert await conn.fetchval("SELECT bulk_reload_reference(2026, 7)") == "bulk:2026:000000000007"
 
 

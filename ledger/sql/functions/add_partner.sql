@@ -1,6 +1,8 @@
 CREATE OR REPLACE FUNCTION add_partner(p_name text, p_category text, p_address text, p_latitude double precision,
                             p_longitude double precision, p_actor text) RETURNS partners
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_partner partners;
 BEGIN

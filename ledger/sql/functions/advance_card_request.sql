@@ -5,7 +5,9 @@
 CREATE OR REPLACE FUNCTION advance_card_request(p_request_id bigint, p_to_state text, p_actor text,
                                      p_reason text, p_card_uid bytea, p_card_number text,
                                      p_establishment_id integer) RETURNS card_requests
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now      timestamptz := business_now();
     v_request  card_requests;

@@ -1,7 +1,9 @@
 -- Append one action, inside the caller's transaction (it commits or rolls back with the change
 -- it describes). The head row's lock serialises appends, so the chain has no fork.
 CREATE OR REPLACE FUNCTION append_audit(p_actor text, p_action text, p_subject text, p_before jsonb,
-                             p_after jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
+                             p_after jsonb) RETURNS bigint LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_head  audit_head;
     v_id    bigint;

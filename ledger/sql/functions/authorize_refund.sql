@@ -10,7 +10,9 @@ CREATE OR REPLACE FUNCTION authorize_refund(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_original_rrn text, p_amount_cents bigint, p_card_uid bytea, p_initial_key_id bytea,
     p_ksn_counter bigint
-) RETURNS text LANGUAGE plpgsql AS $$
+) RETURNS text LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now       timestamptz := business_now();
     f           record;

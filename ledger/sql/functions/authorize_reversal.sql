@@ -6,7 +6,9 @@
 CREATE OR REPLACE FUNCTION authorize_reversal(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_original_request_id text, p_initial_key_id bytea, p_ksn_counter bigint
-) RETURNS text LANGUAGE plpgsql AS $$
+) RETURNS text LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now       timestamptz := business_now();
     f           record;

@@ -12,7 +12,9 @@ CREATE OR REPLACE FUNCTION bulk_reload_chunk(
     p_run_id bigint, p_chunk_rows integer, p_actor text,
     OUT beneficiaries_seen bigint, OUT wallets_credited bigint, OUT wallets_opened bigint,
     OUT credited_cents bigint, OUT fee_recovered_cents bigint, OUT finished boolean
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     r            bulk_reload_runs;
     v_now        timestamptz := business_now();

@@ -6,7 +6,9 @@
 -- (a reversal decided before the close but committed after the expiry).
 CREATE OR REPLACE FUNCTION expire_school_year(
     p_school_year integer, OUT wallets_expired bigint, OUT expired_cents bigint
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now      timestamptz := business_now();
     v_expired  bigint;

@@ -1,7 +1,9 @@
 -- Irreversible opposition (the trigger cards_opposition_is_irreversible forbids lifting it). The terminal then answers
 -- the opposition's decline code (card_statuses: 41 lost, 43 stolen, 62 damaged or defective).
 CREATE OR REPLACE FUNCTION oppose_card(p_card_id bigint, p_reason text, p_actor text) RETURNS cards
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now  timestamptz := business_now();
     v_card cards;

@@ -20,7 +20,9 @@ CREATE OR REPLACE FUNCTION reload_wallet(
     p_beneficiary_id bigint, p_school_year integer, p_amount_cents bigint, p_reference text,
     OUT credited_cents bigint, OUT fee_recovered_cents bigint, OUT balance_cents bigint,
     OUT already_done boolean
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_wallet    bigint;
     v_funding   bigint;

@@ -9,7 +9,9 @@
 -- deadlock with it.
 CREATE OR REPLACE FUNCTION replace_card(p_card_id bigint, p_reason text, p_new_uid bytea,
                                         p_new_card_number text, p_actor text)
-RETURNS card_replacements LANGUAGE plpgsql AS $$
+RETURNS card_replacements LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now      timestamptz := business_now();
     v_year     integer     := school_year_of(v_now);

@@ -4,7 +4,9 @@
 -- year are not renewed ("Avant toute demande de refabrication, assurez-vous que vos droits … ont
 -- bien été actualisés"), once the card is replaced, and while a request for it is open. Audited.
 CREATE OR REPLACE FUNCTION request_card_replacement(p_card_id bigint, p_reason text, p_actor text)
-RETURNS card_replacement_requests LANGUAGE plpgsql AS $$
+RETURNS card_replacement_requests LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now   timestamptz := business_now();
     v_card  cards;

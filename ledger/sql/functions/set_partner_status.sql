@@ -1,7 +1,9 @@
 -- ACTIVE or SUSPENDED (its terminals then answer 58), or CLOSED, which is final. Setting the
 -- status a partner already has changes nothing and records nothing.
 CREATE OR REPLACE FUNCTION set_partner_status(p_partner_id integer, p_status text, p_actor text) RETURNS partners
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_partner partners;
 BEGIN

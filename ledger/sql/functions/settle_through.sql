@@ -6,7 +6,9 @@
 -- refused with SQLSTATE HD422 (the project's "invalid request").
 CREATE OR REPLACE FUNCTION settle_through(p_through_day date, p_actor text, p_grace interval,
                                OUT settlement_run_id bigint, OUT created boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now    timestamptz := business_now();
     v_today  date := business_day_of(v_now);

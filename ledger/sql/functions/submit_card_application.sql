@@ -3,7 +3,9 @@
 -- logs in with it too), and the first-card request starts in SUBMITTED, moved on by the
 -- establishment and the region as any other (submit_card_request()). All or nothing.
 CREATE OR REPLACE FUNCTION submit_card_application(p_application_id bigint, p_actor text)
-RETURNS card_requests LANGUAGE plpgsql AS $$
+RETURNS card_requests LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now  timestamptz := business_now();
     v_app  card_applications;

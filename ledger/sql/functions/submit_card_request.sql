@@ -1,5 +1,7 @@
 CREATE OR REPLACE FUNCTION submit_card_request(p_beneficiary_id bigint, p_actor text) RETURNS card_requests
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_now     timestamptz := business_now();
     v_open    card_requests;

@@ -1,7 +1,9 @@
 -- NULL leaves a field as it is.
 CREATE OR REPLACE FUNCTION update_partner(p_partner_id integer, p_name text, p_category text, p_address text,
                                p_latitude double precision, p_longitude double precision,
-                               p_actor text) RETURNS partners LANGUAGE plpgsql AS $$
+                               p_actor text) RETURNS partners LANGUAGE plpgsql
+-- Runs as hdfpay_owner for the roles granted EXECUTE (ledger/sql/privileges.sql).
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_before partners;
     v_after  partners;
