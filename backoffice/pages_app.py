@@ -9,13 +9,14 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from backoffice import pages_students
+from backoffice import pages_audit, pages_students
 from backoffice.operator_auth import POOL
 from backoffice.page_session import BASE, cookie_session
 from web.security import SECURE_COOKIES, security_middleware
 from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
+PAGE_GROUPS = (pages_students, pages_audit)
 
 
 def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool) -> web.Application:
@@ -23,8 +24,9 @@ def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool) -> web.Applicat
     app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
     setup_templates(app, HERE / "templates")
     pages = web.RouteTableDef()
-    for route in pages_students.routes:      # written with their full path, mounted under BASE
-        pages.route(route.method, route.path.removeprefix(BASE), **route.kwargs)(route.handler)
+    for module in PAGE_GROUPS:       # routes written with their full path, mounted under BASE
+        for route in module.routes:
+            pages.route(route.method, route.path.removeprefix(BASE), **route.kwargs)(route.handler)
     app.add_routes(pages)
     add_shared_static(app, "/static/web")
     app.router.add_static("/static", HERE / "static")
