@@ -6,6 +6,7 @@ routes here; every answer, errors included, is JSON, even to HTTP aiohttp cannot
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -79,9 +80,11 @@ class OpsAppRunner(QuietErrorsAppRunner):
         super().__init__(app, answer_malformed_http, **kwargs)
 
 
-def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.Application:
+def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True,
+                  photo_dir: Path | None = None) -> web.Application:
     """Routes of every area, then the OpenAPI document built once from what they declare; the
-    back office's pages under /bureau/ (`secure_cookies` False only on loopback)."""
+    back office's pages under /bureau/ (`secure_cookies` False only on loopback; `photo_dir`:
+    the applicants' photos the region checks, None where there are none)."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
                           middlewares=[json_errors, plain_text_urls, resolve_operator])
     plain_server_header(app)
@@ -89,5 +92,6 @@ def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.App
     for area in AREAS:
         area.add_routes(app)
     app[OPENAPI_DOCUMENT] = openapi_document()
-    app.add_subapp(BASE + "/", build_pages_app(pool, secure_cookies=secure_cookies))
+    app.add_subapp(BASE + "/", build_pages_app(pool, secure_cookies=secure_cookies,
+                                                  photo_dir=photo_dir))
     return app

@@ -9,19 +9,21 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from backoffice import pages_audit, pages_students
+from backoffice import pages_audit, pages_requests, pages_students
 from backoffice.operator_auth import POOL
 from backoffice.page_session import BASE, cookie_session
+from backoffice.pages_requests import PHOTO_DIR
 from web.security import SECURE_COOKIES, security_middleware
 from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
-PAGE_GROUPS = (pages_students, pages_audit)
+PAGE_GROUPS = (pages_students, pages_audit, pages_requests)
 
 
-def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool) -> web.Application:
+def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
+                    photo_dir: Path | None = None) -> web.Application:
     app = web.Application(middlewares=[security_middleware, cookie_session])
-    app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
+    app[POOL], app[SECURE_COOKIES], app[PHOTO_DIR] = pool, secure_cookies, photo_dir
     setup_templates(app, HERE / "templates")
     pages = web.RouteTableDef()
     for module in PAGE_GROUPS:       # routes written with their full path, mounted under BASE
