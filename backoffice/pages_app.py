@@ -9,7 +9,8 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from backoffice import pages_audit, pages_partners, pages_requests, pages_students
+from backoffice import (pages_audit, pages_dashboard, pages_partners, pages_requests,
+                        pages_students)
 from backoffice.operator_auth import POOL
 from backoffice.page_session import BASE, cookie_session
 from backoffice.pages_partners import HSM
@@ -19,7 +20,7 @@ from web.security import SECURE_COOKIES, security_middleware
 from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
-PAGE_GROUPS = (pages_students, pages_audit, pages_requests, pages_partners)
+PAGE_GROUPS = (pages_students, pages_audit, pages_requests, pages_partners, pages_dashboard)
 
 
 def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
