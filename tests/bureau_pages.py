@@ -24,13 +24,14 @@ async def log_in(page, bureau: str, login: str, password: str) -> None:
     await expect(page.get_by_role("button", name="Se déconnecter")).to_be_visible()
 
 
-async def visit(server, token: str | None, method: str, url: str,
-                form: dict | None = None) -> tuple[int, str, str, dict]:
-    """(status, Location, body unescaped, headers) of one request with that session cookie (None: none)."""
+async def visit(server, token: str | None, method: str, url: str, form: dict | None = None, *,
+                csrf_field: str = CSRF) -> tuple[int, str, str, dict]:
+    """(status, Location, body unescaped, headers) of one request with that session cookie (None:
+    none); a form's CSRF field is `csrf_field` (the cookie's value unless told otherwise)."""
     jar = aiohttp.CookieJar(unsafe=True)
     jar.update_cookies({"hdf_csrf": CSRF, **({"hdf_ops_session": token} if token else {})},
                        URL(server.ops_url))
-    data = {"csrf_token": CSRF, **(form or {})} if method == "POST" else None
+    data = {"csrf_token": csrf_field, **(form or {})} if method == "POST" else None
     async with aiohttp.ClientSession(cookie_jar=jar) as browser:
         async with browser.request(method, url, data=data, allow_redirects=False) as reply:
             return (reply.status, reply.headers.get("Location", ""),

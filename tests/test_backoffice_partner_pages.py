@@ -145,6 +145,10 @@ async def test_the_partner_pages_as_every_role_and_anonymously(server, dsn, conn
     status, _, text, _ = await visit(server, tokens[Role.PARTNER], "GET",
                                      f"{bureau}/partenaires/{other}")
     assert status == 403 and "ne voit que sa propre boutique" in text
+    status, _, text, _ = await visit(server, tokens[Role.REGION_OPERATOR], "POST",
+                                     f"{bureau}/terminaux/{ACTIVE_TERMINAL}/statut",
+                                     {"statut": "SUSPENDED"}, csrf_field="not-the-cookie")
+    assert status == 403 and "Formulaire expiré" in text          # a forged form changes nothing
     assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE actor <> 'test:ops_client'") == 0
     assert await conn.fetchval("SELECT status FROM terminals WHERE id = $1",
                                ACTIVE_TERMINAL) == "ACTIVE"
