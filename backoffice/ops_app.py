@@ -6,6 +6,7 @@ routes here; every answer, errors included, is JSON, even to HTTP aiohttp cannot
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -16,6 +17,7 @@ from backoffice.operator_auth import POOL, json_error, resolve_operator
 from backoffice.ops_requests import plain_text
 from backoffice.pages_app import build_pages_app, is_page
 from backoffice.page_session import BASE
+from hsm.interface import Hsm
 from web.http_face import QuietErrorsAppRunner, plain_server_header
 
 log = logging.getLogger("hdfpay.ops")
@@ -79,9 +81,12 @@ class OpsAppRunner(QuietErrorsAppRunner):
         super().__init__(app, answer_malformed_http, **kwargs)
 
 
-def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.Application:
+def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True,
+                  photo_dir: Path | None = None, hsm: Hsm | None = None) -> web.Application:
     """Routes of every area, then the OpenAPI document built once from what they declare; the
-    back office's pages under /bureau/ (`secure_cookies` False only on loopback)."""
+    back office's pages under /bureau/ (`secure_cookies` False only on loopback; `photo_dir`:
+    the applicants' photos the region checks, None where there are none; `hsm`: where the
+    terminals' transport keys' check values are read, None to show none)."""
     app = web.Application(client_max_size=OPS_MAX_BODY_BYTES,
                           middlewares=[json_errors, plain_text_urls, resolve_operator])
     plain_server_header(app)
@@ -89,5 +94,6 @@ def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True) -> web.App
     for area in AREAS:
         area.add_routes(app)
     app[OPENAPI_DOCUMENT] = openapi_document()
-    app.add_subapp(BASE + "/", build_pages_app(pool, secure_cookies=secure_cookies))
+    app.add_subapp(BASE + "/", build_pages_app(pool, secure_cookies=secure_cookies,
+                                                  photo_dir=photo_dir, hsm=hsm))
     return app

@@ -9,22 +9,30 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from backoffice import pages_students
+from backoffice import (pages_audit, pages_dashboard, pages_partners, pages_requests,
+                        pages_students)
 from backoffice.operator_auth import POOL
 from backoffice.page_session import BASE, cookie_session
+from backoffice.pages_partners import HSM
+from backoffice.pages_requests import PHOTO_DIR
+from hsm.interface import Hsm
 from web.security import SECURE_COOKIES, security_middleware
 from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
+PAGE_GROUPS = (pages_students, pages_audit, pages_requests, pages_partners, pages_dashboard)
 
 
-def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool) -> web.Application:
+def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
+                    photo_dir: Path | None = None, hsm: Hsm | None = None) -> web.Application:
     app = web.Application(middlewares=[security_middleware, cookie_session])
-    app[POOL], app[SECURE_COOKIES] = pool, secure_cookies
+    app[POOL], app[SECURE_COOKIES], app[PHOTO_DIR] = pool, secure_cookies, photo_dir
+    app[HSM] = hsm
     setup_templates(app, HERE / "templates")
     pages = web.RouteTableDef()
-    for route in pages_students.routes:      # written with their full path, mounted under BASE
-        pages.route(route.method, route.path.removeprefix(BASE), **route.kwargs)(route.handler)
+    for module in PAGE_GROUPS:       # routes written with their full path, mounted under BASE
+        for route in module.routes:
+            pages.route(route.method, route.path.removeprefix(BASE), **route.kwargs)(route.handler)
     app.add_routes(pages)
     add_shared_static(app, "/static/web")
     app.router.add_static("/static", HERE / "static")

@@ -86,3 +86,51 @@ async def verify_audit(conn: asyncpg.Connection, expect_hash: bytes | None = Non
         problems.append(f"the head recorded earlier ({expect_hash.hex()}) is no longer in the"
                         " trail: rows were removed or rewritten since")
     return AuditReport(count, head["last_id"], bytes(head["last_hash"]).hex(), tuple(problems))
+
+
+# The back office's pages read the trail a page at a time, newest first.
+AUDIT_PAGE_ROWS = 50
+AUDIT_FILTER_MAX_CHARS = 200
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    occurred_local: dt.datetime      # wall-clock time of the business time zone
+    actor: str
+    action: str
+    subject: str
+    before_text: str | None
+    after_text: str | None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: tuple[AuditEntry, ...]
+    older_than_id: int | None        # the next page's bound; None: this is the last page
+
+
+async def audit_page(conn: asyncpg.Connection, *, actor: str | None = None,
+                     action: str | None = None, from_day: dt.date | None = None,
+                     to_day: dt.date | None = None, before_id: int | None = None,
+                     limit_rows: int = AUDIT_PAGE_ROWS) -> AuditPage:
+    """Rows newest first, below `before_id` (keyset paging), filtered by exact actor, action
+    (exact, or every action under a prefix ending in '.', e.g. 'card.'), and business days
+    from_day..to_day inclusive, in the business time zone."""
+    limit_rows = max(1, min(limit_rows, AUDIT_PAGE_ROWS))
+    action_prefix = action if action and action.endswith(".") else None
+    rows = await conn.fetch(
+        "SELECT id, occurred_at AT TIME ZONE business_time_zone() AS occurred_local, actor,"
+        " action, subject, before::text AS before_text, after::text AS after_text"
+        "  FROM audit_log"
+        " WHERE ($1::bigint IS NULL OR id < $1)"
+        "   AND ($2::text IS NULL OR actor = $2)"
+        "   AND ($3::text IS NULL OR action = $3)"
+        "   AND ($4::text IS NULL OR left(action, length($4)) = $4)"
+        "   AND ($5::date IS NULL OR occurred_at >= business_day_starts_at($5))"
+        "   AND ($6::date IS NULL OR occurred_at < business_day_starts_at($6 + 1))"
+        " ORDER BY id DESC LIMIT $7",
+        before_id, actor or None, None if action_prefix else (action or None), action_prefix,
+        from_day, to_day, limit_rows + 1)
+    entries = tuple(AuditEntry(**dict(r)) for r in rows[:limit_rows])
+    return AuditPage(entries, entries[-1].id if len(rows) > limit_rows else None)

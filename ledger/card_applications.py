@@ -208,3 +208,21 @@ async def submit_application(conn: asyncpg.Connection, application_id: int, *, a
     except (Invalid, Conflict):
         raise StudentAccountError("Demande incomplète ou déjà envoyée : vérifiez chaque étape"
                                   ) from None
+
+
+@dataclass(frozen=True)
+class RequestPhoto:
+    file_name: str          # under the photo folder (HDFPAY_PHOTO_DIR), never served by name
+    width_px: int
+    height_px: int
+
+
+async def photo_for_request(conn: asyncpg.Connection, request_id: int) -> RequestPhoto | None:
+    """The photo sent with the application that became this first-card request (None: no
+    application online, or its photo already purged)."""
+    row = await conn.fetchrow(
+        "SELECT a.photo_file AS file_name, a.photo_width_px AS width_px,"
+        " a.photo_height_px AS height_px FROM card_requests r"
+        " JOIN card_applications a ON a.beneficiary_id = r.beneficiary_id"
+        " WHERE r.id = $1 AND a.photo_file IS NOT NULL ORDER BY a.id DESC LIMIT 1", request_id)
+    return None if row is None else RequestPhoto(**dict(row))

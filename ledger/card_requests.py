@@ -110,3 +110,73 @@ async def list_requests(conn: asyncpg.Connection, *, state: str | None = None,
         None if dossier_number is None else dossier_number.strip().upper(),
         min(limit_rows, LIST_LIMIT_ROWS))
     return [CardRequest(**dict(r)) for r in rows]
+
+
+# The back office's queue: a bounded page of requests at a time, newest first.
+REQUEST_PAGE_ROWS = 50
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: int
+    dossier_number: str
+    last_name: str
+    first_name: str
+    establishment_name: str
+    state: str
+    label_fr: str
+    submitted_local: dt.datetime       # wall-clock times of the business time zone
+    updated_local: dt.datetime
+    has_photo: bool
+
+
+@dataclass(frozen=True)
+class StateCount:
+    state: str
+    label_fr: str
+    final: bool
+    requests: int
+
+
+async def queue(conn: asyncpg.Connection, *, state: str | None, establishment_id: int | None,
+                before_id: int | None = None, limit_rows: int = REQUEST_PAGE_ROWS
+                ) -> tuple[list[QueueEntry], int | None]:
+    """Requests in `state` (None: all), of one establishment's students (None: all), below
+    `before_id`, newest first; and the next page's bound (None: this is the last page)."""
+    limit_rows = max(1, min(limit_rows, REQUEST_PAGE_ROWS))
+    rows = await conn.fetch(
+        "SELECT r.id, b.dossier_number, b.last_name, b.first_name, e.name AS establishment_name,"
+        " r.state, card_request_label(r.state, r.rejection_reason) AS label_fr,"
+        " r.submitted_at AT TIME ZONE business_time_zone() AS submitted_local,"
+        " r.updated_at AT TIME ZONE business_time_zone() AS updated_local,"
+        " EXISTS (SELECT 1 FROM card_applications a WHERE a.beneficiary_id = r.beneficiary_id"
+        "          AND a.photo_file IS NOT NULL) AS has_photo"
+        "  FROM card_requests r JOIN beneficiaries b ON b.id = r.beneficiary_id"
+        "  JOIN establishments e ON e.id = b.establishment_id"
+        " WHERE ($1::text IS NULL OR r.state = $1) AND ($2::integer IS NULL OR b.establishment_id = $2)"
+        "   AND ($3::bigint IS NULL OR r.id < $3)"
+        " ORDER BY r.id DESC LIMIT $4",
+        state, establishment_id, before_id, limit_rows + 1)
+    entries = [QueueEntry(**dict(r)) for r in rows[:limit_rows]]
+    return entries, entries[-1].id if len(rows) > limit_rows else None
+
+
+async def state_counts(conn: asyncpg.Connection, *,
+                       establishment_id: int | None) -> list[StateCount]:
+    """Every state in the order of the steps, with how many requests are in it."""
+    rows = await conn.fetch(
+        "SELECT s.state, s.label_fr, s.final, count(r.id)::integer AS requests"
+        "  FROM card_request_states s"
+        "  LEFT JOIN (card_requests r JOIN beneficiaries b ON b.id = r.beneficiary_id"
+        "             AND ($1::integer IS NULL OR b.establishment_id = $1)) ON r.state = s.state"
+        " GROUP BY s.state, s.label_fr, s.final, s.step ORDER BY s.step", establishment_id)
+    return [StateCount(**dict(r)) for r in rows]
+
+
+async def moves_from(conn: asyncpg.Connection, state: str) -> list[str]:
+    """The states a request in `state` may go to (the ledger's table of legal moves)."""
+    rows = await conn.fetch(
+        "SELECT t.to_state FROM card_request_transitions t"
+        " JOIN card_request_states s ON s.state = t.to_state WHERE t.from_state = $1"
+        " ORDER BY s.step", state)
+    return [r["to_state"] for r in rows]
