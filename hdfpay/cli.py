@@ -10,8 +10,8 @@ import sys
 import asyncpg
 import uvloop
 
-from hdfpay import (cli_cards, cli_operators, cli_rules, cli_school_year, cli_settlement,
-                    cli_students)
+from hdfpay import (cli_cards, cli_ledger, cli_operators, cli_rules, cli_school_year,
+                    cli_settlement, cli_students)
 from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
 from ledger.database import SchemaNotReady, check_schema, connection
@@ -217,21 +217,6 @@ def cmd_reload(args, settings: Settings) -> int:
         return _run(main())
 
 
-def cmd_check(args, settings: Settings) -> int:
-    from ledger.invariants import ledger_violations
-
-    async def main() -> int:
-        async with connection(dsn) as conn:
-            violations = await ledger_violations(conn)
-        for rule, detail in violations:
-            print(f"VIOLATION {rule}: {detail}")
-        print("ledger balanced" if not violations else f"{len(violations)} violation(s)")
-        return 1 if violations else 0
-
-    with cli_database(settings) as dsn:
-        return _run(main())
-
-
 def _override(settings: Settings, **changes) -> Settings:
     import dataclasses
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
@@ -315,9 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--partner", type=whole_number, required=True, help="partner id")
     p.set_defaults(func=cmd_terminals)
 
-    p = sub.add_parser("check", help="verify the ledger's invariants (debits = credits, no negative wallet)")
-    p.set_defaults(func=cmd_check)
-
     # Run by `python -m loadtest` in a process of their own (main() hands them over): listed
     # here for --help only, so that the root never imports the benchmarks.
     for name, text in LOADTEST_COMMANDS.items():
@@ -325,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
             "arguments", nargs=argparse.REMAINDER)
 
     add_terminal_commands(sub)
-    for area in (cli_operators, cli_school_year, cli_cards, cli_settlement, cli_rules,
+    for area in (cli_ledger, cli_operators, cli_school_year, cli_cards, cli_settlement, cli_rules,
                  cli_students):
         area.add_commands(sub)
     return parser
