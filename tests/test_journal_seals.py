@@ -6,9 +6,14 @@ say where. Sealing never locks the transfers and waits for a lower id committed 
 from __future__ import annotations
 
 import asyncio
+import configparser
+import datetime as dt
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -27,6 +32,8 @@ from conftest import TEST_SCHOOL_YEAR
 COMMAND_TIMEOUT_S = 120
 SEALER = "test:sealer"
 WAITING_SEAL_OBSERVED_S = 0.3
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
+SEAL_PERIOD = dt.timedelta(minutes=5)
 
 
 def hdfpay(dsn: str, keystore_env: dict, *args: str):
@@ -221,3 +228,23 @@ async def test_the_seal_key_is_made_once_and_audited(conn, tmp_path, kek_file):
     assert (await verify_seals(conn, other, "audit")).problems[0].endswith(
         f"made with key {JOURNAL_SEAL_KEY_ALIAS}, which this HSM does not hold (wrong HSM, or the"
         " seal was altered)")
+
+
+def test_the_timer_seals_every_five_minutes():
+    service = configparser.ConfigParser(interpolation=None, strict=False)
+    service.read(DEPLOY / "hdfpay-seal.service")
+    timer = configparser.ConfigParser(interpolation=None, strict=False)
+    timer.read(DEPLOY / "hdfpay-seal.timer")
+    command = service["Service"]["ExecStart"].split()
+    assert Path(command[0]).name == "hdfpay" and command[1:] == ["ledger", "seal"]
+    assert service["Service"]["Type"] == "oneshot"
+    assert timer["Timer"]["Unit"] == "hdfpay-seal.service" and timer["Timer"]["Persistent"] == "true"
+    if shutil.which("systemd-analyze"):
+        checked = subprocess.run(["systemd-analyze", "calendar", "--iterations=3",
+                                  timer["Timer"]["OnCalendar"]],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+        elapses = [dt.datetime.strptime(match, "%Y-%m-%d %H:%M:%S") for match in re.findall(
+            r"(?:Iter\. #\d+|Next elapse): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)",
+            checked.stdout)]
+        assert [b - a for a, b in zip(elapses, elapses[1:])] == [SEAL_PERIOD] * 2, checked.stdout
