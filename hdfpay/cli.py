@@ -87,17 +87,24 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def cmd_keys(args, settings: Settings) -> int:
-
-    from backoffice.provisioning import new_bdk
+    from backoffice.provisioning import create_bdk
     from hsm.config import BACKEND_VARIABLE, KEYSTORE_VARIABLE, SOFTWARE
     keystore = os.environ.get(KEYSTORE_VARIABLE)
     create = (args.action == "new-bdk" and os.environ.get(BACKEND_VARIABLE, SOFTWARE) == SOFTWARE
               and bool(keystore) and not os.path.exists(keystore))
+
+    async def audited_new_bdk(hsm) -> None:
+        async with connection(dsn) as conn:       # the audit trail records who made it
+            await check_schema(conn)
+            print(f"new BDK {await create_bdk(conn, hsm, actor=cli_actor())}: new terminals and "
+                  "rotations now use it")
+
     if create:
         print(f"creating the encrypted keystore {keystore}")
     with contextlib.closing(open_hsm_from_env(create=create)) as hsm:
         if args.action == "new-bdk":
-            print(f"new BDK {new_bdk(hsm)}: new terminals and rotations now use it")
+            with cli_database(settings) as dsn:
+                _run(audited_new_bdk(hsm))
         for key in sorted(hsm.list_keys(), key=lambda k: (k.usage.value, k.created_at)):
             print(f"{key.usage.value}  {key.alias:<32} KCV {key.kcv}  created {key.created_at:%Y-%m-%d %H:%M}")
     return 0
@@ -275,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="idempotency reference (default: one reload per student and year)")
     p.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("keys", help="the HSM's keys: list them with their KCV, or make a new BDK")
+    p = sub.add_parser("keys", help="the HSM's keys: list them with their KCV, or make a new BDK "
+                                    "(audited: needs the database)")
     p.add_argument("action", choices=["list", "new-bdk"])
     p.set_defaults(func=cmd_keys)
 
