@@ -21,7 +21,8 @@ later (it would then sit inside a sealed range and never match):
   (HORIZON_WAIT_MAX_MS at most) until each has ended, as CREATE INDEX CONCURRENTLY waits for older
   transactions; then every id <= H is committed or never will be. No lock is taken on transfers:
   the hot path never waits for a seal. A sequence cache above 1 would hand ids out of order to
-  later transactions, so it is refused.
+  later transactions, so it is refused. (A journal partitioned by month would have its writers
+  hold the partitions' locks: the query of the writers must then name them.)
 """
 
 from __future__ import annotations
