@@ -248,3 +248,18 @@ def test_the_timer_seals_every_five_minutes():
             r"(?:Iter\. #\d+|Next elapse): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)",
             checked.stdout)]
         assert [b - a for a, b in zip(elapses, elapses[1:])] == [SEAL_PERIOD] * 2, checked.stdout
+
+
+async def test_seals_made_and_checked_with_a_pkcs11_token(conn, pkcs11_hsm):
+    transfer = await _reload(conn, "HDF0000030", 150, "seal-pkcs11")
+    try:
+        run = await seal_journal(conn, pkcs11_hsm, actor=SEALER)
+        assert run.key_created is not None and run.key_created.usage is KeyUsage.HMAC
+        assert (await verify_seals(conn, pkcs11_hsm, "transfers")).intact
+        await _as_table_owner(conn, "transfers", "transfers_are_immutable",
+                              f"UPDATE transfers SET reference = 'rewritten' WHERE id = {transfer}")
+        problems = (await verify_seals(conn, pkcs11_hsm, "transfers")).problems
+        assert len(problems) == 1 and "was changed" in problems[0], problems
+    finally:
+        for info in pkcs11_hsm.list_keys():
+            pkcs11_hsm.destroy_key(info.alias)
