@@ -14,6 +14,7 @@ from backoffice.operator_auth import Role, current_session, json_error, require
 from backoffice.ops_requests import MAX_ID, acquire, json_id, read_json_object
 from ledger import operators
 from ledger.audit import verify_audit
+from ledger.operators import masked_login
 
 log = logging.getLogger("hdfpay.operators")
 # argon2 work (logins, password changes) in progress beyond which the API answers 503 at once.
@@ -39,12 +40,6 @@ def _password_check_slot(request: web.Request):
         yield
     finally:
         in_flight[0] -= 1
-
-
-def masked_login(login_name: str) -> str:
-    """What the logs keep of a refused login: its first 2 characters and its length (a
-    passphrase typed into the login field by mistake must not end up in the logs)."""
-    return f"{login_name[:2]}...({len(login_name)} chars)"
 
 
 def _strings(body: dict, *names: str) -> list[str]:
@@ -75,7 +70,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     session = current_session(request, password_change_ok=True)
     async with acquire(request) as conn:
-        await operators.logout(conn, session.id)
+        await operators.logout(conn, session)
     return web.Response(status=204)
 
 

@@ -50,7 +50,7 @@ async def login(request: web.Request):
     name = _field(form, "identifiant")
     async with request.app[POOL].acquire() as conn:
         try:
-            session = await operators.login(conn, name, _field(form, "mot_de_passe"))
+            session = await operators.login(conn, name, _field(form, "mot_de_passe"), via="bureau")
         except operators.OperatorError:
             response = aiohttp_jinja2.render_template("bo_login.html", request, {
                 "error": "Identifiant ou mot de passe incorrect, ou compte bloqué", "login": name})
@@ -66,7 +66,7 @@ async def login(request: web.Request):
 async def logout(request: web.Request):
     session = page_session(request)
     if session is not None:
-        await operators.logout(request.app[POOL], session.id)
+        await operators.logout(request.app[POOL], session, via="bureau")
     response = web.HTTPSeeOther(LOGIN_PATH)
     response.del_cookie(COOKIE, path="/")
     raise response

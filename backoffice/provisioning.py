@@ -46,11 +46,26 @@ def current_bdk(hsm: Hsm) -> KeyInfo:
 
 
 def new_bdk(hsm: Hsm) -> KeyInfo:
+    """A new BDK, unaudited: for throwaway regions (demo, benchmarks, tests); an operator's
+    goes through create_bdk."""
     taken = {k.alias for k in hsm.list_keys()}
     while True:
         alias = bdk_alias(os.urandom(BDK_ID_BYTES))
         if alias not in taken:
             return hsm.generate_key(alias, KeyUsage.BDK)
+
+
+async def create_bdk(conn: asyncpg.Connection, hsm: Hsm, *, actor: str) -> KeyInfo:
+    """A new BDK (key rotation), audited with its alias and KCV; a key whose audit row could
+    not be written is destroyed before any terminal gets a key from it."""
+    info = new_bdk(hsm)
+    try:
+        await append_audit(conn, actor=actor, action="key.new_bdk", subject=f"key:{info.alias}",
+                           after={"usage": info.usage.value, "kcv": info.kcv})
+    except BaseException:
+        hsm.destroy_key(info.alias)
+        raise
+    return info
 
 
 async def add_terminal(conn: asyncpg.Connection, hsm: Hsm, terminal_id: str,

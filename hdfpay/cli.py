@@ -10,8 +10,8 @@ import sys
 import asyncpg
 import uvloop
 
-from hdfpay import (cli_cards, cli_operators, cli_rules, cli_school_year, cli_settlement,
-                    cli_students)
+from hdfpay import (cli_cards, cli_ledger, cli_operators, cli_rules, cli_school_year,
+                    cli_settlement, cli_students)
 from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
 from ledger.database import SchemaNotReady, check_schema, connection
@@ -87,17 +87,24 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def cmd_keys(args, settings: Settings) -> int:
-
-    from backoffice.provisioning import new_bdk
+    from backoffice.provisioning import create_bdk
     from hsm.config import BACKEND_VARIABLE, KEYSTORE_VARIABLE, SOFTWARE
     keystore = os.environ.get(KEYSTORE_VARIABLE)
     create = (args.action == "new-bdk" and os.environ.get(BACKEND_VARIABLE, SOFTWARE) == SOFTWARE
               and bool(keystore) and not os.path.exists(keystore))
+
+    async def audited_new_bdk(hsm) -> None:
+        async with connection(dsn) as conn:       # the audit trail records who made it
+            await check_schema(conn)
+            print(f"new BDK {await create_bdk(conn, hsm, actor=cli_actor())}: new terminals and "
+                  "rotations now use it")
+
     if create:
         print(f"creating the encrypted keystore {keystore}")
     with contextlib.closing(open_hsm_from_env(create=create)) as hsm:
         if args.action == "new-bdk":
-            print(f"new BDK {new_bdk(hsm)}: new terminals and rotations now use it")
+            with cli_database(settings) as dsn:
+                _run(audited_new_bdk(hsm))
         for key in sorted(hsm.list_keys(), key=lambda k: (k.usage.value, k.created_at)):
             print(f"{key.usage.value}  {key.alias:<32} KCV {key.kcv}  created {key.created_at:%Y-%m-%d %H:%M}")
     return 0
@@ -217,21 +224,6 @@ def cmd_reload(args, settings: Settings) -> int:
         return _run(main())
 
 
-def cmd_check(args, settings: Settings) -> int:
-    from ledger.invariants import ledger_violations
-
-    async def main() -> int:
-        async with connection(dsn) as conn:
-            violations = await ledger_violations(conn)
-        for rule, detail in violations:
-            print(f"VIOLATION {rule}: {detail}")
-        print("ledger balanced" if not violations else f"{len(violations)} violation(s)")
-        return 1 if violations else 0
-
-    with cli_database(settings) as dsn:
-        return _run(main())
-
-
 def _override(settings: Settings, **changes) -> Settings:
     import dataclasses
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
@@ -290,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="idempotency reference (default: one reload per student and year)")
     p.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("keys", help="the HSM's keys: list them with their KCV, or make a new BDK")
+    p = sub.add_parser("keys", help="the HSM's keys: list them with their KCV, or make a new BDK "
+                                    "(audited: needs the database)")
     p.add_argument("action", choices=["list", "new-bdk"])
     p.set_defaults(func=cmd_keys)
 
@@ -315,9 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--partner", type=whole_number, required=True, help="partner id")
     p.set_defaults(func=cmd_terminals)
 
-    p = sub.add_parser("check", help="verify the ledger's invariants (debits = credits, no negative wallet)")
-    p.set_defaults(func=cmd_check)
-
     # Run by `python -m loadtest` in a process of their own (main() hands them over): listed
     # here for --help only, so that the root never imports the benchmarks.
     for name, text in LOADTEST_COMMANDS.items():
@@ -325,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
             "arguments", nargs=argparse.REMAINDER)
 
     add_terminal_commands(sub)
-    for area in (cli_operators, cli_school_year, cli_cards, cli_settlement, cli_rules,
+    for area in (cli_ledger, cli_operators, cli_school_year, cli_cards, cli_settlement, cli_rules,
                  cli_students):
         area.add_commands(sub)
     return parser

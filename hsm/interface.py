@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
+import hmac
 import re
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ DUKPT_MAC_BYTES = 8          # truncated AES-CMAC carried by the protocol (full 
 KSN_BYTES = 12               # AES-DUKPT: 8-byte initial key id || 4-byte counter
 INITIAL_KEY_ID_BYTES = 8
 AES_KEY_BYTES = 16
+HMAC_KEY_BYTES = 32          # HMAC-SHA-256 keys: as long as the hash
+HMAC_SHA256_BYTES = 32
 
 
 class KeyUsage(str, enum.Enum):
@@ -27,6 +30,7 @@ class KeyUsage(str, enum.Enum):
     DUKPT_INITIAL_KEY = "B1"      # one terminal's initial key
     KEY_BLOCK_PROTECTION = "K1"   # KBPK: wraps keys sent to a terminal (TR-31)
     MAC = "M6"                    # AES-CMAC key
+    HMAC = "M7"                   # HMAC-SHA-256 key (seals of the journal): generated, never travels
 
 
 class HsmError(Exception):
@@ -75,9 +79,10 @@ class Hsm(abc.ABC):
 
     @abc.abstractmethod
     def generate_key(self, alias: str, usage: KeyUsage) -> KeyInfo:
-        """A new random AES-128 key of that usage; KeyExists if the alias is taken. Only BDKs
-        and MAC keys are made at random: a KBPK must be known at the other end
-        (create_transport_key) and an initial key comes from a BDK, so KeyUsageError for those."""
+        """A new random key of that usage (AES-128; HMAC_KEY_BYTES for HMAC); KeyExists if the
+        alias is taken. Only BDKs, MAC and HMAC keys are made at random: a KBPK must be known at
+        the other end (create_transport_key) and an initial key comes from a BDK, so
+        KeyUsageError for those."""
 
     @abc.abstractmethod
     def create_transport_key(self, alias: str) -> tuple[KeyInfo, bytes]:
@@ -105,6 +110,18 @@ class Hsm(abc.ABC):
     @abc.abstractmethod
     def generate_dukpt_response_mac(self, bdk_alias: str, ksn: bytes, data: bytes) -> bytes:
         """A response's AES-CMAC (DUKPT_MAC_BYTES) under the *MAC verification* key of the KSN."""
+
+    @abc.abstractmethod
+    def hmac_sha256(self, alias: str, data: bytes) -> bytes:
+        """HMAC-SHA-256 of `data` under an HMAC key (KeyUsage.HMAC), computed where the key
+        lives: whoever cannot call this cannot forge what it MACs (the journal's seals)."""
+
+    def verify_hmac_sha256(self, alias: str, data: bytes, mac: bytes) -> None:
+        """Raise VerificationFailed unless `mac` is the HMAC-SHA-256 of `data` (constant time)."""
+        if not isinstance(mac, bytes) or len(mac) != HMAC_SHA256_BYTES:
+            raise VerificationFailed(f"an HMAC-SHA-256 has {HMAC_SHA256_BYTES} bytes")
+        if not hmac.compare_digest(self.hmac_sha256(alias, data), mac):
+            raise VerificationFailed("HMAC does not verify")
 
     @abc.abstractmethod
     def key_info(self, alias: str) -> KeyInfo:

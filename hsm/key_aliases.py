@@ -15,3 +15,8 @@ def bdk_id_of(alias: str) -> bytes:
 def kbpk_alias(terminal_id: str) -> str:
     """The terminal's key-block protection (transport) key, kept to wrap its next keys."""
     return f"kbpk/{terminal_id.lower()}"
+
+
+# The HMAC-SHA-256 key that seals the journal (transfers and audit trail): made in the HSM by
+# the first `hdfpay ledger seal`, never exported; each seal names the alias it was made with.
+JOURNAL_SEAL_KEY_ALIAS = "journal/seal"

@@ -25,13 +25,17 @@ ALLOWED_MODES: dict[KeyUsage, frozenset[str]] = {
     KeyUsage.DUKPT_INITIAL_KEY: frozenset("X"),
     KeyUsage.KEY_BLOCK_PROTECTION: frozenset("BDE"),
     KeyUsage.MAC: frozenset("CGV"),
+    KeyUsage.HMAC: frozenset("CGV"),
 }
 FULL_MODE: dict[KeyUsage, str] = {
     KeyUsage.BDK: "X",
     KeyUsage.DUKPT_INITIAL_KEY: "X",
     KeyUsage.KEY_BLOCK_PROTECTION: "B",
     KeyUsage.MAC: "C",
+    KeyUsage.HMAC: "C",
 }
+# Made inside the HSM and never exchanged: a key block of these usages is refused.
+NEVER_IMPORTED = frozenset({KeyUsage.HMAC})
 WRAP_MODES = frozenset("BE")         # a KBPK may wrap keys for export
 UNWRAP_MODES = frozenset("BD")       # a KBPK may unwrap keys for import
 
@@ -79,6 +83,8 @@ def unwrap(kbpk: bytes, key_block: str) -> UnwrappedKey:
         usage = KeyUsage(header.key_usage)
     except ValueError:
         raise KeyBlockError(f"key usage {header.key_usage} is not one this HSM holds") from None
+    if usage in NEVER_IMPORTED:
+        raise KeyBlockError(f"keys of usage {usage.value} are generated in the HSM, never imported")
     _check_mode(usage, header.mode_of_use)
     return UnwrappedKey(usage, header.mode_of_use, key, _initial_key_id(usage, header))
 

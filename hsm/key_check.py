@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
 
@@ -19,3 +22,8 @@ def kcv(key: bytes) -> str:
 def kcv_from_cmac(tag: bytes) -> str:
     """The KCV from a CMAC of KCV_INPUT computed elsewhere (inside a PKCS#11 token)."""
     return tag[:KCV_BYTES].hex().upper()
+
+
+def hmac_kcv(key: bytes) -> str:
+    """An HMAC key's check value: first 3 bytes of HMAC-SHA-256(key, 16 zero bytes)."""
+    return kcv_from_cmac(hmac.new(key, KCV_INPUT, hashlib.sha256).digest())

@@ -9,7 +9,8 @@ After fork() the child must call `pkcs11.lib(module).reinitialize()` and open it
 Pkcs11Hsm; this class does not do it. Scale with processes, each with its own session.
 
 Keys are token objects as pkcs11_objects describes. Keys generated in the token are sensitive
-and non-extractable, and a BDK can only DERIVE: its KCV is computed at generation (the key is
+and non-extractable (the journal's HMAC key a CKK_GENERIC_SECRET that can only SIGN with
+CKM_SHA256_HMAC, its KCV that HMAC of 16 zero bytes), and a BDK can only DERIVE: its KCV is computed at generation (the key is
 generated with SIGN too, signs the 16 zero bytes with CKM_AES_CMAC, then loses SIGN before its
 record is written; it stays modifiable, which a PIN holder could misuse, but the same PIN holder
 could derive extractable keys from any BDK anyway). Imported keys get their KCV on the host,
@@ -43,8 +44,8 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
 from hsm import dukpt, key_blocks, policy
-from hsm.interface import (AES_KEY_BYTES, DUKPT_MAC_BYTES, Hsm, HsmError, KeyExists, KeyInfo,
-                           KeyUsage, UnknownKey, check_alias)
+from hsm.interface import (AES_KEY_BYTES, DUKPT_MAC_BYTES, HMAC_KEY_BYTES, Hsm, HsmError,
+                           KeyExists, KeyInfo, KeyUsage, UnknownKey, check_alias)
 from hsm.key_check import KCV_INPUT, kcv, kcv_from_cmac
 from hsm.pkcs11_objects import (CAPABILITIES, PROTECTED, TokenKey, import_template, parse_record,
                                 record)
@@ -55,6 +56,7 @@ PIN_VARIABLE = "HDFPAY_PKCS11_PIN"
 DUKPT_CACHE_TERMINALS = 1024         # each terminal holds up to 17 session objects in the token
 TRANSPORT_KEY_HOLD_SECONDS = 15 * 60  # one terminal installation
 AES_KEY_BITS = AES_KEY_BYTES * 8
+HMAC_KEY_BITS = HMAC_KEY_BYTES * 8   # a CKK_GENERIC_SECRET for CKM_SHA256_HMAC
 _log = logging.getLogger(__name__)
 
 
@@ -97,12 +99,15 @@ class Pkcs11Hsm(Hsm):
     def generate_key(self, alias: str, usage: KeyUsage) -> KeyInfo:
         mode_of_use = policy.generated_mode(usage)
         self._require_free(alias)
+        key_type, bits, kcv_mechanism = (
+            (KeyType.GENERIC_SECRET, HMAC_KEY_BITS, Mechanism.SHA256_HMAC)
+            if usage is KeyUsage.HMAC else (KeyType.AES, AES_KEY_BITS, Mechanism.AES_CMAC))
         handle = self._session.generate_key(
-            KeyType.AES, AES_KEY_BITS, label=alias, store=True,
+            key_type, bits, label=alias, store=True,
             template={**PROTECTED, Attribute.COPYABLE: False},
             capabilities=CAPABILITIES[usage] | MechanismFlag.SIGN)
         try:
-            tag = handle.sign(KCV_INPUT, mechanism=Mechanism.AES_CMAC)
+            tag = handle.sign(KCV_INPUT, mechanism=kcv_mechanism)
             info = policy.new_key_info(alias, usage, kcv_from_cmac(tag))
             if not CAPABILITIES[usage] & MechanismFlag.SIGN:
                 handle[Attribute.SIGN] = False
@@ -155,6 +160,12 @@ class Pkcs11Hsm(Hsm):
         policy.response_ksn(ksn)
         tag = self._dukpt_cmac(bdk_alias, ksn, data, dukpt.KeyUsage.MAC_VERIFICATION)
         return tag[:DUKPT_MAC_BYTES]
+
+    @_token_call
+    def hmac_sha256(self, alias: str, data: bytes) -> bytes:
+        policy.check_data(data)
+        key = self._key(alias, KeyUsage.HMAC, "an HMAC-SHA-256")
+        return key.handle.sign(data, mechanism=Mechanism.SHA256_HMAC)
 
     @_token_call
     def key_info(self, alias: str) -> KeyInfo:

@@ -20,6 +20,7 @@ CAPABILITIES = {
     KeyUsage.DUKPT_INITIAL_KEY: MechanismFlag.DERIVE,
     KeyUsage.KEY_BLOCK_PROTECTION: MechanismFlag(0),   # TR-31 happens on the host
     KeyUsage.MAC: MechanismFlag.SIGN,
+    KeyUsage.HMAC: MechanismFlag.SIGN,          # CKM_SHA256_HMAC on a CKK_GENERIC_SECRET
 }
 _CAPABILITY_ATTRIBUTES = {
     Attribute.ENCRYPT: MechanismFlag.ENCRYPT, Attribute.DECRYPT: MechanismFlag.DECRYPT,

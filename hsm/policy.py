@@ -14,7 +14,7 @@ from hsm.key_blocks import FULL_MODE
 # A KBPK must be known at the other end and a DUKPT initial key comes from a BDK: generating
 # either at random would make a key nobody else can use (create_transport_key and
 # export_dukpt_initial_key make those).
-GENERATED_USAGES = frozenset({KeyUsage.BDK, KeyUsage.MAC})
+GENERATED_USAGES = frozenset({KeyUsage.BDK, KeyUsage.MAC, KeyUsage.HMAC})
 
 
 def generated_mode(usage: KeyUsage) -> str:

@@ -8,6 +8,8 @@ process's own next change to the keystore.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 import threading
@@ -17,9 +19,9 @@ from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
 
 from hsm import dukpt, key_blocks, policy
-from hsm.interface import (AES_KEY_BYTES, DUKPT_MAC_BYTES, Hsm, HsmError, KeyInfo, KeyUsage,
-                           check_alias)
-from hsm.key_check import kcv
+from hsm.interface import (AES_KEY_BYTES, DUKPT_MAC_BYTES, HMAC_KEY_BYTES, Hsm, HsmError, KeyInfo,
+                           KeyUsage, check_alias)
+from hsm.key_check import hmac_kcv, kcv
 from hsm.keystore import Keystore
 
 _log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ class SoftwareHsm(Hsm):
 
     def generate_key(self, alias: str, usage: KeyUsage) -> KeyInfo:
         mode_of_use = policy.generated_mode(usage)
-        return self._store(alias, usage, mode_of_use, secrets.token_bytes(AES_KEY_BYTES))
+        size = HMAC_KEY_BYTES if usage is KeyUsage.HMAC else AES_KEY_BYTES
+        return self._store(alias, usage, mode_of_use, secrets.token_bytes(size))
 
     def create_transport_key(self, alias: str) -> tuple[KeyInfo, bytes]:
         value = secrets.token_bytes(AES_KEY_BYTES)
@@ -73,6 +76,11 @@ class SoftwareHsm(Hsm):
         tag = self._dukpt_cmac(bdk_alias, ksn, data, dukpt.KeyUsage.MAC_VERIFICATION)
         return tag[:DUKPT_MAC_BYTES]
 
+    def hmac_sha256(self, alias: str, data: bytes) -> bytes:
+        policy.check_data(data)
+        key = self._value(alias, KeyUsage.HMAC, "an HMAC-SHA-256")
+        return hmac.new(key, data, hashlib.sha256).digest()
+
     def key_info(self, alias: str) -> KeyInfo:
         return self._keystore.get(alias).info
 
@@ -93,9 +101,13 @@ class SoftwareHsm(Hsm):
 
     def _store(self, alias: str, usage: KeyUsage, mode_of_use: str, value: bytes) -> KeyInfo:
         check_alias(alias)
-        if len(value) != AES_KEY_BYTES:
-            raise HsmError("only AES-128 keys are held")
-        info = self._keystore.add(alias, usage, mode_of_use, kcv(value), value).info
+        if usage is KeyUsage.HMAC:
+            check_value = hmac_kcv(value)
+        elif len(value) == AES_KEY_BYTES:
+            check_value = kcv(value)
+        else:
+            raise HsmError("only AES-128 keys are held, and HMAC keys made here")
+        info = self._keystore.add(alias, usage, mode_of_use, check_value, value).info
         _log.info("stored key %s in %s", info, self._keystore.path)
         return info
 

@@ -5,13 +5,16 @@ Login gives one answer for an unknown login, a wrong password, a locked or a dis
 at the same cost (an argon2 verification against a dummy hash), so that it tells nothing. Each
 attempt is charged *before* the password is checked, so a burst of parallel guesses cannot get
 past the lock. Account changes are audited in the same transaction; passwords and hashes never
-reach the audit trail.
+reach the audit trail. Logins, refused logins and logouts are audited too, with the channel
+(`via`: the API or the back office's pages); a refused login's actor is unknown ("anonymous"),
+and a login that names no account is kept masked (it may be a password typed in the wrong field).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ SESSION_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_ACTIVE_SESSIONS_PER_OPERATOR = 10  # older ones are revoked at the next login
 LIST_OPERATORS_MAX_ROWS = 10_000
 LOGIN_REFUSED_MESSAGE = "invalid login or password"
+LOGIN_CHANNELS = ("api", "bureau")    # the operator API, the back office's pages
+UNKNOWN_ACTOR = "anonymous"
 # Region operators that must stay enabled besides the one disabled and the one disabling: no
 # single region operator can lock the region's staff out (disable_operator).
 MIN_OTHER_REGION_OPERATOR_ACCOUNTS = 1
@@ -92,6 +97,12 @@ class Session:
 
 def _account(row: asyncpg.Record) -> Account:
     return Account(**{field: row[field] for field in Account.__dataclass_fields__})
+
+
+def masked_login(login_name: str) -> str:
+    """What logs and the audit trail keep of a login naming no account: its first 2 characters
+    and its length (a passphrase typed into the login field must not be kept)."""
+    return f"{login_name[:2]}...({len(login_name)} chars)"
 
 
 def token_digest(token: str) -> bytes:
@@ -164,17 +175,46 @@ def _check_new(password: str, login_name: str) -> None:
 
 
 async def login(conn: asyncpg.Connection, login_name: str, password: str,
-                hasher: PasswordHasher = DEFAULT_HASHER) -> Session:
-    """A new session for the right password; LoginRefused for anything else, always the same."""
+                hasher: PasswordHasher = DEFAULT_HASHER, *, via: str = "api") -> Session:
+    """A new session for the right password; LoginRefused for anything else, always the same.
+    Both are audited, the session in the transaction that opens it."""
+    if via not in LOGIN_CHANNELS:
+        raise ValueError(f"unknown login channel {via!r}")
     # A login that cannot exist (CHECK on the column) costs the same query and check.
     row, ok = await _check_password(conn, login_name.lower(), None, password, hasher)
     if not ok:
+        await _audit_refused_login(conn, login_name.lower(), row, via)
         raise LoginRefused()
     password_hash = await _current_hash(row, password, hasher)
     async with conn.transaction():
         await conn.execute("UPDATE operators SET failed_logins = 0, locked_until = NULL,"
                            " password_hash = $2 WHERE id = $1", row["id"], password_hash)
-        return await open_session(conn, row["id"])
+        session = await open_session(conn, row["id"])
+        await append_audit(conn, actor=f"{row['role']}:{row['login']}", action="operator.login",
+                           subject=f"operator:{row['login']}",
+                           after={"via": via, "session_id": session.id})
+        return session
+
+
+async def _audit_refused_login(conn: asyncpg.Connection, login_name: str,
+                               charged: asyncpg.Record | None, via: str) -> None:
+    """Why the login was refused, for the audit trail only (the caller's answer is the same)."""
+    state = await conn.fetchrow("SELECT login, disabled, coalesce(locked_until > business_now(),"
+                                " false) AS locked FROM operators WHERE login = $1", login_name)
+    if charged is not None:
+        reason = "wrong password, account now locked" if charged["locked"] else "wrong password"
+    elif state is None:
+        reason = "unknown login"
+    elif state["disabled"]:
+        reason = "account disabled"
+    else:
+        reason = "account locked" if state["locked"] else "password over the maximum length"
+    after = {"via": via, "reason": reason}
+    if state is None:
+        after["login"] = masked_login(login_name)
+    await append_audit(conn, actor=UNKNOWN_ACTOR, action="operator.login_refused",
+                       subject=f"operator:{state['login']}" if state else "operator:unknown",
+                       after=after)
 
 
 async def open_session(conn: asyncpg.Connection, operator_id: int) -> Session:
@@ -208,8 +248,17 @@ async def resolve_session(conn: asyncpg.Connection | asyncpg.Pool, token: str) -
     return None if row is None else Session(row["session_id"], None, row["expires_at"], _account(row))
 
 
-async def logout(conn: asyncpg.Connection | asyncpg.Pool, session_id: int) -> None:
-    await conn.execute("UPDATE operator_sessions SET revoked = true WHERE id = $1", session_id)
+async def logout(conn: asyncpg.Connection | asyncpg.Pool, session: Session, *,
+                 via: str = "api") -> None:
+    """End the session, audited in the same statement (once: a second logout changes nothing)."""
+    if via not in LOGIN_CHANNELS:
+        raise ValueError(f"unknown login channel {via!r}")
+    login_name = session.account.login
+    await conn.execute(
+        "WITH ended AS (UPDATE operator_sessions SET revoked = true WHERE id = $1 AND NOT revoked"
+        " RETURNING id) SELECT append_audit($2, 'operator.logout', $3, NULL, $4::jsonb) FROM ended",
+        session.id, f"{session.account.role}:{login_name}", f"operator:{login_name}",
+        json.dumps({"via": via, "session_id": session.id}))
 
 
 async def change_password(conn: asyncpg.Connection, session: Session, current: str, new: str,

@@ -54,7 +54,7 @@ async def test_an_operator_opposes_then_replaces_a_students_card(server, dsn, co
     assert (await client.purchase(NEW_UID, 1_00)).rc == "00"
     actions = await conn.fetch("SELECT action FROM audit_log WHERE actor = $1 ORDER BY id",
                                f"region_operator:{account.login}")
-    assert [r["action"] for r in actions] == ["card.oppose", "card.replace"]
+    assert [r["action"] for r in actions] == ["operator.login", "card.oppose", "card.replace"]
 
 
 async def test_each_role_is_refused_what_it_may_not_do_on_the_pages(server, dsn, conn):

@@ -27,7 +27,7 @@ DEMO_SERVE_TIMEOUT_S = 120      # the scripted session, then the students' space
 SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
                "loadtest", "fuzz", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
                "expire", "cards", "card-requests", "partners", "settle", "payouts", "payee", "report",
-               "rules", "students"]
+               "rules", "students", "ledger"]
 
 
 def hdfpay(*args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT_S):

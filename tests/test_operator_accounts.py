@@ -178,7 +178,8 @@ async def test_operators_from_the_command_line(dsn, conn):
     assert "disabled" in hdfpay(dsn, "operators", "list").stdout
     actions = await conn.fetch("SELECT actor, action FROM audit_log ORDER BY id")
     assert [tuple(row) for row in actions] == [
-        (f"cli:{UNIX_USER}", "operator.create"), (f"cli:{UNIX_USER}", "operator.password_reset"),
+        (f"cli:{UNIX_USER}", "operator.create"), ("establishment_staff:ines", "operator.login"),
+        (f"cli:{UNIX_USER}", "operator.password_reset"), ("anonymous", "operator.login_refused"),
         (f"cli:{UNIX_USER}", "operator.disable")]
     everything = " ".join(str(v) for row in await conn.fetch("SELECT * FROM audit_log") for v in row)
     assert provisional not in everything and "argon2" not in everything

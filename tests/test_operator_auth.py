@@ -232,10 +232,13 @@ async def test_account_changes_are_audited_without_secrets(ops_server, ops_clien
                             " FROM audit_log ORDER BY id")
     assert [(r["actor"], r["action"], r["subject"]) for r in rows[1:]] == [
         (f"region_operator:{me}", "operator.create", "operator:bob"),
+        ("partner:bob", "operator.login", "operator:bob"),
         ("partner:bob", "operator.password", "operator:bob"),
+        ("anonymous", "operator.login_refused", "operator:bob"),
+        ("anonymous", "operator.login_refused", "operator:unknown"),
         (f"region_operator:{me}", "operator.password_reset", "operator:bob"),
         (f"region_operator:{me}", "operator.disable", "operator:bob")]   # verifying: no row
-    assert report == {"intact": True, "rows": 5, "head_id": 5, "head_hash": report["head_hash"],
+    assert report == {"intact": True, "rows": 8, "head_id": 8, "head_hash": report["head_hash"],
                       "problems": []}
     everything = " ".join(str(value) for row in rows for value in row) + caplog.text
     hashes = [h for (h,) in await conn.fetch("SELECT password_hash FROM operators")]
