@@ -14,7 +14,9 @@ from hdfpay import (cli_cards, cli_operators, cli_rules, cli_school_year, cli_se
                     cli_students)
 from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
+from ledger import roles
 from ledger.database import SchemaNotReady, check_schema, connection
+from ledger.roles import role_dsn
 from backoffice.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
@@ -107,7 +109,7 @@ def cmd_terminals(args, settings: Settings) -> int:
     from backoffice import provisioning
 
     async def main() -> None:
-        async with connection(dsn) as conn:
+        async with connection(role_dsn(dsn, roles.OPS)) as conn:
             await check_schema(conn)
             if args.action == "list":
                 print(f"{'TERMINAL':<16} {'STATUS':<9} {'PARTNER':<36} "
@@ -192,7 +194,7 @@ def cmd_reload(args, settings: Settings) -> int:
         raise UsageError("a reload amount must be positive")
 
     async def main() -> None:
-        async with connection(dsn) as conn:
+        async with connection(role_dsn(dsn, roles.OPS)) as conn:
             await check_schema(conn)
             year = args.school_year or await reload_school_year(conn)
             async with conn.transaction():
@@ -221,7 +223,7 @@ def cmd_check(args, settings: Settings) -> int:
     from ledger.invariants import ledger_violations
 
     async def main() -> int:
-        async with connection(dsn) as conn:
+        async with connection(role_dsn(dsn, roles.AUDITOR)) as conn:
             violations = await ledger_violations(conn)
         for rule, detail in violations:
             print(f"VIOLATION {rule}: {detail}")
