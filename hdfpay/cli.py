@@ -14,7 +14,9 @@ from hdfpay import (cli_cards, cli_ledger, cli_operators, cli_rules, cli_school_
                     cli_settlement, cli_students)
 from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
+from ledger import roles
 from ledger.database import SchemaNotReady, check_schema, connection
+from ledger.roles import role_dsn
 from backoffice.provisioning import ProvisioningError
 from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
@@ -94,7 +96,7 @@ def cmd_keys(args, settings: Settings) -> int:
               and bool(keystore) and not os.path.exists(keystore))
 
     async def audited_new_bdk(hsm) -> None:
-        async with connection(dsn) as conn:       # the audit trail records who made it
+        async with connection(role_dsn(dsn, roles.OPS)) as conn:   # audited: who made it
             await check_schema(conn)
             print(f"new BDK {await create_bdk(conn, hsm, actor=cli_actor())}: new terminals and "
                   "rotations now use it")
@@ -114,7 +116,7 @@ def cmd_terminals(args, settings: Settings) -> int:
     from backoffice import provisioning
 
     async def main() -> None:
-        async with connection(dsn) as conn:
+        async with connection(role_dsn(dsn, roles.OPS)) as conn:
             await check_schema(conn)
             if args.action == "list":
                 print(f"{'TERMINAL':<16} {'STATUS':<9} {'PARTNER':<36} "
@@ -199,7 +201,7 @@ def cmd_reload(args, settings: Settings) -> int:
         raise UsageError("a reload amount must be positive")
 
     async def main() -> None:
-        async with connection(dsn) as conn:
+        async with connection(role_dsn(dsn, roles.OPS)) as conn:
             await check_schema(conn)
             year = args.school_year or await reload_school_year(conn)
             async with conn.transaction():

@@ -10,7 +10,7 @@ import contextlib
 from hdfpay.cli_support import cli_actor, run_on_database, whole_number
 from hdfpay.journal_sealing import SealingRefused, SealReport, seal_journal, verify_seals
 from hsm.config import open_hsm_from_env
-from ledger import journal_seals
+from ledger import journal_seals, roles
 from ledger.invariants import ledger_violations
 
 
@@ -55,7 +55,7 @@ def cmd_check(args, settings) -> int:
         report = await check_seals(conn, "transfers", args.expect_seal)
         print_seal_report(report)
         return 1 if violations or not report.intact else 0
-    return run_on_database(settings, work, (SealingRefused,))
+    return run_on_database(settings, work, (SealingRefused,), role=roles.AUDITOR)
 
 
 def cmd_seal(args, settings) -> int:
@@ -74,7 +74,7 @@ def cmd_seal(args, settings) -> int:
         for reason in run.not_ready:
             print(f"NOT SEALED {reason}")
         return 1 if run.not_ready else 0
-    return run_on_database(settings, work, (SealingRefused,))
+    return run_on_database(settings, work, (SealingRefused,), role=roles.SEALER)
 
 
 def add_commands(subcommands) -> None:

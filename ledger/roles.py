@@ -8,6 +8,7 @@ work needs (ledger/sql/privileges.sql says what each may do).
 - `hdfpay_ops`: the operator API and back-office pages, and the operators' commands.
 - `hdfpay_portal`: the students' space, its mail sender and the personal-data purge.
 - `hdfpay_auditor`: reads, for `hdfpay check` and `hdfpay audit verify`; never writes.
+- `hdfpay_sealer`: `hdfpay ledger seal` (its timer): reads the journal, appends seals.
 
 None is a superuser, none owns anything, so none can ALTER a table, disable a trigger, set
 session_replication_role or run COPY ... PROGRAM: the opposition, the immutable transfers and
@@ -31,7 +32,8 @@ TERMINAL = "hdfpay_terminal"
 OPS = "hdfpay_ops"
 PORTAL = "hdfpay_portal"
 AUDITOR = "hdfpay_auditor"
-RUNTIME_ROLES = (TERMINAL, OPS, PORTAL, AUDITOR)
+SEALER = "hdfpay_sealer"
+RUNTIME_ROLES = (TERMINAL, OPS, PORTAL, AUDITOR, SEALER)
 
 # What a runtime role may never be, whoever created it: checked before each migration.
 _RUNTIME_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"

@@ -27,6 +27,7 @@ TAMPERING = {
     "audit truncated": "TRUNCATE audit_log",
     "clock moved": "UPDATE clock_override SET pinned_at = pinned_at + interval '1 day'",
     "role escalated": "SET ROLE hdfpay_owner",
+    "seals deleted": "DELETE FROM journal_seals",
 }
 
 

@@ -10,25 +10,25 @@
 
 -- Nothing for anyone, to begin with; functions created later start without EXECUTE for PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA public
-    FROM PUBLIC, hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor;
+    FROM PUBLIC, hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor, hdfpay_sealer;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public
-    FROM PUBLIC, hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor;
+    FROM PUBLIC, hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor, hdfpay_sealer;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public
-    FROM PUBLIC, hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor;
+    FROM PUBLIC, hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor, hdfpay_sealer;
 ALTER DEFAULT PRIVILEGES FOR ROLE hdfpay_owner IN SCHEMA public REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT USAGE ON SCHEMA public TO hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor;
+GRANT USAGE ON SCHEMA public TO hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor, hdfpay_sealer;
 
 -- Every process checks at start that the schema is the one it ships with (check_schema()),
 -- and reads business time and the school calendar.
 GRANT SELECT ON schema_migrations, schema_repeatables, clock_override, rules
-    TO hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor;
+    TO hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor, hdfpay_sealer;
 GRANT EXECUTE ON FUNCTION
     business_now, business_time_zone, business_time_text, business_day_of, business_day_starts_at,
     school_year_of, school_year_starts_at, wallet_opens_at, wallet_closes_at, in_wallet_window,
     rights_renewal_opens_at, reload_school_year, first_card_requests_open_at,
     first_card_campaign_year, card_request_label
-    TO hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor;
+    TO hdfpay_terminal, hdfpay_ops, hdfpay_portal, hdfpay_auditor, hdfpay_sealer;
 
 -- The terminal listener: the four authorization functions, and a terminal's partner category
 -- for its metrics. It reads no card, wallet, beneficiary or transfer directly.
@@ -104,3 +104,15 @@ GRANT SELECT ON beneficiaries, establishments, rights, cards, card_statuses, acc
     card_requests, card_request_history, card_request_states, card_replacement_requests,
     account_journal
     TO hdfpay_portal;
+
+-- The journal's sealer (`hdfpay ledger seal`, hdfpay-seal.timer): reads the two streams, reads
+-- the transfers' sequence for its horizon, appends seals (journal_seals_are_append_only.sql
+-- refuses any other change), audits the making of its key. No other role may add a seal.
+GRANT SELECT ON transfers, audit_log, audit_head, journal_seals TO hdfpay_sealer;
+GRANT INSERT ON journal_seals TO hdfpay_sealer;
+GRANT EXECUTE ON FUNCTION append_audit TO hdfpay_sealer;
+DO $$
+BEGIN
+    EXECUTE format('GRANT SELECT ON SEQUENCE %s TO hdfpay_sealer',
+                   pg_get_serial_sequence('transfers', 'id'));
+END $$;
