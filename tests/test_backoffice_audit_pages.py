@@ -44,7 +44,9 @@ async def test_an_auditor_filters_pages_and_verifies_the_trail_then_finds_a_tamp
     await log_in(page, bureau, account.login, PASSWORD)
     await page.get_by_role("link", name="Journal d'audit").click()
     await expect(page.get_by_role("heading", name=f"{AUDIT_PAGE_ROWS} ligne(s)")).to_be_visible()
-    await expect(page.locator("tbody tr").first).to_contain_text("rights.renew")
+    # Newest first: the auditor's own login, then bob's renewals.
+    await expect(page.locator("tbody tr").first).to_contain_text("operator.login")
+    await expect(page.locator("tbody tr").nth(1)).to_contain_text("rights.renew")
 
     await page.get_by_label("Acteur (exact)").fill("region_operator:alice")
     await page.get_by_role("button", name="Filtrer").click()
