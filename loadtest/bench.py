@@ -35,7 +35,7 @@ import uvloop
 
 from loadtest.bench_keys import (MAX_BENCH_TERMINALS, MAX_RUNS, counter_start,
                                    provision_bench_terminals)
-from loadtest.bench_cpu import cpu_snapshot, cpu_used, postmaster_of
+from loadtest.bench_cpu import await_reaped, cpu_snapshot, cpu_used, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
 from loadtest.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, first_approvable,
                                    pgbench_script, run_e2e, run_pgbench)
@@ -255,6 +255,7 @@ def _measure(bench: Bench, run) -> dict:
     """One run, with the CPU seconds each party used."""
     before, started = cpu_snapshot(bench.server_pid, bench.postmaster), time.perf_counter()
     result = run()
+    await_reaped(bench.postmaster, before["children"])
     after = cpu_snapshot(bench.server_pid, bench.postmaster)
     wall_s = time.perf_counter() - started
     return {**result, "cpu_s": cpu_used(before, after, wall_s)}

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 POSTGRES_COMMAND = "postgres"
+# A tool's backends end just after it does; until the postmaster has reaped them their time is
+# in neither figure (a zombie's /proc times read as nothing), so a run's end waits for that.
+BACKEND_REAP_TIMEOUT_S = 2.0
+BACKEND_REAP_POLL_S = 0.01
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -38,16 +43,34 @@ def postmaster_of(backend_pid: int) -> int | None:
     return parent if command == POSTGRES_COMMAND else None
 
 
-def postgres_cpu_s(postmaster: int | None) -> float:
-    """CPU seconds PostgreSQL used so far (0.0 when not local)."""
-    if postmaster is None or (own := _stat_fields(postmaster)) is None:
-        return 0.0
-    ticks = sum(int(x) for x in own[11:15])       # utime, stime, cutime, cstime
+def _children(postmaster: int) -> dict[int, list[str]]:
+    """The postmaster's live (and not yet reaped) children: pid → stat fields."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None \
                 and int(fields[1]) == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            found[int(entry.name)] = fields
+    return found
+
+
+def postgres_cpu_s(postmaster: int | None) -> tuple[float, frozenset[int]]:
+    """CPU seconds PostgreSQL used so far (0.0 when not local), and its children's pids."""
+    if postmaster is None or (own := _stat_fields(postmaster)) is None:
+        return 0.0, frozenset()
+    ticks = sum(int(x) for x in own[11:15])       # utime, stime, cutime, cstime
+    children = _children(postmaster)
+    ticks += sum(int(f[11]) + int(f[12]) for f in children.values())
+    return ticks / os.sysconf("SC_CLK_TCK"), frozenset(children)
+
+
+def await_reaped(postmaster: int | None, before: frozenset[int]) -> None:
+    """Wait (bounded) until the backends that started after `before` (a tool's) have ended and
+    been reaped: their time is then in the postmaster's cutime, none is left half-gone."""
+    deadline = time.monotonic() + BACKEND_REAP_TIMEOUT_S
+    while postmaster is not None and time.monotonic() < deadline:
+        if not set(_children(postmaster)) - before:
+            return
+        time.sleep(BACKEND_REAP_POLL_S)
 
 
 def cpu_snapshot(server_pid: int, postmaster: int | None = None) -> dict:
@@ -58,16 +81,17 @@ def cpu_snapshot(server_pid: int, postmaster: int | None = None) -> dict:
     user, nice, system, _idle, _iowait, irq, softirq = (
         int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
     tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    postgres, children = postgres_cpu_s(postmaster)
     return {"client": tools.ru_utime + tools.ru_stime,
             "server": (int(server[11]) + int(server[12])) * tick_s if server else 0.0,
-            "postgres": postgres_cpu_s(postmaster),
-            "busy": (user + nice + system + irq + softirq) * tick_s}
+            "postgres": postgres, "busy": (user + nice + system + irq + softirq) * tick_s,
+            "children": children}
 
 
 def cpu_used(before: dict, after: dict, wall_s: float) -> dict:
     """Who used the machine during a run: the tool, the server, PostgreSQL, the rest (other
     processes), and what was left idle."""
-    used = {k: after[k] - before[k] for k in before}
+    used = {k: after[k] - before[k] for k in before if k != "children"}
     return {k: round(v, 2) for k, v in {
         "client": used["client"], "server": used["server"], "postgres": used["postgres"],
         "rest": used["busy"] - used["client"] - used["server"] - used["postgres"],

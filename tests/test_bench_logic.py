@@ -84,7 +84,7 @@ def test_the_limit_draws_the_cards_the_function_run_draws():
 def test_postgres_cpu_is_only_measured_for_a_local_postgres():
     assert postmaster_of(os.getpid()) is None              # our parent is not a postmaster
     assert postmaster_of(2 ** 22 + 1) is None               # no such process
-    assert postgres_cpu_s(None) == 0.0
+    assert postgres_cpu_s(None) == (0.0, frozenset())
 
 
 async def test_the_minimal_debit_debits_a_wallet_and_journals_it(pg_cluster, dsn, conn):
