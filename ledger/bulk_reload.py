@@ -127,6 +127,15 @@ async def start_or_resume(conn: asyncpg.Connection, school_year: int,
         return run, False
 
 
+async def _replan_everywhere(conn: asyncpg.Connection) -> None:
+    """Statistics for the wallets just opened. ANALYZE also invalidates every session's cached
+    plans on these tables: a server connection that planned its statements on a near-empty
+    accounts table (a fresh install: a sequential scan is cheapest on one page) re-plans now,
+    instead of scanning every wallet per purchase until autovacuum's next ANALYZE. Once, after
+    the first chunk that opened wallets: the step from empty is what turns a plan upside down."""
+    await conn.execute("ANALYZE accounts, wallets")
+
+
 async def run_bulk_reload(conn: asyncpg.Connection, school_year: int, *, actor: str,
                           chunk_rows: int = BULK_RELOAD_CHUNK_ROWS, max_chunks: int | None = None,
                           progress: Callable[[BulkReloadRun], None] | None = None) -> BulkReloadRun:
@@ -144,12 +153,15 @@ async def run_bulk_reload(conn: asyncpg.Connection, school_year: int, *, actor: 
         if progress:
             progress(run)
         limit = MAX_CHUNKS_PER_CALL if max_chunks is None else max_chunks
-        done = 0
+        done, analysed = 0, False
         while not run.finished and done < limit:
             chunk = await conn.fetchrow("SELECT * FROM bulk_reload_chunk($1, $2, $3)",
                                         run.id, chunk_rows, actor)
             done += 0 if chunk["finished"] else 1
             run = await get_run(conn, run.id)
+            if chunk["wallets_opened"] and not analysed:
+                await _replan_everywhere(conn)
+                analysed = True
             if progress:
                 progress(run)
         return run

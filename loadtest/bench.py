@@ -10,6 +10,11 @@ the cost of metrics; with MACs off (HDFPAY_TERMINAL_AUTHENTICATION=none, unsigne
 passing no KSN): the cost of MACs; then both on a few hot cards. Afterwards the ledger must
 balance, the database must hold exactly the purchases the tools made, and no message may have been
 refused with 63 (loadtest.bench_report).
+
+Beside each plain run, pgbench on the minimal debit (loadtest.bench_limit): the machine's limit,
+with PostgreSQL's CPU per transaction (loadtest.bench_cpu). After the plain runs, open-loop runs
+at fractions of the best e2e tps (loadtest.open_loop). Before all, the seed's linearity: a seed of
+a tenth on a database of its own, time per beneficiary compared.
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ import uvloop
 
 from loadtest.bench_keys import (MAX_BENCH_TERMINALS, MAX_RUNS, counter_start,
                                    provision_bench_terminals)
-from loadtest.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, cpu_snapshot, cpu_used,
-                                   first_approvable, pgbench_script, run_e2e, run_pgbench)
-from loadtest.bench_plan import HOT_CARD_COUNT, Bench, BenchOptions, Run, bench_plan
-from loadtest.bench_report import (TABLE_ROW, final_lines, report_mac_cost,
-                                     report_metrics_cost, report_run, results, verify)
+from loadtest.bench_cpu import await_reaped, cpu_snapshot, cpu_used, postmaster_of
+from loadtest.bench_limit import minimal_debit_script
+from loadtest.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, first_approvable,
+                                   pgbench_script, run_e2e, run_pgbench)
+from loadtest.bench_plan import (HOT_CARD_COUNT, OPEN_LOOP_LOAD_FRACTIONS, SEED_LINEARITY_SCALE,
+                                   Bench, BenchOptions, Run, bench_plan)
+from loadtest.bench_report import (TABLE_ROW, final_lines, report_limit, report_mac_cost,
+                                     report_metrics_cost, report_open_loop, report_run, results,
+                                     verify)
+from loadtest.open_loop import rates_at
 from hdfpay.demo import demo_business_time
 from hdfpay.config import Settings
 from ledger.database import connection, recreate_database
@@ -44,6 +54,7 @@ from ledger.embedded import find_server_binaries, throwaway_cluster, throwaway_w
 from ledger.migrate import migrate
 
 BENCH_DATABASE = "hdfpay_bench"
+SEED_CHECK_DATABASE = "hdfpay_bench_seed_check"
 LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 30.0
 SERVER_POLL_INTERVAL_S = 0.05
@@ -59,10 +70,11 @@ def run_bench(options: BenchOptions, settings: Settings) -> int:
     """Exit code 0 when the runs ran and the checks passed, 1 otherwise, 2 on a bad option."""
     seconds = options.seconds  # whole seconds: pgbench -T takes no fraction
     least_cards = max(first_approvable(HOT_CARD_COUNT))
-    extra_runs = len(bench_plan([1])) - 1  # the runs beyond one per concurrency
+    # the runs beyond one per concurrency, each with its own KSN counters
+    extra_runs = len(bench_plan([1])) - 1 + len(OPEN_LOOP_LOAD_FRACTIONS)
     if (seconds < 1 or not 1 <= min(options.concurrency, default=0)
             or max(options.concurrency) > MAX_BENCH_TERMINALS or options.cards < least_cards
-            or len(bench_plan(options.concurrency)) > MAX_RUNS):
+            or len(bench_plan(options.concurrency)) + len(OPEN_LOOP_LOAD_FRACTIONS) > MAX_RUNS):
         print(f"hdfpay: error: bench needs --seconds >= 1, concurrencies from 1 to "
               f"{MAX_BENCH_TERMINALS}, --cards >= {least_cards}, at most {MAX_RUNS - extra_runs} "
               f"concurrencies", file=sys.stderr)
@@ -90,9 +102,9 @@ def _bench_database(settings: Settings, options: BenchOptions, seconds: int,
 
 
 def _bench(bench: Bench) -> int:
-    """Setup, the runs (pgbench then end to end at each concurrency, the highest again without
-    metrics, without MACs, then hot cards; the server restarted whenever MACs or metrics go on or
-    off), checks."""
+    """Setup, the runs (pgbench then end to end at each concurrency, with the limit beside; open
+    loop at fractions of the best; the highest again without metrics, without MACs, then hot
+    cards; the server restarted whenever MACs or metrics go on or off), checks."""
     uvloop.run(_prepare(bench))
     index = 0
     plan = bench_plan(bench.options.concurrency)
@@ -109,10 +121,14 @@ def _bench(bench: Bench) -> int:
                 pgb = _measure(bench, lambda: _pgbench(bench, index, run))
                 e2e = _measure(bench, lambda: _e2e(bench, url, index, run))
                 report_run(bench, index, run, e2e, pgb)
+                if run.plain:
+                    report_limit(bench, _measure(bench, lambda: _limit(bench, index, run)))
                 if not run.mac:
                     report_mac_cost(bench)
                 if not run.metrics:
                     report_metrics_cost(bench)
+            if mac and metrics and not bench.open_loop:
+                index = _open_loop_runs(bench, url, index)
     problems = uvloop.run(verify(bench))
     Path(bench.options.output).write_text(json.dumps(results(bench, problems), indent=2) + "\n")
     print(f"results written to {bench.options.output}")
@@ -123,15 +139,22 @@ def _bench(bench: Bench) -> int:
 async def _prepare(bench: Bench) -> None:
     """Schema, region, the bench's terminals and their keys, hot cards funded so they never run
     dry; then a vacuumed, analysed, checkpointed start, so that no run pays for the bulk load."""
+    small = max(1, bench.options.cards // SEED_LINEARITY_SCALE)
+    small_s = await _seed_elsewhere(bench, small)
     async with connection(bench.dsn) as conn:
-        await migrate(conn)
-        started = time.perf_counter()
-        bench.business_time, bench.school_year = await demo_business_time(conn)
-        await pin_clock(conn, bench.business_time)
-        summary = await seed_demo_region(conn, beneficiaries=bench.options.cards,
-                                         school_year=bench.school_year)
-        bench.seed_s = round(time.perf_counter() - started, 2)
-        print(f"seeded {summary.beneficiaries} beneficiaries in {bench.seed_s:.2f} s")
+        bench.seed_s = await _timed_seed(bench, conn, bench.options.cards)
+        per_small, per_full = small_s / small * 1e6, bench.seed_s / bench.options.cards * 1e6
+        bench.seed_small = {"beneficiaries": small, "seconds": small_s,
+                            "us_per_beneficiary": round(per_small, 1),
+                            "full_us_per_beneficiary": round(per_full, 1),
+                            "ratio": round(per_full / per_small, 2)}
+        print(f"seeded {bench.options.cards} beneficiaries in {bench.seed_s:.2f} s "
+              f"({per_full:.0f} µs each; {small} in {small_s:.2f} s, {per_small:.0f} µs each: "
+              f"ratio {bench.seed_small['ratio']:.2f}, 1 = linear, "
+              f"{SEED_LINEARITY_SCALE} = quadratic)")
+        bench.postmaster = postmaster_of(await conn.fetchval("SELECT pg_backend_pid()"))
+        bench.merchant_account_id = await conn.fetchval(
+            "SELECT merchant_account_id FROM partners WHERE status = 'ACTIVE' ORDER BY id LIMIT 1")
         keys = bench.keys = await provision_bench_terminals(
             conn, bench.workdir, max(bench.options.concurrency))
         print(f"provisioned {len(keys.terminals)} bench terminals ({len(keys.e2e_terminals)} "
@@ -150,6 +173,28 @@ async def _prepare(bench: Bench) -> None:
     print(f"hot cards {bench.hot_cards} "
           f"(+{reload_cents // 100} € each), PostgreSQL {bench.postgres_version}, "
           f"{os.cpu_count()} CPUs, business day {bench.business_time:%d/%m/%Y} ({bench.business_time.tzinfo})")
+
+
+async def _timed_seed(bench: Bench, conn, beneficiaries: int) -> float:
+    """Migrate, pin the demo's clock, seed; the seed's seconds."""
+    await migrate(conn)
+    bench.business_time, bench.school_year = await demo_business_time(conn)
+    await pin_clock(conn, bench.business_time)
+    started = time.perf_counter()
+    await seed_demo_region(conn, beneficiaries=beneficiaries, school_year=bench.school_year)
+    return round(time.perf_counter() - started, 2)
+
+
+async def _seed_elsewhere(bench: Bench, beneficiaries: int) -> float:
+    """A smaller seed on a database of its own beside the bench's, dropped after: the seed's
+    time per beneficiary at two sizes says whether it is linear."""
+    dsn = await recreate_database(bench.dsn, SEED_CHECK_DATABASE)
+    try:
+        async with connection(dsn) as conn:
+            return await _timed_seed(bench, conn, beneficiaries)
+    finally:
+        async with connection(bench.dsn) as admin:
+            await admin.execute(f"DROP DATABASE IF EXISTS {SEED_CHECK_DATABASE} WITH (FORCE)")
 
 
 @contextlib.contextmanager
@@ -208,9 +253,11 @@ def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path) -> None:
 
 def _measure(bench: Bench, run) -> dict:
     """One run, with the CPU seconds each party used."""
-    before, started = cpu_snapshot(bench.server_pid), time.perf_counter()
+    before, started = cpu_snapshot(bench.server_pid, bench.postmaster), time.perf_counter()
     result = run()
-    after, wall_s = cpu_snapshot(bench.server_pid), time.perf_counter() - started
+    await_reaped(bench.postmaster, before["children"])
+    after = cpu_snapshot(bench.server_pid, bench.postmaster)
+    wall_s = time.perf_counter() - started
     return {**result, "cpu_s": cpu_used(before, after, wall_s)}
 
 
@@ -233,3 +280,30 @@ def _e2e(bench: Bench, url: str, index: int, run: Run) -> dict:
                    bench.keys.e2e_terminals[:run.concurrency], bench.options.cards,
                    bench.hot_cards if run.hot else None, index, bench.seconds + TOOL_GRACE_S,
                    (bench.keys.key_file, counter_start(index)) if run.mac else None)
+
+
+def _limit(bench: Bench, index: int, run: Run) -> dict:
+    """The minimal debit (loadtest.bench_limit) under pgbench, as many clients as the run."""
+    tag = f"lim{index}"
+    script = minimal_debit_script(tag, bench.options.cards, bench.school_year,
+                                  bench.merchant_account_id)
+    return {"tag": tag, **run_pgbench(bench.pgbench, bench.dsn, bench.workdir / tag, script,
+                                      run.concurrency, bench.seconds,
+                                      bench.seconds + TOOL_GRACE_S)}
+
+
+def _open_loop_runs(bench: Bench, url: str, index: int) -> int:
+    """Open loop (loadtest.open_loop) at each fraction of the best e2e tps so far, over the
+    highest concurrency's terminals, MAC'd; the last run index used."""
+    best = max(r["e2e"]["tps"] for r in bench.runs if r["mac"] and r["metrics"] and not r["hot"])
+    terminals = max(bench.options.concurrency)
+    for fraction, rate in zip(OPEN_LOOP_LOAD_FRACTIONS, rates_at(OPEN_LOOP_LOAD_FRACTIONS, best)):
+        index += 1
+        result = _measure(bench, lambda: run_e2e(
+            url, f"ol{index}", bench.seconds, terminals, bench.keys.e2e_terminals[:terminals],
+            bench.options.cards, None, index, bench.seconds + TOOL_GRACE_S,
+            (bench.keys.key_file, counter_start(index)), rate=rate))
+        bench.open_loop.append({"index": index, "fraction": fraction, "max_tps": best,
+                                "terminals": terminals, **result})
+        report_open_loop(bench)
+    return index

@@ -14,7 +14,7 @@ percentiles and the count of each response code.
 
 Beside it, what else the benchmark sends and measures: the baseline's load (a pgbench script making
 the server's SQL call on the same mix, both drawn from the one definition of the mix below), how to
-read pgbench's figures, and where the CPU went.
+read pgbench's figures.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ import aiohttp
 import uvloop
 
 from loadtest.bench_keys import load_terminal_keys
+from loadtest.open_loop import run_open_loop
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError
@@ -52,7 +51,8 @@ BENCH_AMOUNT_CENTS_MIN = 1
 BENCH_AMOUNT_CENTS_MAX = 500
 # Beyond deadline + one request timeout, a run that has not finished is abandoned.
 RUN_OVERRUN_GRACE_S = 5.0
-# Response codes that debit the wallet (full and partial approval).
+# The server's answer when a card has MAX_IN_FLIGHT_PER_CARD purchases in flight already.
+CARD_BUSY = "91"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # pgbench has no loop: a declined card number is re-drawn this many times, then replaced by the
 # first approvable card (a 0.05^7 chance, so the draw stays uniform for all practical purposes).
@@ -90,12 +90,28 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def latency_summary(latencies_ms: list[float]) -> dict:
-    """p50, p99 and max in milliseconds, rounded to the microsecond."""
+def latency_summary(latencies_ms: list[float], prefix: str = "") -> dict:
+    """p50, p99, p99.9 and max in milliseconds, rounded to the microsecond."""
     ordered = sorted(latencies_ms)
-    return {"p50_ms": round(percentile(ordered, 0.50), 3),
-            "p99_ms": round(percentile(ordered, 0.99), 3),
-            "max_ms": round(ordered[-1], 3) if ordered else 0.0}
+    return {f"{prefix}p50_ms": round(percentile(ordered, 0.50), 3),
+            f"{prefix}p99_ms": round(percentile(ordered, 0.99), 3),
+            f"{prefix}p999_ms": round(percentile(ordered, 0.999), 3),
+            f"{prefix}max_ms": round(ordered[-1], 3) if ordered else 0.0}
+
+
+def answers_summary(answered: list[tuple[str, float]], codes: dict, elapsed_s: float) -> dict:
+    """What a run's answers say: tps and latencies of every answer, and of the approvals alone
+    (a hot card's 91 "card busy" comes back at once: counted apart, it would flatter the
+    percentiles), the count of each response code."""
+    approved_ms = [ms for rc, ms in answered if rc in APPROVED_CODES]
+    return {"answered": len(answered), "seconds": round(elapsed_s, 3),
+            "tps": round(len(answered) / elapsed_s, 1) if elapsed_s else 0.0,
+            **latency_summary([ms for _, ms in answered]),
+            "approved": len(approved_ms),
+            "approved_tps": round(len(approved_ms) / elapsed_s, 1) if elapsed_s else 0.0,
+            **latency_summary(approved_ms, "approved_"),
+            "card_busy": codes.get(CARD_BUSY, 0),
+            "rc": dict(sorted(codes.items()))}
 
 
 class CardPicker:
@@ -117,8 +133,8 @@ class CardPicker:
 
 @dataclass
 class Tally:
-    """What the workers saw: one latency per answered request, one count per outcome."""
-    latencies_ms: list[float] = field(default_factory=list)
+    """What the workers saw: (code, latency) per answered request, one count per outcome."""
+    answered: list[tuple[str, float]] = field(default_factory=list)
     codes: Counter = field(default_factory=Counter)
 
 
@@ -140,7 +156,7 @@ async def _worker(client: TerminalClient, picker: CardPicker, rng: random.Random
         except (aiohttp.ClientError, ProtocolError, ForgedResponse) as exc:
             tally.codes[f"error:{type(exc).__name__}"] += 1
             continue
-        tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+        tally.answered.append((response.rc, (time.perf_counter() - started) * 1000))
         tally.codes[response.rc] += 1
 
 
@@ -157,6 +173,8 @@ async def run_load(args: argparse.Namespace) -> dict:
         clients = [TerminalClient(args.url, terminals[w], keys[w], session=session,
                                   timeout_ms=args.timeout_ms) for w in range(args.concurrency)]
         rngs = [random.Random(args.seed * 1_000_003 + w) for w in range(args.concurrency)]
+        if args.rate:
+            return await _open_loop(args, clients, CardPicker(args.cards, hot, rngs[0]), rngs[0])
         cpu_started = time.process_time()
         started = time.perf_counter()
         deadline = started + args.seconds
@@ -168,12 +186,44 @@ async def run_load(args: argparse.Namespace) -> dict:
             await asyncio.gather(*workers)
         elapsed = time.perf_counter() - started
         cpu_s = time.process_time() - cpu_started
-    answered = len(tally.latencies_ms)
-    requests = answered + sum(n for code, n in tally.codes.items() if not code[:1].isdigit())
-    return {"requests": requests, "answered": answered, "seconds": round(elapsed, 3),
-            "tps": round(answered / elapsed, 1), **latency_summary(tally.latencies_ms),
-            "approved": sum(tally.codes[c] for c in APPROVED_CODES),
-            "rc": dict(sorted(tally.codes.items())), "client_cpu_s": round(cpu_s, 2)}
+    requests = len(tally.answered) + sum(n for code, n in tally.codes.items()
+                                         if not code[:1].isdigit())
+    return {"requests": requests, **answers_summary(tally.answered, tally.codes, elapsed),
+            "client_cpu_s": round(cpu_s, 2)}
+
+
+async def _open_loop(args: argparse.Namespace, clients: list[TerminalClient], picker: CardPicker,
+                     rng: random.Random) -> dict:
+    """Purchases at --rate a second through the terminals given (loadtest.open_loop);
+    latencies from each request's due time."""
+    def next_purchase(i: int) -> tuple[bytes, int, str]:
+        return (picker.next_uid(), rng.randint(args.amount_min, args.amount_max),
+                f"{args.request_prefix}-due-{i:010d}")
+    cpu_started = time.process_time()
+    bound_s = args.seconds + args.timeout_ms / 1000 + RUN_OVERRUN_GRACE_S
+    done = await run_open_loop(clients, next_purchase, args.rate, args.seconds, bound_s)
+    cpu_s = time.process_time() - cpu_started
+    requests = len(done["latencies"]) + sum(n for code, n in done["codes"].items()
+                                            if not code[:1].isdigit())
+    return {"requests": requests, "rate": args.rate, "scheduled": done["scheduled"],
+            "overloaded": done["overloaded"],
+            **answers_summary(done["latencies"], done["codes"], done["seconds"]),
+            **latency_summary(done["queued_ms"], "queued_"), "client_cpu_s": round(cpu_s, 2)}
+
+
+def card_draw(cards: int, hot_cards: list[int] | None) -> list[str]:
+    """pgbench lines setting :n, the beneficiary number of the card, as the load generator
+    draws it: uniform over approvable cards 1..cards, or over the hot cards."""
+    # OPPOSED_REMAINDERS are consecutive: a range test says "opposed".
+    low, high = min(OPPOSED_REMAINDERS), max(OPPOSED_REMAINDERS)
+    declined = (f"(:n % {NO_RIGHTS_EVERY} = 0"
+                f" or (:n % {OPPOSITION_EVERY} >= {low} and :n % {OPPOSITION_EVERY} <= {high}))")
+    if hot_cards:
+        cases = " ".join(f"when :h = {i} then {n}" for i, n in enumerate(hot_cards, start=1))
+        return [f"\\set h random(1, {len(hot_cards)})", f"\\set n case {cases} end"]
+    redraw = f"\\set n case when {declined} then random(1, {cards}) else :n end"
+    return [f"\\set n random(1, {cards})", *[redraw] * PGBENCH_REDRAWS,
+            f"\\set n case when {declined} then {first_approvable(1)[0]} else :n end"]
 
 
 def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals: list[str],
@@ -186,17 +236,7 @@ def pgbench_script(tag: str, cards: int, hot_cards: list[int] | None, terminals:
     carries its client's key and counter counter_start + n, strictly increasing per client since
     a client's transactions are sequential: the database checks the KSN as for a MAC'd message.
     Without, NULL, NULL: what a server run with HDFPAY_TERMINAL_AUTHENTICATION=none passes."""
-    # OPPOSED_REMAINDERS are consecutive: a range test says "opposed".
-    low, high = min(OPPOSED_REMAINDERS), max(OPPOSED_REMAINDERS)
-    declined = (f"(:n % {NO_RIGHTS_EVERY} = 0"
-                f" or (:n % {OPPOSITION_EVERY} >= {low} and :n % {OPPOSITION_EVERY} <= {high}))")
-    if hot_cards:
-        cases = " ".join(f"when :h = {i} then {n}" for i, n in enumerate(hot_cards, start=1))
-        draw = [f"\\set h random(1, {len(hot_cards)})", f"\\set n case {cases} end"]
-    else:
-        redraw = f"\\set n case when {declined} then random(1, {cards}) else :n end"
-        draw = [f"\\set n random(1, {cards})", *[redraw] * PGBENCH_REDRAWS,
-                f"\\set n case when {declined} then {first_approvable(1)[0]} else :n end"]
+    draw = card_draw(cards, hot_cards)
     listed = ", ".join(f"'{t}'" for t in terminals)
     if key_ids:
         keyed = ", ".join(f"'\\x{key_id.hex()}'::bytea" for key_id in key_ids)
@@ -246,39 +286,19 @@ def run_tool(argv: list[str], timeout_s: float) -> str:
 
 def run_e2e(url: str, tag: str, seconds: int, concurrency: int, terminals: list[str], cards: int,
             hot_cards: list[int] | None, seed: int, timeout_s: float,
-            keys: tuple[Path, int] | None = None) -> dict:
+            keys: tuple[Path, int] | None = None, rate: float = 0.0) -> dict:
     """This module as a process of its own (its CPU is not the server's); what it printed.
-    `keys`: (key file, counter start) to sign the requests; None sends them unsigned."""
+    `keys`: (key file, counter start) to sign the requests; None sends them unsigned. `rate`:
+    open loop at that many purchases a second over the `concurrency` terminals."""
     selection = ["--hot-cards", ",".join(map(str, hot_cards))] if hot_cards else \
         ["--cards", str(cards)]
     signing = ["--keys", str(keys[0]), "--counter-start", str(keys[1])] if keys else []
     out = run_tool([sys.executable, "-m", "loadtest.bench_load", "--url", url,
                     "--seconds", str(seconds), "--concurrency", str(concurrency),
                     "--terminals", ",".join(terminals), "--request-prefix", tag,
-                    "--seed", str(seed), *selection, *signing], timeout_s)
+                    "--seed", str(seed), *selection, *signing,
+                    *(["--rate", str(rate)] if rate else [])], timeout_s)
     return {"tag": tag, **json.loads(out.strip().splitlines()[-1])}
-
-
-def cpu_snapshot(server_pid: int) -> dict:
-    """CPU seconds so far of the tools run and reaped, of the server, and of the whole machine."""
-    tools = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
-    user, nice, system, _idle, _iowait, irq, softirq = (
-        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
-    tick_s = 1 / os.sysconf("SC_CLK_TCK")
-    return {"client": tools.ru_utime + tools.ru_stime,
-            "server": (int(server[11]) + int(server[12])) * tick_s,  # utime, stime
-            "busy": (user + nice + system + irq + softirq) * tick_s}
-
-
-def cpu_used(before: dict, after: dict, wall_s: float) -> dict:
-    """Who used the machine during a run: the tool, the server, the rest (PostgreSQL when it is
-    local: the tools and the server are idle otherwise), and what was left idle."""
-    used = {k: after[k] - before[k] for k in before}
-    return {k: round(v, 2) for k, v in {
-        "client": used["client"], "server": used["server"],
-        "rest": used["busy"] - used["client"] - used["server"],
-        "idle": wall_s * (os.cpu_count() or 1) - used["busy"]}.items()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -301,13 +321,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout-ms", type=int, default=TERMINAL_TIMEOUT_MS,
                         help="per-request timeout")
     parser.add_argument("--seed", type=int, default=1, help="random seed (cards and amounts)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="open loop: purchases a second, due at fixed times, latency from "
+                             "when each was due (loadtest.open_loop); 0: closed loop")
     args = parser.parse_args(argv)
     if not args.cards and not args.hot_cards:
         parser.error("give --cards or --hot-cards")
     if urlsplit(args.url).hostname not in LOOPBACK_HOSTS:
         parser.error("the benchmark load goes to a loopback address only")
-    if args.concurrency < 1 or args.seconds <= 0 or not 1 <= args.amount_min <= args.amount_max:
-        parser.error("need concurrency >= 1, seconds > 0 and 1 <= amount-min <= amount-max")
+    if args.concurrency < 1 or args.seconds <= 0 or not 1 <= args.amount_min <= args.amount_max \
+            or args.rate < 0:
+        parser.error("need concurrency >= 1, seconds > 0, rate >= 0 and "
+                     "1 <= amount-min <= amount-max")
     if args.concurrency > len(args.terminals.split(",")):
         parser.error("one terminal per worker: a terminal has one message in flight at a time")
     return args

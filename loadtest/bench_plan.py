@@ -12,6 +12,11 @@ from loadtest.bench_keys import BenchKeys
 from loadtest.bench_load import first_approvable
 
 HOT_CARD_COUNT = 10
+# Open-loop runs at these fractions of the highest closed-loop e2e tps (issue 16 §3).
+OPEN_LOOP_LOAD_FRACTIONS = (0.25, 0.50, 0.75)
+HALF_LOAD_FRACTION = 0.50             # the one the last line quotes
+# The seed's linearity: a seed of cards / this many, timed before the real one.
+SEED_LINEARITY_SCALE = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +36,11 @@ class Run:
     hot: bool = False
     mac: bool = True
     metrics: bool = True
+
+    @property
+    def plain(self) -> bool:
+        """MACs and metrics on, uniform cards: as production runs; the limit is measured beside."""
+        return self.mac and self.metrics and not self.hot
 
 
 def bench_plan(concurrencies: list[int]) -> list[Run]:
@@ -59,7 +69,11 @@ class Bench:
     server_pid: int = 0
     portal_url: str = ""                        # the students' space of the server under test
     seed_s: float = 0.0
+    seed_small: dict = dataclasses.field(default_factory=dict)   # the linearity check's seed
+    postmaster: int | None = None               # PostgreSQL's, when local: its CPU is measured
+    merchant_account_id: int = 0                # the minimal debit's journal rows credit it
     postgres_version: str = ""
     runs: list[dict] = dataclasses.field(default_factory=list)
     mac_cost: dict = dataclasses.field(default_factory=dict)
     metrics_cost: dict = dataclasses.field(default_factory=dict)
+    open_loop: list[dict] = dataclasses.field(default_factory=list)

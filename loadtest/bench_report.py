@@ -11,8 +11,10 @@ import subprocess
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
+from loadtest.bench_cpu import cpu_ms_per
 from loadtest.bench_keys import counter_start
 from loadtest.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
+from loadtest.bench_plan import HALF_LOAD_FRACTION
 from ledger.database import connection
 from ledger.invariants import ledger_violations
 
@@ -23,6 +25,14 @@ LABEL_WIDTH = 15                      # "1000 no metrics", the widest label
 TABLE_ROW = "{:>%d} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}" % LABEL_WIDTH
 KSN_REFUSED = "63"                    # replay protection refused the message: a bench bug
 FORGED = "error:ForgedResponse"       # the server's answer did not carry a valid MAC
+# Answered without a row: the card gate's "card busy" and transient database errors (the
+# transaction rolled back). Counted by the tools, never stored.
+UNSTORED_CODES = (KSN_REFUSED, "91")
+
+
+def _stored(codes: dict) -> dict:
+    """The response codes a tool saw that the database must hold as many rows of."""
+    return {k: v for k, v in codes.items() if k[:1].isdigit() and k not in UNSTORED_CODES}
 
 
 def report_run(bench: Bench, index: int, run: Run, e2e: dict, pgb: dict) -> None:
@@ -40,6 +50,54 @@ def report_run(bench: Bench, index: int, run: Run, e2e: dict, pgb: dict) -> None
     others = {k: v for k, v in e2e["rc"].items() if k != "00"}
     print(f"{'':>{LABEL_WIDTH}}   CPU s: e2e {cpu[0]} | pgbench {cpu[1]}"
           + (f" | e2e answers other than 00: {others}" if others else ""), flush=True)
+    if run.hot:
+        # The card gate answers 91 at once beyond MAX_IN_FLIGHT_PER_CARD purchases of a card:
+        # the hot figure is the approvals' (what a cashier waits for), the 91s counted apart.
+        print(f"{'':>{LABEL_WIDTH}}   hot cards, approvals only: {e2e['approved_tps']:.0f} tps, "
+              f"p50 {e2e['approved_p50_ms']:.2f} ms, p99 {e2e['approved_p99_ms']:.2f} ms; "
+              f"91 card busy: {e2e['card_busy']} "
+              f"({e2e['card_busy'] / max(e2e['answered'], 1):.1%} of answers)", flush=True)
+
+
+def report_limit(bench: Bench, limit: dict) -> None:
+    """The minimal debit beside the run just reported, and PostgreSQL's CPU per transaction of
+    the three: how far the real function and the whole path are from what the machine can do."""
+    run = bench.runs[-1]
+    run["limit"] = limit
+    e2e, pgb = run["e2e"], run["pgbench"]
+    run["fn_limit_ratio"] = round(pgb["tps"] / limit["tps"], 3) if limit["tps"] else 0.0
+    run["pg_cpu_ms"] = {"e2e": cpu_ms_per(e2e, "answered"),
+                        "pgbench": cpu_ms_per(pgb, "transactions"),
+                        "limit": cpu_ms_per(limit, "transactions")}
+    cpu = run["pg_cpu_ms"]
+    print(TABLE_ROW.format(f"{run['concurrency']} limit", "", "", "", f"{limit['tps']:.0f}",
+                           f"{limit['p50_ms']:.2f}", f"{limit['p99_ms']:.2f}",
+                           f"fn/lim {run['fn_limit_ratio']:.2f}"))
+    print(f"{'':>{LABEL_WIDTH}}   PostgreSQL CPU ms per transaction: e2e {cpu['e2e']:.3f} | "
+          f"authorize_purchase() {cpu['pgbench']:.3f} | minimal debit {cpu['limit']:.3f}"
+          + (" (PostgreSQL is not local: not measured)" if bench.postmaster is None else ""),
+          flush=True)
+
+
+OPEN_LOOP_ROW = "{:>8} {:>6} | {:>9} {:>8} {:>8} {:>9} {:>9} | {:>10} | {}"
+
+
+def report_open_loop(bench: Bench) -> None:
+    """The open-loop run just made, under a header before the first."""
+    run = bench.open_loop[-1]
+    if len(bench.open_loop) == 1:
+        print(f"\nopen loop over {run['terminals']} terminals, MAC'd, metrics on: purchases due "
+              f"at a fixed rate, latency from each one's due time (max e2e {run['max_tps']:.0f} "
+              f"tps)")
+        print(OPEN_LOOP_ROW.format("rate/s", "load", "tps", "p50 ms", "p99 ms", "p99.9 ms",
+                                   "max ms", "queued p99", "answers other than 00"))
+    others = {k: v for k, v in run["rc"].items() if k != "00"}
+    print(OPEN_LOOP_ROW.format(
+        f"{run['rate']:.0f}", f"{run['fraction']:.0%}", f"{run['tps']:.0f}",
+        f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}", f"{run['p999_ms']:.2f}",
+        f"{run['max_ms']:.2f}", f"{run['queued_p99_ms']:.2f}",
+        (f"{others} " if others else "") + ("OVERLOADED: stopped scheduling" if run["overloaded"]
+                                            else "")), flush=True)
 
 
 def top_run(bench: Bench) -> dict:
@@ -125,9 +183,19 @@ def final_lines(bench: Bench) -> None:
           f"metrics_cost_pct={cost['metrics_cost_pct']:.1f}")
     final = top_run(bench)
     e2e, pgb = final["e2e"], final["pgbench"]
+    half = next((r for r in bench.open_loop if r["fraction"] == HALF_LOAD_FRACTION), None)
+    hot = next((r["e2e"] for r in bench.runs if r["hot"]), None)
     print(f"e2e_tps={e2e['tps']:.0f} pgbench_tps={pgb['tps']:.0f} "
-          f"ratio={final['ratio']:.2f} p50_ms={e2e['p50_ms']:.2f} "
-          f"p99_ms={e2e['p99_ms']:.2f}")
+          f"ratio={final['ratio']:.2f} limit_tps={final['limit']['tps']:.0f} "
+          f"p99_half_load_ms={half['p99_ms'] if half else 0.0:.2f} "
+          f"hot_p99_ms={hot['approved_p99_ms'] if hot else 0.0:.2f} "
+          f"p50_ms={e2e['p50_ms']:.2f} p99_ms={e2e['p99_ms']:.2f} "
+          f"fn_limit_ratio={final['fn_limit_ratio']:.2f} "
+          f"pg_cpu_ms_fn={final['pg_cpu_ms']['pgbench']:.3f} "
+          f"pg_cpu_ms_limit={final['pg_cpu_ms']['limit']:.3f} "
+          f"p999_half_load_ms={half['p999_ms'] if half else 0.0:.2f} "
+          f"hot_card_busy={hot['card_busy'] if hot else 0} "
+          f"seed_s={bench.seed_s:.2f} seed_linearity={bench.seed_small['ratio']:.2f}")
 
 
 async def verify(bench: Bench) -> list[str]:
@@ -144,6 +212,10 @@ async def verify(bench: Bench) -> list[str]:
             "SELECT split_part(request_id, '-', 1) AS tag, response_code AS rc, count(*) AS n"
             " FROM authorizations WHERE terminal_id = ANY($1::text[]) GROUP BY 1, 2",
             keys.terminals)
+        limit_rows = dict(await conn.fetch(
+            "SELECT split_part(reference, '-', 1), count(*) FROM transfers"
+            " WHERE code = 'PURCHASE' AND authorization_id IS NULL AND reference LIKE 'lim%'"
+            " GROUP BY 1"))
         checked = await conn.fetchval(
             "SELECT count(*) FROM terminal_keys WHERE terminal_id = ANY($1::text[])"
             " AND last_counter > $2", keys.terminals, counter_start(top_index))
@@ -152,7 +224,18 @@ async def verify(bench: Bench) -> list[str]:
     for row in rows:
         stored[row["tag"]][row["rc"]] += row["n"]
     mismatches, refused, counted = [], [], 0
+    for run in bench.open_loop:
+        counted += run["approved"]
+        answered = _stored(run["rc"])
+        if answered != dict(sorted(stored[run["tag"]].items())):
+            mismatches.append(f"{run['tag']}: the load generator saw {answered}, "
+                              f"the database holds {dict(stored[run['tag']])}")
     for run in bench.runs:
+        if "limit" in run and limit_rows.get(run["limit"]["tag"], 0) != \
+                run["limit"]["transactions"]:
+            mismatches.append(f"{run['limit']['tag']}: pgbench logged "
+                              f"{run['limit']['transactions']} minimal debits, the database "
+                              f"holds {limit_rows.get(run['limit']['tag'], 0)}")
         pgb, e2e = run["pgbench"], run["e2e"]
         pgb["rc"] = dict(sorted(stored[pgb["tag"]].items()))
         pgb["approved"] = sum(stored[pgb["tag"]][code] for code in APPROVED_CODES)
@@ -168,7 +251,7 @@ async def verify(bench: Bench) -> list[str]:
         for code, what in ((KSN_REFUSED, f"answers {KSN_REFUSED}"), (FORGED, "forged answers")):
             if e2e["rc"].get(code):
                 refused.append(f"{e2e['tag']}: {e2e['rc'][code]} {what}")
-        answered = {k: v for k, v in e2e["rc"].items() if k[:1].isdigit() and k != KSN_REFUSED}
+        answered = _stored(e2e["rc"])
         if answered != dict(sorted(stored[e2e["tag"]].items())):
             mismatches.append(f"{e2e['tag']}: the load generator saw {answered}, "
                               f"the database holds {dict(stored[e2e['tag']])}")
@@ -199,8 +282,9 @@ def results(bench: Bench, problems: list[str]) -> dict:
                         "pgbench_query_mode": PGBENCH_QUERY_MODE,
                         "terminal_authentication": "dukpt (runs with mac false: none)",
                         "server_metrics": "on (runs with metrics false: HDFPAY_METRICS=off)"},
-            "seed_seconds": bench.seed_s, "provision_seconds": keys.provision_s, "bdk": keys.bdk,
+            "seed_seconds": bench.seed_s, "seed_linearity": bench.seed_small,
+            "provision_seconds": keys.provision_s, "bdk": keys.bdk,
             "terminals": {"e2e": keys.e2e_terminals, "pgbench": keys.pgbench_terminals},
             "hot_cards": bench.hot_cards, "mac_cost": bench.mac_cost,
-            "metrics_cost": bench.metrics_cost, "runs": bench.runs,
+            "metrics_cost": bench.metrics_cost, "runs": bench.runs, "open_loop": bench.open_loop,
             "problems": problems}
