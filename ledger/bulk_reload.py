@@ -133,7 +133,7 @@ async def _replan_everywhere(conn: asyncpg.Connection) -> None:
     accounts table (a fresh install: a sequential scan is cheapest on one page) re-plans now,
     instead of scanning every wallet per purchase until autovacuum's next ANALYZE. Once, after
     the first chunk that opened wallets: the step from empty is what turns a plan upside down."""
-    await conn.execute("ANALYZE accounts, wallets")
+    await conn.execute("SELECT refresh_wallet_statistics()")   # as the owner: see its file
 
 
 async def run_bulk_reload(conn: asyncpg.Connection, school_year: int, *, actor: str,

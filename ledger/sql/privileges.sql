@@ -72,7 +72,7 @@ GRANT EXECUTE ON FUNCTION ledger_violations, audit_row_bytes TO hdfpay_ops, hdfp
 -- The operator API, the back-office pages and the operators' commands.
 GRANT EXECUTE ON FUNCTION append_audit, charge_operator_login, oppose_card, replace_card, request_card_replacement,
     advance_card_request, submit_card_request, add_partner, update_partner, set_partner_status,
-    reload_wallet, bulk_reload_chunk, expire_school_year, settle_through
+    reload_wallet, bulk_reload_chunk, refresh_wallet_statistics, expire_school_year, settle_through
     TO hdfpay_ops;
 -- Their own accounts and sessions: the login counters, password changes, session tokens.
 GRANT SELECT, INSERT, UPDATE, DELETE ON operator_sessions TO hdfpay_ops;
