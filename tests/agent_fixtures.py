@@ -3,19 +3,22 @@ sealed under a test key, the journal in the test's folder, the reader a vpcd slo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ledger.demo_region import terminal_id
 from terminal_protocol.agent.agent_config import AgentConfig
 from terminal_protocol.agent.future_keys import FutureKeyTerminal
 from terminal_protocol.agent.runtime import STATE_KEY_ENV, running_agent, sealed_state
 from terminal_protocol.agent.supervisor_pin import write_pin
 
-from pcsc_fixtures import READER_0
+from pcsc_fixtures import READER_0, wait_reader_state
 
 AGENT_STATE_KEY = os.urandom(32)
 AGENT_ENV = {STATE_KEY_ENV: AGENT_STATE_KEY.hex()}
@@ -73,3 +76,28 @@ def agent_for(agent_config, pcscd):
 
 def with_url(config: AgentConfig, url: str) -> AgentConfig:
     return replace(config, server_url=url)
+
+
+POLL_S = 0.02   # how often a test looks at what the agent showed (bounded by the tap timeout)
+
+
+async def until_shown(condition) -> None:
+    """Poll what the agent showed, at most the agent's tap timeout."""
+    deadline = time.monotonic() + TEST_TAP_TIMEOUT_MS / 1000
+    while not condition():
+        assert time.monotonic() < deadline, "the agent never showed it"
+        await asyncio.sleep(POLL_S)
+
+
+async def purchases_of(conn, terminal: str = terminal_id(1, 1)):   # conftest's ACTIVE_TERMINAL
+    return await conn.fetch(
+        "SELECT c.uid, a.amount_approved_cents, a.amount_reversed_cents, a.response_code"
+        " FROM authorizations a LEFT JOIN cards c ON c.id = a.card_id"
+        " WHERE a.terminal_id = $1 AND a.message_type = 'PURCHASE' ORDER BY a.id", terminal)
+
+
+def tap_again(card) -> None:
+    """Lift the card and place it again, once pcscd has seen it leave."""
+    card.remove()
+    wait_reader_state(READER_0, present=False)
+    card.insert()
