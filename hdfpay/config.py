@@ -14,6 +14,8 @@ from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_OPS_PORT = 8081
 DEFAULT_PORTAL_PORT = 8082
+DEFAULT_WORKER_METRICS_PORT = 9180   # worker i of `serve --workers` serves /metrics on this + i
+MAX_WORKERS = 64
 
 
 # Rules that were settings and are now data the ledger holds (table rules): a site that still
@@ -81,6 +83,12 @@ class Settings:
     photo_dir: Path = field(default_factory=lambda: default_photo_dir())
     # Purchases of one card in progress at once (authorizer/card_gate.py); 91 "card busy" beyond.
     max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD
+    # `serve` as this many processes on the same ports (hdfpay/workers.py); each also serves its
+    # own /metrics on 127.0.0.1:worker_metrics_port + its index.
+    workers: int = 1
+    worker_metrics_port: int = DEFAULT_WORKER_METRICS_PORT
+    # Set for a worker: its listeners share their ports with the other workers (SO_REUSEPORT).
+    reuse_port: bool = False
 
     @property
     def ops_listen_port(self) -> int:
@@ -157,6 +165,9 @@ class Settings:
             photo_dir=default_photo_dir(),
             max_in_flight_per_card=int_from_env("HDFPAY_MAX_IN_FLIGHT_PER_CARD",
                                                 MAX_IN_FLIGHT_PER_CARD, 1, 1_000),
+            workers=int_from_env("HDFPAY_WORKERS", 1, 1, MAX_WORKERS),
+            worker_metrics_port=int_from_env("HDFPAY_WORKER_METRICS_PORT",
+                                             DEFAULT_WORKER_METRICS_PORT, 1, 65535 - MAX_WORKERS),
         )
 
 
