@@ -59,7 +59,8 @@ def _scope(operator: Operator) -> int | None:
     return operator.establishment_id if operator.role is STAFF else None
 
 
-def _report(report: RenewalReport, operator: Operator) -> dict:
+def renewal_report(report: RenewalReport, operator: Operator) -> dict:
+    """The report as the caller may read it (the API's JSON; the back office's pages too)."""
     errors = []
     for error in report.errors:
         code, message = error.code, error.message
@@ -127,7 +128,7 @@ async def renew_file(request: web.Request) -> web.Response:
                 conn, data, school_year=year, actor=operator.actor, establishment_id=scope,
                 apply=not dry_run)
     status = 422 if report.errors and not dry_run else 200
-    return web.json_response({"report": _report(report, operator)}, status=status)
+    return web.json_response({"report": renewal_report(report, operator)}, status=status)
 
 
 async def renewal_counts(request: web.Request) -> web.Response:
