@@ -9,6 +9,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
+from ledger.bulk_reload import BULK_RELOAD_CHUNK_ROWS, MAX_BULK_RELOAD_CHUNK_ROWS
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -81,6 +82,9 @@ class Settings:
     photo_dir: Path = field(default_factory=lambda: default_photo_dir())
     # Purchases of one card in progress at once (authorizer/card_gate.py); 91 "card busy" beyond.
     max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD
+    # Beneficiaries per committed chunk of a bulk reload started from the operator listener (the
+    # API or the back office's page), as 'hdfpay reload bulk --chunk-rows'.
+    bulk_reload_chunk_rows: int = BULK_RELOAD_CHUNK_ROWS
 
     @property
     def ops_listen_port(self) -> int:
@@ -157,6 +161,9 @@ class Settings:
             photo_dir=default_photo_dir(),
             max_in_flight_per_card=int_from_env("HDFPAY_MAX_IN_FLIGHT_PER_CARD",
                                                 MAX_IN_FLIGHT_PER_CARD, 1, 1_000),
+            bulk_reload_chunk_rows=int_from_env("HDFPAY_BULK_RELOAD_CHUNK_ROWS",
+                                                BULK_RELOAD_CHUNK_ROWS, 1,
+                                                MAX_BULK_RELOAD_CHUNK_ROWS),
         )
 
 
