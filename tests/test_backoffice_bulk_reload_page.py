@@ -9,14 +9,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import asyncpg
 import pytest
 from playwright.async_api import expect
 
 from backoffice.api_school_year import BULK_RELOAD_PROGRESS, bulk_reload_rate
 from backoffice.operator_auth import Role
-from backoffice.pages_bulk_reload import _duration_fr
+from backoffice.pages_bulk_reload import BULK_RELOAD_REFRESH_S, _duration_fr
 from ledger.bulk_reload import run_bulk_reload
 from ledger.clock import pin_clock
+from ledger.programmes import set_amount
 
 from browser_fixtures import PHONE, screenshot
 from bureau_pages import assert_roles_refused_pages, log_in, role_tokens, visit
@@ -97,6 +99,40 @@ async def test_an_operator_sets_the_amounts_resumes_the_reload_and_watches_it_en
         " ORDER BY id", f"region_operator:{region.login}")]
     assert actions == ["reload_programme.set", "reload_programme.set", "reload.bulk_resume",
                        "reload.bulk_finish"]
+
+
+async def test_without_javascript_the_page_refreshes_itself_until_the_end(
+        server, dsn, conn, browser_page):
+    """A run held up (its row locked by another session) is 'En cours…'; a browser without
+    JavaScript gets the <noscript> refresh and sees the end once the run goes on."""
+    renewed = await _next_year_renewed(conn)
+    for programme in ("BOOKS", "EQUIPMENT"):
+        await set_amount(conn, school_year=NEXT, programme=programme, amount_cents=100_00,
+                         actor="test:amounts")
+    await run_bulk_reload(conn, NEXT, actor="test:interrupted", chunk_rows=CHUNK_ROWS, max_chunks=1)
+    region, token, _ = await add_test_operator(dsn, Role.REGION_OPERATOR, password=PASSWORD)
+    bureau = server.ops_url + "/bureau"
+    holder = await asyncpg.connect(dsn)
+    try:
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("SELECT 1 FROM bulk_reload_runs WHERE school_year = $1 FOR UPDATE", NEXT)
+        status, location, _, _ = await visit(server, token, "POST", f"{bureau}/rechargement/lancer")
+        assert (status, location) == (303, "/bureau/rechargement?fait=lancement")
+        page = await browser_page(java_script_enabled=False)
+        await log_in(page, bureau, region.login, PASSWORD)
+        await page.goto(f"{bureau}/rechargement")
+        await expect(page.get_by_test_id("reload-state")).to_have_text("En cours…")
+        await expect(page.get_by_test_id("reload-done")).to_have_text(f"{CHUNK_ROWS} sur {renewed}")
+        assert f'http-equiv="refresh" content="{BULK_RELOAD_REFRESH_S}"' in await page.content()
+        await expect(page.get_by_role("button", name="Reprendre le rechargement")).to_have_count(0)
+        await screenshot(page, "backoffice-bulk-reload-running-no-js-desktop")
+    finally:
+        await hold.rollback()
+        await holder.close()
+    await expect(page.get_by_test_id("reload-state")).to_have_text(
+        "Terminé.", timeout=(4 * BULK_RELOAD_REFRESH_S + 30) * 1000)
+    await expect(page.get_by_test_id("reload-done")).to_have_text(f"{renewed} sur {renewed}")
 
 
 async def test_the_state_is_json_and_an_auditor_reads_on_a_phone(server, dsn, conn, browser_page):
