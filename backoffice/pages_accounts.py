@@ -36,6 +36,12 @@ def _text(form, name: str) -> str:
     return value.strip()[:FIELD_MAX_CHARS] if isinstance(value, str) else ""
 
 
+def _login_shown(request: web.Request) -> str:
+    """The account a notice names: a login only (a link cannot make it say more)."""
+    text = request.query.get("compte", "")
+    return text if operators.LOGIN_PATTERN.match(text) else ""
+
+
 async def _render(request: web.Request, operator: Operator, *, status: int = 200,
                   provisional: tuple[str, str] | None = None, error: str | None = None,
                   form: dict | None = None):
@@ -44,7 +50,7 @@ async def _render(request: web.Request, operator: Operator, *, status: int = 200
     response = aiohttp_jinja2.render_template("bo_accounts.html", request, {
         "operator": operator, "accounts": accounts, "roles": ROLES_FR,
         "can_act": operator.role is REGION, "provisional": provisional,
-        "notice": request.query.get("fait"), "who": request.query.get("compte", "")[:FIELD_MAX_CHARS],
+        "notice": request.query.get("fait"), "who": _login_shown(request),
         "error": error or request.query.get("refus"), "form": form or {},
         "password_path": PASSWORD_PATH,
         "min_others": operators.MIN_OTHER_REGION_OPERATOR_ACCOUNTS})

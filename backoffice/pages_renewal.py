@@ -82,6 +82,12 @@ def _text(form, name: str) -> str:
     return value.strip()[:FIELD_MAX_CHARS] if isinstance(value, str) else ""
 
 
+def _dossier_shown(request: web.Request) -> str:
+    """The dossier a notice names: a dossier number only (a link cannot make it say more)."""
+    text = request.query.get("dossier", "")
+    return text if rights_renewal.DOSSIER_PATTERN.match(text) else ""
+
+
 def _count(request: web.Request, name: str) -> int:
     text = request.query.get(name, "")
     return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else 0
@@ -100,7 +106,7 @@ async def _render(request, operator, status: int = 200, **extra):
         "operator": operator, "year": year, "counts": counts,
         "can_act": operator.role in (REGION, STAFF), "max_mb": RENEWAL_UPLOAD_MAX_BYTES // 1_000_000,
         "notice": request.query.get("fait"), "error": request.query.get("refus"),
-        "dossier": request.query.get("dossier", "")[:FIELD_MAX_CHARS], "dry_run": None,
+        "dossier": _dossier_shown(request), "dry_run": None,
         "renewed": _count(request, "renouveles"), "already": _count(request, "deja"), **extra})
     response.set_status(status)
     return response
