@@ -9,6 +9,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
+from ledger.bulk_reload import BULK_RELOAD_CHUNK_ROWS, MAX_BULK_RELOAD_CHUNK_ROWS
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -89,6 +90,9 @@ class Settings:
     worker_metrics_port: int = DEFAULT_WORKER_METRICS_PORT
     # Set for a worker: its listeners share their ports with the other workers (SO_REUSEPORT).
     reuse_port: bool = False
+    # Beneficiaries per committed chunk of a bulk reload started from the operator listener (the
+    # API or the back office's page), as 'hdfpay reload bulk --chunk-rows'.
+    bulk_reload_chunk_rows: int = BULK_RELOAD_CHUNK_ROWS
 
     @property
     def ops_listen_port(self) -> int:
@@ -168,6 +172,9 @@ class Settings:
             workers=int_from_env("HDFPAY_WORKERS", 1, 1, MAX_WORKERS),
             worker_metrics_port=int_from_env("HDFPAY_WORKER_METRICS_PORT",
                                              DEFAULT_WORKER_METRICS_PORT, 1, 65535 - MAX_WORKERS),
+            bulk_reload_chunk_rows=int_from_env("HDFPAY_BULK_RELOAD_CHUNK_ROWS",
+                                                BULK_RELOAD_CHUNK_ROWS, 1,
+                                                MAX_BULK_RELOAD_CHUNK_ROWS),
         )
 
 

@@ -95,7 +95,8 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         url = await stack.enter_async_context(
             _listening(app, settings.host, settings.port, tls, runner, settings.reuse_port))
         ops_app = build_ops_app(ops_pool, secure_cookies=settings.ops_host not in LOOPBACK_HOSTS,
-                                photo_dir=settings.photo_dir, hsm=hsm)
+                                photo_dir=settings.photo_dir, hsm=hsm,
+                                bulk_reload_chunk_rows=settings.bulk_reload_chunk_rows)
         ops_runner = OpsAppRunner(ops_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         ops_url = await stack.enter_async_context(
             _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls, ops_runner,
