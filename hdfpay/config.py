@@ -93,6 +93,8 @@ class Settings:
     # Beneficiaries per committed chunk of a bulk reload started from the operator listener (the
     # API or the back office's page), as 'hdfpay reload bulk --chunk-rows'.
     bulk_reload_chunk_rows: int = BULK_RELOAD_CHUNK_ROWS
+    # HDFPAY_GROUP_COMMIT=off: one call and one commit per terminal message (authorizer.group_commit).
+    group_commit: bool = True
 
     @property
     def ops_listen_port(self) -> int:
@@ -175,6 +177,7 @@ class Settings:
             bulk_reload_chunk_rows=int_from_env("HDFPAY_BULK_RELOAD_CHUNK_ROWS",
                                                 BULK_RELOAD_CHUNK_ROWS, 1,
                                                 MAX_BULK_RELOAD_CHUNK_ROWS),
+            group_commit=os.environ.get("HDFPAY_GROUP_COMMIT", "on") != "off",
         )
 
 

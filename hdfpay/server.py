@@ -42,6 +42,7 @@ def listener_limits(settings: Settings) -> ListenerLimits:
         terminal_authentication=settings.terminal_authentication,
         metrics_enabled=settings.metrics_enabled,
         max_in_flight_per_card=settings.max_in_flight_per_card,
+        group_commit=settings.group_commit,
     )
 
 
