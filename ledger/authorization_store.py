@@ -136,10 +136,13 @@ class AuthorizationStore:
                     results.append(await self.single(call))
                 except (LedgerUnavailable, LedgerFailure) as exc:
                     results.append(exc)
-            elif sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES:
-                results.append(LedgerUnavailable(f"SQLSTATE {sqlstate}"))
             else:
-                results.append(LedgerFailure(f"SQLSTATE {sqlstate}: {message}"))
+                # Named as the one-call path names it (asyncpg's class for the SQLSTATE).
+                name = asyncpg.PostgresError.get_message_class_for_sqlstate(sqlstate).__name__
+                if sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES:
+                    results.append(LedgerUnavailable(name))
+                else:
+                    results.append(LedgerFailure(f"{name}: {message}"))
         return results
 
     async def _round_trip(self, sql: str, *args) -> list:
