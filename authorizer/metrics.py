@@ -34,7 +34,8 @@ class Metrics:
             "Time from request received to answer sent, in the server",
             ["message_type"], buckets=LATENCY_BUCKETS_SECONDS, registry=self.registry)
         self.db_round_trip = Histogram(
-            "hdfpay_db_round_trip_seconds", "One authorization's database call",
+            "hdfpay_db_round_trip_seconds",
+            "One database call: a message's, or a group-commit batch's",
             buckets=LATENCY_BUCKETS_SECONDS, registry=self.registry)
         self.in_flight = Gauge(
             "hdfpay_requests_in_flight", "Terminal requests being processed",

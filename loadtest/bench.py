@@ -129,7 +129,7 @@ def _bench(bench: Bench) -> int:
                 if not run.metrics:
                     report_metrics_cost(bench)
                 if not run.group_commit:
-                    report_group_commit_gain(bench, run.hot)
+                    report_group_commit_gain(bench, run)
             if mac and metrics and grouped and not bench.open_loop:
                 index = _open_loop_runs(bench, url, index)
     problems = uvloop.run(verify(bench))

@@ -171,12 +171,14 @@ def report_metrics_cost(bench: Bench) -> None:
           f"{cost['server_cpu_ms_per_request_off']:.3f} off", flush=True)
 
 
-def report_group_commit_gain(bench: Bench, hot: bool) -> None:
+def report_group_commit_gain(bench: Bench, run: Run) -> None:
     """Group commit on against one commit per message (MACs and metrics on), same clients and
     cards, same run: a table row (on minus off) and bench.group_commit_gain."""
+    hot = run.hot
+
     def pick(grouped: bool) -> dict:
         return next(r for r in bench.runs if r["group_commit"] == grouped and r["hot"] == hot
-                    and r["mac"] and r["metrics"])
+                    and r["mac"] and r["metrics"] and r["concurrency"] == run.concurrency)
     on, off = pick(True), pick(False)
     key = "approved_" if hot else ""
     e_on, e_off = on["e2e"], off["e2e"]
