@@ -6,6 +6,7 @@ once its commit is visible to others."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 
@@ -13,11 +14,15 @@ import asyncpg
 import pytest
 
 from authorizer.group_commit import GroupCommitter
+from authorizer.listener import METRICS
+from hdfpay.config import Settings
+from hdfpay.server import running_server
 from ledger.authorization_store import (AuthorizationStore, GroupableCall, LedgerUnavailable,
                                         MessageOrigin)
 from ledger.database import create_pool
 from ledger.demo_region import card_uid
 from ledger.roles import role_dsn
+from terminal_protocol.client import TerminalClient
 
 from conftest import ACTIVE_TERMINAL, balance_of, set_balance
 
@@ -168,3 +173,27 @@ async def test_a_message_queued_past_its_deadline_is_never_run(store, conn):
         await committer.decide(late, asyncio.get_running_loop().time())
     assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE request_id = $1",
                                late.request_id) == 0
+
+
+async def test_with_group_commit_off_each_message_is_its_own_call(settings, dsn, hsm, keys_for,
+                                                                  conn, monkeypatch):
+    monkeypatch.setenv("HDFPAY_GROUP_COMMIT", "off")
+    assert Settings.from_env().group_commit is False
+    await set_balance(conn, CARDS[0], 10_00)
+    alone = dataclasses.replace(settings, group_commit=False)
+    async with running_server(alone, dsn, hsm) as server, \
+            TerminalClient(server.url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
+        answers = [await client.purchase(CARDS[0], 1_00) for _ in range(3)]
+        assert [a.rc for a in answers] == ["00"] * 3
+        assert _batches(server) == 0
+    assert await balance_of(conn, CARDS[0]) == 7_00
+
+
+async def test_by_default_the_server_commits_in_groups(server, client, conn):
+    await set_balance(conn, CARDS[0], 10_00)
+    assert (await client.purchase(CARDS[0], 1_00)).rc == "00"
+    assert _batches(server) == 1
+
+
+def _batches(server) -> float:
+    return server.app[METRICS].registry.get_sample_value("hdfpay_group_commit_batch_messages_count")
