@@ -8,15 +8,17 @@ the next batch to leave takes up to GROUP_COMMIT_BATCH_MAX_MESSAGES of the queue
 wait up to GROUP_COMMIT_WAIT_MAX_US for companions (0: never waits). Each message is answered
 only after its batch committed. A message whose deadline passed while queued is answered 91 and
 never run; one the caller stopped waiting for (its request timed out) is never run either.
-Within a batch the purchases and refunds go in card order, so two batches lock the wallets they
-share in the same order (no deadlock between them); what still fails (a lock timeout, a deadlock
-with a reversal) fails only its own message, in its own subtransaction (authorize_batch.sql).
+A card's purchases and refunds never go in two batches at once: one whose card is in a batch at
+the database stays queued for the next, so batches do not wait for each other's wallet locks (a
+hot card's messages share a batch instead). Within a batch they go in card order; what still
+fails (a lock timeout, a deadlock with a reversal) fails only its own message, in its own
+subtransaction (authorize_batch.sql).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,6 +62,7 @@ class GroupCommitter:
         self._count_expired = count_expired
         self._queue: deque[_Queued] = deque()
         self._batches_in_flight = 0
+        self._cards_in_flight: Counter[bytes] = Counter()
         self._tasks: set[asyncio.Task] = set()
 
     def queued(self) -> int:
@@ -84,14 +87,22 @@ class GroupCommitter:
                 if self._wait_max_s and len(self._queue) < self._batch_max:
                     await asyncio.sleep(self._wait_max_s)
                 batch = self._take()
-                if batch:
+                if not batch:       # all queued wait for cards in other batches: theirs drain
+                    break
+                cards = Counter(item.call.card_uid for item in batch if item.call.card_uid)
+                self._cards_in_flight.update(cards)
+                try:
                     await self._run(batch)
+                finally:
+                    self._cards_in_flight.subtract(cards)
+                    self._cards_in_flight = +self._cards_in_flight
         finally:
             self._batches_in_flight -= 1
 
     def _take(self) -> list[_Queued]:
         now = asyncio.get_running_loop().time()
         batch: list[_Queued] = []
+        deferred: list[_Queued] = []
         while self._queue and len(batch) < self._batch_max:
             item = self._queue.popleft()
             if item.answer.done():          # its request gave up waiting: never run it
@@ -100,7 +111,11 @@ class GroupCommitter:
                 self._count_expired()
                 item.answer.set_exception(LedgerUnavailable("deadline passed while queued"))
                 continue
+            if item.call.card_uid in self._cards_in_flight:
+                deferred.append(item)       # its card is in a batch at the database
+                continue
             batch.append(item)
+        self._queue.extendleft(reversed(deferred))      # first in line for the next batch
         batch.sort(key=_lock_order)
         return batch
 

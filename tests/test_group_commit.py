@@ -166,6 +166,45 @@ async def test_no_message_is_answered_before_its_batch_commits(store, conn, dsn)
     assert [json.loads(a)["rc"] for a in decided] == ["00", "00"]
 
 
+async def test_a_card_in_a_batch_at_the_database_waits_for_the_next_batch(dsn, conn):
+    """Its wallet is held by the first batch (here by another session the first batch waits
+    for): a second purchase of that card stays queued rather than wait in a second batch, which
+    meanwhile decides another card's purchase."""
+    held, other = CARDS[:2]
+    for card in (held, other):
+        await set_balance(conn, card, 10_00)
+    pool = await asyncpg.create_pool(role_dsn(dsn, "hdfpay_terminal"), min_size=2, max_size=2)
+    holder = await asyncpg.connect(dsn)
+    try:
+        store = AuthorizationStore(pool, pool_acquire_timeout_s=STORE_TIMEOUT_S,
+                                   statement_timeout_s=STORE_TIMEOUT_S)
+        committer = GroupCommitter(store, batches_in_flight_max=2)
+        deadline = asyncio.get_running_loop().time() + STORE_TIMEOUT_S
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(
+            "SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
+            " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
+            " FOR UPDATE OF a", held)
+        first = asyncio.ensure_future(committer.decide(_purchase(held, 1_00), deadline))
+        while not await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%authorize_batch%'"):
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(committer.decide(_purchase(held, 1_00), deadline))
+        elsewhere = await committer.decide(_purchase(other, 1_00), deadline)
+        queued_meanwhile = committer.queued()
+        await transaction.commit()
+        decided = await asyncio.gather(first, second)
+    finally:
+        await holder.close()
+        await pool.close()
+    assert json.loads(elsewhere)["rc"] == "00"
+    assert queued_meanwhile == 1
+    assert [json.loads(a)["rc"] for a in decided] == ["00", "00"]
+    assert await balance_of(conn, held) == 8_00
+
+
 async def test_a_message_queued_past_its_deadline_is_never_run(store, conn):
     committer = GroupCommitter(store)
     late = _purchase(CARDS[0], 1_00)
