@@ -10,8 +10,8 @@ import asyncpg
 from aiohttp import web
 
 from backoffice import (pages_accounts, pages_audit, pages_bulk_reload, pages_dashboard,
-                        pages_partners, pages_renewal, pages_requests, pages_settlement,
-                        pages_students)
+                        pages_expiry, pages_partners, pages_renewal, pages_requests,
+                        pages_settlement, pages_students)
 from backoffice.operator_auth import POOL
 from backoffice.page_session import BASE, cookie_session
 from backoffice.pages_partners import HSM
@@ -22,7 +22,7 @@ from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
 PAGE_GROUPS = (pages_students, pages_audit, pages_requests, pages_partners, pages_dashboard,
-               pages_renewal, pages_bulk_reload, pages_settlement, pages_accounts)
+               pages_renewal, pages_bulk_reload, pages_expiry, pages_settlement, pages_accounts)
 
 
 def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
