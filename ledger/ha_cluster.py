@@ -251,17 +251,29 @@ class HaCluster:
         return _process_identity(process.pid) or f"{process.pid} ?"
 
     def _ensure_database(self) -> None:
-        psql = [str(self.bin_dir / "psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1",
-                self.dsn("postgres")]
-        exists = subprocess.run(psql + ["-c", f"SELECT 1 FROM pg_database WHERE datname = "
-                                              f"'{DATABASE_NAME}'"],
-                                capture_output=True, text=True, check=False, env=_clean_env())
-        if exists.returncode != 0:
-            raise HaClusterError(f"cannot reach the primary: {exists.stderr.strip()}")
-        if exists.stdout.strip() != "1":
-            subprocess.run(psql + ["-c", f"CREATE DATABASE {DATABASE_NAME}"],
-                           capture_output=True, text=True, check=True, env=_clean_env())
+        """Create the database on the primary, then wait until every node has replayed it: a
+        commit waits for the standby's flush, not its replay, and a client that tries the
+        standby first must not be told the database does not exist."""
+        if self._psql(self.dsn("postgres"), self._database_exists).stdout.strip() != "1":
+            self._psql(self.dsn("postgres"), f"CREATE DATABASE {DATABASE_NAME}")
+        deadline = time.monotonic() + CLUSTER_READY_TIMEOUT_S
+        for node in NODE_NAMES:
+            while self._psql(self.node_dsn(node, "postgres"), self._database_exists,
+                             check=False).stdout.strip() != "1":
+                if time.monotonic() > deadline:
+                    raise HaClusterError(f"{node} has not replayed CREATE DATABASE in "
+                                         f"{CLUSTER_READY_TIMEOUT_S} s")
+                time.sleep(POLL_INTERVAL_S)
 
+    _database_exists = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'"
+
+    def _psql(self, dsn: str, sql: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(self.bin_dir / "psql"), "-X", "-q", "-tA", "-v",
+                                 "ON_ERROR_STOP=1", dsn, "-c", sql],
+                                capture_output=True, text=True, check=False, env=_clean_env())
+        if check and result.returncode != 0:
+            raise HaClusterError(f"psql on {dsn}: {result.stderr.strip()}")
+        return result
 
 def _service_user() -> pwd.struct_passwd | None:
     if os.geteuid() != 0:

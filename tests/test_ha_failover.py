@@ -1,0 +1,211 @@
+"""Failover with a synchronous standby (issue 17): the primary's postmaster is killed while
+terminals buy; Patroni promotes the standby, the server reconnects by itself through the
+multi-host DSN, and meanwhile terminals get 91 within the request's deadline, never 96. Every
+91 is reversed until the reversal lands (00, or 25 when the purchase never committed). At the
+end every approval a terminal saw is on the new primary, no 91'd purchase still debits, each
+wallet holds exactly its start minus its approvals, and the ledger balances.
+
+Real etcd, Patroni and PostgreSQL (ledger/ha_cluster.py). HDFPAY_HA_FAILOVERS=N kills the
+primary N times (default 2) and prints each gap without a primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
+from hdfpay.server import running_server
+from hsm.software_backend import SoftwareHsm
+from ledger.clock import pin_clock
+from ledger.demo_region import card_uid, seed_demo_region, terminal_id
+from ledger.embedded import remove_cluster
+from ledger.ha_cluster import CLUSTER_READY_TIMEOUT_S, HaCluster
+from ledger.invariants import ledger_violations
+from ledger.migrate import migrate
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.terminal_keys import TerminalKeys
+
+from conftest import SCHOOL_DAY, TEST_SCHOOL_YEAR
+
+FAILOVERS = int(os.environ.get("HDFPAY_HA_FAILOVERS", "2"))
+BENEFICIARIES = 20
+# One terminal per card (a terminal has one message in flight), each on an ordinary seeded card.
+TERMINAL_CARDS = {terminal_id(2, 1): 5, terminal_id(2, 2): 6, terminal_id(3, 1): 7,
+                  terminal_id(3, 2): 8}
+PURCHASE_CENTS = 1                 # thousands of approvals fit in a seeded wallet
+PURCHASE_INTERVAL_S = 0.02         # each terminal's pace: load, not synchronisation
+WARMUP_APPROVALS = 5               # per terminal, before the first kill
+FAILOVER_TIMEOUT_S = 30            # kill -> approvals again; measured 2-10 s
+REVERSAL_TIMEOUT_S = 60            # a 91's reversal retried until it lands, at most this long
+DEADLINE_MARGIN_S = 1.0            # HTTP and scheduling on top of the server's request deadline
+
+
+@dataclass
+class Till:
+    """What one terminal saw."""
+    approved: dict[str, int] = field(default_factory=dict)       # request id -> cents
+    unavailable: list[str] = field(default_factory=list)         # purchases answered 91
+    reversal_codes: list[str] = field(default_factory=list)      # each landed reversal's code
+    answers: list[tuple[float, float, str]] = field(default_factory=list)   # sent, answered, rc
+    odd: list[tuple[str, str, str | None]] = field(default_factory=list)    # type, rc, detail
+
+
+async def _sell(client: TerminalClient, card: int, till: Till, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        sent = time.monotonic()
+        request = client.purchase_request(card_uid(card), PURCHASE_CENTS)
+        response = await client.send(request)
+        till.answers.append((sent, time.monotonic(), response.rc))
+        if response.rc not in ("00", "91"):
+            till.odd.append((response.type, response.rc, response.detail))
+        if response.rc in ("00", "10"):
+            till.approved[request.request_id] = response.approved_cents
+        elif response.rc == "91":       # a 91's answer may carry no request id: ours is known
+            till.unavailable.append(request.request_id)
+            till.reversal_codes.append(await _reverse(client, request.request_id, till))
+        await asyncio.sleep(PURCHASE_INTERVAL_S)
+
+
+async def _reverse(client: TerminalClient, original: str, till: Till) -> str:
+    """The terminal's duty after a 91: the same reversal again until it is answered."""
+    request = client.reversal_request(original)
+    deadline = time.monotonic() + REVERSAL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sent = time.monotonic()
+        response = await client.send(request)
+        till.answers.append((sent, time.monotonic(), response.rc))
+        if response.rc not in ("00", "91", "25"):
+            till.odd.append((response.type, response.rc, response.detail))
+        if response.rc != "91":
+            return response.rc
+        await asyncio.sleep(PURCHASE_INTERVAL_S)
+    return "91"
+
+
+async def _first_approval_after(tills: list[Till], since: float) -> float:
+    deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        answered = [a for t in tills for s, a, rc in list(t.answers) if s > since and rc == "00"]
+        if answered:
+            return min(answered)
+        await asyncio.sleep(PURCHASE_INTERVAL_S)
+    raise AssertionError(f"no approval within {FAILOVER_TIMEOUT_S} s of killing the primary")
+
+
+async def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not within {timeout_s} s"
+        await asyncio.sleep(PURCHASE_INTERVAL_S)
+
+
+@pytest.fixture
+async def ha_region():
+    """A migrated, seeded region on a fresh HA cluster, with its terminals' keys."""
+    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-ha-test-"))
+    cluster = HaCluster(workdir)
+    hsm = SoftwareHsm(workdir / "keys.json", passphrase=os.urandom(16).hex(), create=True)
+    new_bdk(hsm)
+    try:
+        dsn = await asyncio.to_thread(cluster.start)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+            await pin_clock(conn, SCHOOL_DAY)
+            await seed_demo_region(conn, beneficiaries=BENEFICIARIES, school_year=TEST_SCHOOL_YEAR)
+            delivered = await provision_unkeyed_terminals(conn, hsm)
+        finally:
+            await conn.close()
+        keys = {t: TerminalKeys.from_key_block(delivered[t][0].key_block, delivered[t][1],
+                                               MemoryCounter(), delivered[t][0].initial_key_id)
+                for t in TERMINAL_CARDS}
+        yield cluster, dsn, hsm, keys
+    finally:
+        hsm.close()
+        await asyncio.to_thread(cluster.stop)
+        remove_cluster(workdir)
+
+
+async def _balances(conn: asyncpg.Connection) -> dict[int, int]:
+    return {card: await conn.fetchval(
+        "SELECT a.credits_posted - a.debits_posted FROM cards c JOIN wallets w"
+        " ON w.beneficiary_id = c.beneficiary_id AND w.school_year = $2"
+        " JOIN accounts a ON a.id = w.account_id WHERE c.uid = $1", card_uid(card),
+        TEST_SCHOOL_YEAR) for card in TERMINAL_CARDS.values()}
+
+
+async def test_no_approval_is_lost_when_the_primary_dies(ha_region, settings):
+    cluster, dsn, hsm, keys = ha_region
+    conn = await asyncpg.connect(dsn)
+    try:
+        start_balances = await _balances(conn)
+    finally:
+        await conn.close()
+    tills = {t: Till() for t in TERMINAL_CARDS}
+    stop = asyncio.Event()
+    gaps_s = []
+    async with running_server(settings, dsn, hsm) as server:
+        clients = [TerminalClient(server.url, t, keys[t]) for t in TERMINAL_CARDS]
+        for client in clients:
+            await client.__aenter__()
+        sellers = [asyncio.create_task(_sell(c, TERMINAL_CARDS[c.terminal_id],
+                                             tills[c.terminal_id], stop)) for c in clients]
+        try:
+            await _wait_for(lambda: all(len(t.approved) >= WARMUP_APPROVALS
+                                        for t in tills.values()), FAILOVER_TIMEOUT_S, "warm-up")
+            for _ in range(FAILOVERS):
+                old_leader, _standby = await asyncio.to_thread(cluster.wait_ready)
+                killed_at = time.monotonic()
+                assert cluster.kill_postmaster(old_leader) is not None
+                gaps_s.append(await _first_approval_after(list(tills.values()), killed_at)
+                              - killed_at)
+                new_leader, _ = await asyncio.to_thread(cluster.wait_ready,
+                                                        CLUSTER_READY_TIMEOUT_S)
+                assert new_leader != old_leader, "Patroni restarted the primary in place"
+        finally:
+            stop.set()
+            await asyncio.gather(*sellers)
+            for client in clients:
+                await client.__aexit__(None, None, None)
+
+    print(f"\ngaps without approvals after killing the primary: "
+          f"{', '.join(f'{g:.2f}' for g in gaps_s)} s (p50 {statistics.median(gaps_s):.2f} s, "
+          f"max {max(gaps_s):.2f} s); 91s: {sum(len(t.unavailable) for t in tills.values())}")
+    deadline_s = settings.request_timeout_ms / 1000 + DEADLINE_MARGIN_S
+    answers = [a for t in tills.values() for a in t.answers]
+    assert {rc for _, _, rc in answers} <= {"00", "91", "25"}, \
+        f"only approvals, 91s and landed reversals: {[set(t.odd) for t in tills.values()]}"
+    assert max(answered - sent for sent, answered, _ in answers) <= deadline_s
+    assert all(code in ("00", "25") for t in tills.values() for code in t.reversal_codes)
+
+    conn = await asyncpg.connect(dsn)     # whichever node is the primary now
+    try:
+        for terminal, till in tills.items():
+            rows = {r["request_id"]: r for r in await conn.fetch(
+                "SELECT request_id, response_code, amount_approved_cents, amount_reversed_cents"
+                " FROM authorizations WHERE terminal_id = $1 AND message_type = 'PURCHASE'",
+                terminal)}
+            lost = [rid for rid in till.approved if rid not in rows
+                    or rows[rid]["response_code"] not in ("00", "10")]
+            assert lost == [], f"{terminal}: approvals the terminal saw are gone: {lost}"
+            still_debiting = [rid for rid in till.unavailable if rid in rows
+                              and rows[rid]["amount_approved_cents"]
+                              != rows[rid]["amount_reversed_cents"]]
+            assert still_debiting == [], f"{terminal}: 91s not reversed: {still_debiting}"
+        end_balances = await _balances(conn)
+        for terminal, card in TERMINAL_CARDS.items():
+            spent = sum(tills[terminal].approved.values())
+            assert end_balances[card] == start_balances[card] - spent, terminal
+        assert await ledger_violations(conn) == []
+    finally:
+        await conn.close()
