@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ledger.embedded import (DATABASE_NAME, SERVICE_USER_WHEN_ROOT, EmbeddedDatabaseError,
-                             _process_identity, find_server_binaries)
+                             _process_identity, default_data_dir,
+                             find_server_binaries)
 
 SCOPE = "hdfpay"
 NODE_NAMES = ("n1", "n2")
@@ -53,6 +54,14 @@ DCS_SETTINGS = {
     "postgresql": {"use_pg_rewind": True,
                    "parameters": {"synchronous_commit": "on", "max_connections": 200}},
 }
+
+
+def default_ha_dir() -> Path:
+    """Where `hdfpay db start --ha` keeps its nodes: HDFPAY_HA_DIR, else beside the embedded
+    cluster's data directory."""
+    if explicit := os.environ.get("HDFPAY_HA_DIR"):
+        return Path(explicit)
+    return default_data_dir().parent / "ha"
 
 
 class HaClusterError(EmbeddedDatabaseError):
