@@ -102,6 +102,24 @@ async def _first_approval_after(tills: list[Till], since: float) -> float:
     raise AssertionError(f"no approval within {FAILOVER_TIMEOUT_S} s of killing the primary")
 
 
+async def _roles_after(cluster: HaCluster, old_leader: str, since: float) -> tuple[float, float]:
+    """Seconds from `since` until another node leads, then until it has a sync standby again
+    (strict mode: commits wait until then)."""
+    promoted_s = None
+    deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        members = await asyncio.to_thread(cluster.members)
+        leader = next((m["name"] for m in members if m["role"] == "leader"
+                       and m["state"] == "running"), None)
+        if promoted_s is None and leader not in (None, old_leader):
+            promoted_s = time.monotonic() - since
+        if promoted_s is not None and any(m["role"] == "sync_standby" and m["state"] == "running"
+                                          for m in members):
+            return promoted_s, time.monotonic() - since
+        await asyncio.sleep(PURCHASE_INTERVAL_S)
+    raise AssertionError(f"no new leader with a sync standby {FAILOVER_TIMEOUT_S} s after the kill")
+
+
 async def _wait_for(condition, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -153,7 +171,7 @@ async def test_no_approval_is_lost_when_the_primary_dies(ha_region, settings):
         await conn.close()
     tills = {t: Till() for t in TERMINAL_CARDS}
     stop = asyncio.Event()
-    gaps_s = []
+    gaps_s, timings = [], []
     async with running_server(settings, dsn, hsm) as server:
         clients = [TerminalClient(server.url, t, keys[t]) for t in TERMINAL_CARDS]
         for client in clients:
@@ -167,8 +185,10 @@ async def test_no_approval_is_lost_when_the_primary_dies(ha_region, settings):
                 old_leader, _standby = await asyncio.to_thread(cluster.wait_ready)
                 killed_at = time.monotonic()
                 assert cluster.kill_postmaster(old_leader) is not None
+                roles = asyncio.create_task(_roles_after(cluster, old_leader, killed_at))
                 gaps_s.append(await _first_approval_after(list(tills.values()), killed_at)
                               - killed_at)
+                timings.append(await roles)
                 new_leader, _ = await asyncio.to_thread(cluster.wait_ready,
                                                         CLUSTER_READY_TIMEOUT_S)
                 assert new_leader != old_leader, "Patroni restarted the primary in place"
@@ -180,7 +200,9 @@ async def test_no_approval_is_lost_when_the_primary_dies(ha_region, settings):
 
     print(f"\ngaps without approvals after killing the primary: "
           f"{', '.join(f'{g:.2f}' for g in gaps_s)} s (p50 {statistics.median(gaps_s):.2f} s, "
-          f"max {max(gaps_s):.2f} s); 91s: {sum(len(t.unavailable) for t in tills.values())}")
+          f"max {max(gaps_s):.2f} s); new leader / sync standby after "
+          f"{', '.join(f'{p:.2f}/{s:.2f}' for p, s in timings)} s; "
+          f"91s: {sum(len(t.unavailable) for t in tills.values())}")
     deadline_s = settings.request_timeout_ms / 1000 + DEADLINE_MARGIN_S
     answers = [a for t in tills.values() for a in t.answers]
     assert {rc for _, _, rc in answers} <= {"00", "91", "25"}, \
