@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,10 @@ class HaCluster:
         self.workdir = Path(self.workdir).absolute()
         self.bin_dir = find_server_binaries()
         self._run_as = _service_user()
+        missing = [tool for tool in ("patroni", "etcd") if shutil.which(tool) is None]
+        if missing:
+            raise HaClusterError(f"{' and '.join(missing)} not found: apt-get install patroni "
+                                 "etcd-server etcd-client (./run test installs them)")
 
     @property
     def state_file(self) -> Path:
