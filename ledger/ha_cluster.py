@@ -190,6 +190,19 @@ class HaCluster:
             os.kill(pid, signal.SIGKILL)
         return pid
 
+    def crash_node(self, node: str) -> None:
+        """SIGKILL a node's Patroni, then its postmaster: the machine is lost."""
+        state = json.loads(self.state_file.read_text())
+        _signal(state["processes"][node], signal.SIGKILL)
+        _wait_gone(state["processes"][node], PATRONI_STOP_TIMEOUT_S)
+        self.kill_postmaster(node)
+
+    def restart_node(self, node: str) -> None:
+        """Start a crashed node's Patroni again: it recovers and rejoins as a standby."""
+        state = json.loads(self.state_file.read_text())
+        state["processes"][node] = self._start_node(node, NODE_NAMES.index(node), self.ports())
+        self.state_file.write_text(json.dumps(state))
+
     def _start_etcd(self, ports: Ports) -> str:
         data = self.workdir / "etcd"
         data.mkdir(exist_ok=True)
