@@ -31,6 +31,7 @@ from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, seed_demo_region, terminal_id
+from ledger.database import PER_HOST_CONNECT_TIMEOUT_MS, create_pool, ping
 from ledger.embedded import remove_cluster
 from ledger.ha_cluster import CLUSTER_READY_TIMEOUT_S, HaCluster
 from ledger.invariants import ledger_violations
@@ -52,6 +53,10 @@ WARMUP_APPROVALS = 5               # per terminal, before the first kill
 FAILOVER_TIMEOUT_S = 30            # kill -> approvals again; measured 2-10 s
 REVERSAL_TIMEOUT_S = 60            # a 91's reversal retried until it lands, at most this long
 DEADLINE_MARGIN_S = 1.0            # HTTP and scheduling on top of the server's request deadline
+SILENT_HOST_POOL_SIZE = 2
+# Each of the pool's connections may spend PER_HOST_CONNECT_TIMEOUT_MS on the silent host, then
+# connects to a real one (asyncpg's own bound, 60 s, is what fails without the per-host bound).
+SILENT_HOST_BOUND_S = 5.0
 
 
 @dataclass
@@ -271,3 +276,22 @@ async def test_without_its_standby_the_primary_approves_nothing(ha_region, setti
         assert approved_alone == [], "approved while the primary had no standby"
         await _first_approval_after(list(tills.values()), back_at)
         await asyncio.to_thread(cluster.wait_ready)
+
+
+async def test_a_silent_first_host_does_not_keep_the_pool_from_the_primary(ha_region):
+    """A host that accepts TCP and never answers (a machine that hangs, or drops packets) is
+    given up after its own bound, and the pool reaches the primary behind it."""
+    cluster = ha_region[0]
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    silent_port = silent.sockets[0].getsockname()[1]
+    hosts = ",".join(f"127.0.0.1:{p}" for p in (silent_port, *cluster.ports().postgres))
+    dsn = f"postgresql://postgres@{hosts}/hdfpay?target_session_attrs=read-write"
+    try:
+        async with asyncio.timeout(SILENT_HOST_BOUND_S):
+            pool = await create_pool(dsn, SILENT_HOST_POOL_SIZE)
+        try:
+            await ping(pool, PER_HOST_CONNECT_TIMEOUT_MS / 1000)
+        finally:
+            await pool.close()
+    finally:
+        silent.close()
