@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ PURCHASE_INTERVAL_S = 0.02         # each terminal's pace: load, not synchronisa
 WARMUP_APPROVALS = 5               # per terminal, before the first kill
 FAILOVER_TIMEOUT_S = 30            # kill -> approvals again; measured 2-10 s
 REVERSAL_TIMEOUT_S = 60            # a 91's reversal retried until it lands, at most this long
+COMMAND_TIMEOUT_S = 120           # 'db start --ha' waits for the cluster itself (90 s bound)
 DEADLINE_MARGIN_S = 1.0            # HTTP and scheduling on top of the server's request deadline
 SILENT_HOST_POOL_SIZE = 2
 # Each of the pool's connections may spend PER_HOST_CONNECT_TIMEOUT_MS on the silent host, then
@@ -144,7 +147,11 @@ async def ha_region():
     hsm = SoftwareHsm(workdir / "keys.json", passphrase=os.urandom(16).hex(), create=True)
     new_bdk(hsm)
     try:
-        dsn = await asyncio.to_thread(cluster.start)
+        # Through the command a person uses: it prints the URL, and 'db stop --ha' ends it.
+        started = await asyncio.to_thread(_hdfpay, workdir, "db", "start", "--ha")
+        assert started.returncode == 0, started.stderr
+        dsn = started.stdout.split("DATABASE_URL=")[1].strip()
+        assert dsn == cluster.dsn()
         conn = await asyncpg.connect(dsn)
         try:
             await migrate(conn)
@@ -159,8 +166,17 @@ async def ha_region():
         yield cluster, dsn, hsm, keys
     finally:
         hsm.close()
-        await asyncio.to_thread(cluster.stop)
+        stopped = await asyncio.to_thread(_hdfpay, workdir, "db", "stop", "--ha")
+        await asyncio.to_thread(cluster.stop)     # whatever the command left, e.g. if it failed
         remove_cluster(workdir)
+    assert stopped.stdout.strip() == "stopped", stopped.stderr
+    assert not cluster.is_running()
+
+
+def _hdfpay(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hdfpay.cli", *args], capture_output=True,
+                          text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "HDFPAY_HA_DIR": str(workdir)})
 
 
 async def _balances(conn: asyncpg.Connection) -> dict[int, int]:
