@@ -221,6 +221,7 @@ def remove_cluster(data_dir: Path) -> None:
 THROWAWAY_PREFIX = "hdfpay-throwaway-"
 THROWAWAY_OWNER_FILE = "owner"
 THROWAWAY_DATA_DIR = "pgdata"
+THROWAWAY_HA_DIR = "ha"     # a throwaway high-availability cluster (ledger/ha_cluster.py)
 
 
 @contextlib.contextmanager
@@ -265,6 +266,7 @@ def _stop_and_remove(workdir: Path) -> None:
     """Stop the cluster (or, if pg_ctl cannot, e.g. initdb was interrupted and left its
     single-user backend, kill the process of its pid file), then remove everything."""
     data_dir = workdir / THROWAWAY_DATA_DIR
+    _stop_ha_cluster(workdir / THROWAWAY_HA_DIR)
     try:
         if (data_dir / "PG_VERSION").exists():    # none when DATABASE_URL was used instead
             throwaway_cluster(workdir).stop()
@@ -272,6 +274,14 @@ def _stop_and_remove(workdir: Path) -> None:
         _kill_server_of(data_dir)
     finally:
         remove_cluster(workdir)
+
+
+def _stop_ha_cluster(ha_dir: Path) -> None:
+    """Stop the etcd and Patroni processes of a throwaway HA cluster, if it has one."""
+    from ledger.ha_cluster import STATE_FILE, HaCluster   # it builds on this module
+    if (ha_dir / STATE_FILE).exists():
+        with contextlib.suppress(EmbeddedDatabaseError):
+            HaCluster(ha_dir).stop()
 
 
 def _kill_server_of(data_dir: Path) -> None:

@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from hsm.software_backend import SoftwareHsm
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, seed_demo_region, terminal_id
 from ledger.database import PER_HOST_CONNECT_TIMEOUT_MS, create_pool, ping
-from ledger.embedded import remove_cluster
+from ledger.embedded import THROWAWAY_HA_DIR, throwaway_workdir
 from ledger.ha_cluster import CLUSTER_READY_TIMEOUT_S, HaCluster
 from ledger.invariants import ledger_violations
 from ledger.migrate import migrate
@@ -142,9 +141,14 @@ async def _wait_for(condition, timeout_s: float, what: str) -> None:
 @pytest.fixture(scope="module")
 async def ha_region():
     """A migrated, seeded region on a fresh HA cluster, with its terminals' keys."""
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-ha-test-"))
+    with throwaway_workdir("ha-test") as throwaway:   # a killed run's cluster is stopped later
+        async for region in _ha_region(throwaway / THROWAWAY_HA_DIR):
+            yield region
+
+
+async def _ha_region(workdir: Path):
     cluster = HaCluster(workdir)
-    hsm = SoftwareHsm(workdir / "keys.json", passphrase=os.urandom(16).hex(), create=True)
+    hsm = SoftwareHsm(workdir.parent / "keys.json", passphrase=os.urandom(16).hex(), create=True)
     new_bdk(hsm)
     try:
         # Through the command a person uses: it prints the URL, and 'db stop --ha' ends it.
@@ -168,7 +172,6 @@ async def ha_region():
         hsm.close()
         stopped = await asyncio.to_thread(_hdfpay, workdir, "db", "stop", "--ha")
         await asyncio.to_thread(cluster.stop)     # whatever the command left, e.g. if it failed
-        remove_cluster(workdir)
     assert stopped.stdout.strip() == "stopped", stopped.stderr
     assert not cluster.is_running()
 
