@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -266,7 +268,7 @@ def _stop_and_remove(workdir: Path) -> None:
     """Stop the cluster (or, if pg_ctl cannot, e.g. initdb was interrupted and left its
     single-user backend, kill the process of its pid file), then remove everything."""
     data_dir = workdir / THROWAWAY_DATA_DIR
-    _stop_ha_cluster(workdir / THROWAWAY_HA_DIR)
+    stop_ha_processes(workdir / THROWAWAY_HA_DIR)
     try:
         if (data_dir / "PG_VERSION").exists():    # none when DATABASE_URL was used instead
             throwaway_cluster(workdir).stop()
@@ -276,12 +278,55 @@ def _stop_and_remove(workdir: Path) -> None:
         remove_cluster(workdir)
 
 
-def _stop_ha_cluster(ha_dir: Path) -> None:
-    """Stop the etcd and Patroni processes of a throwaway HA cluster, if it has one."""
-    from ledger.ha_cluster import STATE_FILE, HaCluster   # it builds on this module
-    if (ha_dir / STATE_FILE).exists():
-        with contextlib.suppress(EmbeddedDatabaseError):
-            HaCluster(ha_dir).stop()
+# A throwaway high-availability cluster (ledger/ha_cluster.py) records its processes here, as
+# {"processes": {"etcd": identity, "n1": identity, ...}}, so that the sweeper can stop them too.
+HA_STATE_FILE = "cluster.json"
+PATRONI_STOP_TIMEOUT_S = 30     # Patroni stops its PostgreSQL in 4-6 s (shared/notes/ha.md)
+ETCD_STOP_TIMEOUT_S = 10
+POLL_INTERVAL_S = 0.2
+
+
+def stop_ha_processes(ha_dir: Path) -> None:
+    """Stop a throwaway HA cluster's Patroni nodes (each stops its PostgreSQL), then etcd."""
+    try:
+        processes = json.loads((ha_dir / HA_STATE_FILE).read_text())["processes"]
+    except (OSError, ValueError, KeyError):
+        return
+    nodes = {name: identity for name, identity in processes.items() if name != "etcd"}
+    for identity in nodes.values():
+        signal_process(identity, signal.SIGTERM)
+    for name, identity in nodes.items():
+        if not wait_gone(identity, PATRONI_STOP_TIMEOUT_S):
+            signal_process(identity, signal.SIGKILL)
+            _kill_server_of(ha_dir / name / "data")
+    if "etcd" in processes:
+        signal_process(processes["etcd"], signal.SIGTERM)
+        if not wait_gone(processes["etcd"], ETCD_STOP_TIMEOUT_S):
+            signal_process(processes["etcd"], signal.SIGKILL)
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process recorded as `_process_identity()` still runs (not a reused PID)."""
+    return _process_identity(int(identity.split(" ", 1)[0])) == identity
+
+
+def signal_process(identity: str, signum: int) -> None:
+    if process_alive(identity):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(identity.split(" ", 1)[0]), signum)
+
+
+def wait_gone(identity: str, timeout_s: float) -> bool:
+    """Wait until the process has ended (reaped if it is our child); False after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    pid = int(identity.split(" ", 1)[0])
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not process_alive(identity):
+            return True
+        time.sleep(POLL_INTERVAL_S)
+    return False
 
 
 def _kill_server_of(data_dir: Path) -> None:

@@ -28,23 +28,23 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ledger.embedded import (DATABASE_NAME, SERVICE_USER_WHEN_ROOT, EmbeddedDatabaseError,
-                             _process_identity, default_data_dir,
-                             find_server_binaries)
+from ledger.embedded import (DATABASE_NAME, PATRONI_STOP_TIMEOUT_S, POLL_INTERVAL_S,
+                             HA_STATE_FILE, SERVICE_USER_WHEN_ROOT,
+                             EmbeddedDatabaseError, _process_identity, default_data_dir,
+                             find_server_binaries, process_alive as _alive,
+                             signal_process as _signal, stop_ha_processes,
+                             wait_gone as _wait_gone)
 
 SCOPE = "hdfpay"
 NODE_NAMES = ("n1", "n2")
 SUPERUSER = "postgres"
-STATE_FILE = "cluster.json"
+STATE_FILE = HA_STATE_FILE
 LOOPBACK = "127.0.0.1"
 # Bounds on every wait, each measured on this 2-core machine (shared/notes/ha.md) with margin:
 # a leader and its sync standby appear within 8 s of starting; Patroni stops its node in 4-6 s.
 ETCD_START_TIMEOUT_S = 20
 CLUSTER_READY_TIMEOUT_S = 90
-PATRONI_STOP_TIMEOUT_S = 30
-ETCD_STOP_TIMEOUT_S = 10
 REST_TIMEOUT_S = 1.0
-POLL_INTERVAL_S = 0.2
 # Patroni's failure detection (written to etcd at bootstrap): a 10 s leader lease, one HA loop a
 # second, and a crashed postmaster failed over at once instead of restarted in place
 # (primary_start_timeout 0). Measured: writes resume on the other node 2-3 s after a postmaster
@@ -138,18 +138,7 @@ class HaCluster:
         """SIGTERM the Patroni nodes (each stops its PostgreSQL, fast shutdown), then etcd."""
         if not self.is_running():
             return False
-        processes = json.loads(self.state_file.read_text())["processes"]
-        nodes = [processes[n] for n in NODE_NAMES if n in processes]
-        for identity in nodes:
-            _signal(identity, signal.SIGTERM)
-        for node, identity in zip(NODE_NAMES, nodes):
-            if not _wait_gone(identity, PATRONI_STOP_TIMEOUT_S):
-                _signal(identity, signal.SIGKILL)
-                self.kill_postmaster(node)
-        if "etcd" in processes:
-            _signal(processes["etcd"], signal.SIGTERM)
-            if not _wait_gone(processes["etcd"], ETCD_STOP_TIMEOUT_S):
-                _signal(processes["etcd"], signal.SIGKILL)
+        stop_ha_processes(self.workdir)
         return True
 
     def members(self) -> list[dict]:
@@ -327,25 +316,3 @@ def _free_ports() -> Ports:
     for s in sockets:
         s.close()
     return Ports(numbers[0], numbers[1], (numbers[2], numbers[3]), (numbers[4], numbers[5]))
-
-
-def _alive(identity: str) -> bool:
-    return _process_identity(int(identity.split(" ", 1)[0])) == identity
-
-
-def _signal(identity: str, signum: int) -> None:
-    if _alive(identity):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(identity.split(" ", 1)[0]), signum)
-
-
-def _wait_gone(identity: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    pid = int(identity.split(" ", 1)[0])
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)     # reap it if it is our child
-        if not _alive(identity):
-            return True
-        time.sleep(POLL_INTERVAL_S)
-    return False
