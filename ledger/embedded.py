@@ -306,8 +306,16 @@ def stop_ha_processes(ha_dir: Path) -> None:
 
 
 def process_alive(identity: str) -> bool:
-    """Whether the process recorded as `_process_identity()` still runs (not a reused PID)."""
-    return _process_identity(int(identity.split(" ", 1)[0])) == identity
+    """Whether the process recorded as `_process_identity()` still runs (not a reused PID). A
+    zombie has ended: only its parent (maybe another process) can reap it."""
+    pid = int(identity.split(" ", 1)[0])
+    if _process_identity(pid) != identity:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def signal_process(identity: str, signum: int) -> None:
