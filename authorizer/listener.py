@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
+from authorizer.group_commit import GroupCommitter
 from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder, PartnerCategories
@@ -45,6 +46,9 @@ class ListenerLimits:
     metrics_enabled: bool
     # Purchases of one card in progress beyond which 91 "card busy" (authorizer/card_gate.py).
     max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD
+    # Purchases, reversals and refunds decided in batches, one commit each (group_commit.py);
+    # False: one call and one commit per message.
+    group_commit: bool = True
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -83,8 +87,15 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
     else:
         authenticator = DeclaredTerminals()
     refusals = Refusals(metrics)
+    committer = None
+    if limits.group_commit:
+        committer = GroupCommitter(
+            store, count_expired=metrics.queue_expired.inc,
+            observe_batch_messages=(metrics.batch_messages.observe if limits.metrics_enabled
+                                    else lambda n: None))
+        metrics.queued.set_function(committer.queued)
     endpoint = TerminalEndpoint(
-        AuthorizationPipeline(store), authenticator, metrics,
+        AuthorizationPipeline(store, committer), authenticator, metrics,
         OutcomeRecorder(metrics, PartnerCategories(pool), counting=limits.metrics_enabled),
         refusals,
         max_in_flight_requests=limits.max_in_flight_requests,

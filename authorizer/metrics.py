@@ -12,6 +12,8 @@ from prometheus_client import ProcessCollector, PlatformCollector
 # Buckets around the 5 ms target of an authorization, up to the request timeout.
 LATENCY_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
                            0.5, 1.0, 2.5, 5.0)
+# Messages per group-commit batch, up to GROUP_COMMIT_BATCH_MAX_MESSAGES.
+BATCH_SIZE_BUCKETS_MESSAGES = (1, 2, 4, 8, 16, 32)
 SECURITY_REASONS = ("mac", "replay")
 # Refused before the sender is proven (authorizer/http_refusals.py).
 REFUSAL_REASONS = ("malformed_http", "content_type", "too_large", "identity", "timeout")
@@ -32,7 +34,8 @@ class Metrics:
             "Time from request received to answer sent, in the server",
             ["message_type"], buckets=LATENCY_BUCKETS_SECONDS, registry=self.registry)
         self.db_round_trip = Histogram(
-            "hdfpay_db_round_trip_seconds", "One authorization's database call",
+            "hdfpay_db_round_trip_seconds",
+            "One database call: a message's, or a group-commit batch's",
             buckets=LATENCY_BUCKETS_SECONDS, registry=self.registry)
         self.in_flight = Gauge(
             "hdfpay_requests_in_flight", "Terminal requests being processed",
@@ -65,6 +68,17 @@ class Metrics:
             "Requests refused before authentication: unparseable HTTP, wrong content type, body "
             "too large, missing or malformed terminal identity, no body in time",
             ["reason"], registry=self.registry)
+        self.batch_messages = Histogram(
+            "hdfpay_group_commit_batch_messages",
+            "Messages decided by one group-commit round trip and commit",
+            buckets=BATCH_SIZE_BUCKETS_MESSAGES, registry=self.registry)
+        self.queue_expired = Counter(
+            "hdfpay_group_commit_expired_total",
+            "Messages answered 91 without being run: their deadline passed while queued",
+            registry=self.registry)
+        self.queued = Gauge(
+            "hdfpay_group_commit_queued", "Messages waiting for a group-commit batch",
+            registry=self.registry)
         for reason in SECURITY_REASONS:
             self.security.labels(reason)
         for reason in REFUSAL_REASONS:

@@ -1,37 +1,47 @@
-"""Decoded terminal message → the ledger call that decides it. One message, one round trip."""
+"""Decoded terminal message → the ledger call that decides it: one round trip per message, or
+per batch of messages when group commit is on (authorizer/group_commit.py)."""
 
 from __future__ import annotations
 
-from ledger.authorization_store import AuthorizationStore, MessageOrigin
-from terminal_protocol.codec import request_fingerprint
 import msgspec
 
+from authorizer.group_commit import GroupCommitter
+from ledger.authorization_store import AuthorizationStore, GroupableCall, MessageOrigin
+from terminal_protocol.codec import request_fingerprint
 from terminal_protocol.messages import BatchClose, Purchase, Refund, Request, Reversal
 
 
 class AuthorizationPipeline:
-    def __init__(self, store: AuthorizationStore) -> None:
+    def __init__(self, store: AuthorizationStore,
+                 committer: GroupCommitter | None = None) -> None:
         self._store = store
+        self._committer = committer
 
-    async def decide(self, origin: MessageOrigin, request: Request) -> bytes:
-        """The response body, as the ledger stored it (a retry gets the same bytes)."""
+    async def decide(self, origin: MessageOrigin, request: Request,
+                     deadline: float | None = None) -> bytes:
+        """The response body, as the ledger stored it (a retry gets the same bytes). deadline,
+        on the event loop's clock: past it, a queued message is answered 91 and never run."""
         fingerprint = request_fingerprint(request)
         match request:
             case Purchase():
-                return await self._store.purchase(
-                    origin, request.request_id, fingerprint, request.stan,
-                    bytes.fromhex(request.card_uid), request.amount_cents, request.local_datetime,
-                    request.partial_ok)
+                call = GroupableCall(
+                    "purchase", origin, request.request_id, fingerprint, request.stan,
+                    card_uid=bytes.fromhex(request.card_uid), amount_cents=request.amount_cents,
+                    terminal_local_time=request.local_datetime, partial_ok=request.partial_ok)
             case Reversal():
-                return await self._store.reversal(
-                    origin, request.request_id, fingerprint, request.stan,
-                    request.original_request_id)
+                call = GroupableCall("reversal", origin, request.request_id, fingerprint,
+                                     request.stan, original=request.original_request_id)
             case Refund():
-                return await self._store.refund(
-                    origin, request.request_id, fingerprint, request.stan,
-                    request.original_rrn, request.amount_cents, bytes.fromhex(request.card_uid))
+                call = GroupableCall(
+                    "refund", origin, request.request_id, fingerprint, request.stan,
+                    card_uid=bytes.fromhex(request.card_uid), amount_cents=request.amount_cents,
+                    original=request.original_rrn)
             case BatchClose():
                 return await self._store.batch_close(
                     origin, request.request_id, fingerprint, request.stan,
                     msgspec.json.encode(request.totals).decode())
-        raise AssertionError(f"unhandled message {type(request).__name__}")
+            case _:
+                raise AssertionError(f"unhandled message {type(request).__name__}")
+        if self._committer is None or deadline is None:
+            return await self._store.single(call)
+        return await self._committer.decide(call, deadline)

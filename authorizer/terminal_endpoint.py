@@ -121,7 +121,7 @@ class TerminalEndpoint:
         foresaw: an authenticated request always gets a protocol answer, never aiohttp's 500."""
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._decide(sender, body)
+                return await self._decide(sender, body, deadline)
         except TimeoutError:
             # The ledger may have decided anyway: the terminal reverses on 91.
             return None, 503, error_body("91", "no answer in time")
@@ -142,8 +142,8 @@ class TerminalEndpoint:
                       _where(exc))
             return 503, error_body("91", "answer could not be authenticated, retry later"), {}
 
-    async def _decide(self, sender: Authenticated,
-                      body: bytes) -> tuple[Request | None, int, bytes]:
+    async def _decide(self, sender: Authenticated, body: bytes,
+                      deadline: float) -> tuple[Request | None, int, bytes]:
         try:
             message = decode_request(body)
         except ProtocolError as exc:
@@ -154,13 +154,13 @@ class TerminalEndpoint:
             if not admitted:
                 self._metrics.card_busy.inc()
                 return message, 503, error_body("91", "card busy, retry later")
-            return await self._decide_admitted(sender, message)
+            return await self._decide_admitted(sender, message, deadline)
 
-    async def _decide_admitted(self, sender: Authenticated,
-                               message: Request) -> tuple[Request, int, bytes]:
+    async def _decide_admitted(self, sender: Authenticated, message: Request,
+                               deadline: float) -> tuple[Request, int, bytes]:
         terminal_id = sender.origin.terminal_id
         try:
-            return message, 200, await self._pipeline.decide(sender.origin, message)
+            return message, 200, await self._pipeline.decide(sender.origin, message, deadline)
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable for terminal %s: %s", terminal_id, exc)
             return message, 503, error_body("91", "ledger unavailable, retry later")

@@ -7,10 +7,13 @@ auditors read, partners nothing."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import re
+import time
+from typing import Mapping
 
 from aiohttp import web
 
@@ -28,7 +31,12 @@ log = logging.getLogger("hdfpay.school_year")
 REGION, AUDITOR, STAFF = Role.REGION_OPERATOR, Role.AUDITOR, Role.ESTABLISHMENT_STAFF
 BULK_RELOADS = web.AppKey("bulk_reloads_in_progress", dict)      # school year → asyncio.Task
 BULK_RELOAD_ERRORS = web.AppKey("bulk_reload_last_errors", dict)  # school year → message
-__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes"]
+# school year → (monotonic s, beneficiaries seen) after each chunk of the run in progress here
+BULK_RELOAD_PROGRESS = web.AppKey("bulk_reload_progress", dict)
+BULK_RELOAD_CHUNK_ROWS = web.AppKey("bulk_reload_chunk_rows", int)   # beneficiaries per chunk
+PROGRESS_SAMPLES = 10          # the rate is measured over the last this many chunks
+__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes", "launch_bulk_reload",
+           "bulk_reload_rate", "renewal_report"]
 
 
 @contextlib.contextmanager
@@ -59,7 +67,8 @@ def _scope(operator: Operator) -> int | None:
     return operator.establishment_id if operator.role is STAFF else None
 
 
-def _report(report: RenewalReport, operator: Operator) -> dict:
+def renewal_report(report: RenewalReport, operator: Operator) -> dict:
+    """The report as the caller may read it (the API's JSON; the back office's pages too)."""
     errors = []
     for error in report.errors:
         code, message = error.code, error.message
@@ -127,7 +136,7 @@ async def renew_file(request: web.Request) -> web.Response:
                 conn, data, school_year=year, actor=operator.actor, establishment_id=scope,
                 apply=not dry_run)
     status = 422 if report.errors and not dry_run else 200
-    return web.json_response({"report": _report(report, operator)}, status=status)
+    return web.json_response({"report": renewal_report(report, operator)}, status=status)
 
 
 async def renewal_counts(request: web.Request) -> web.Response:
@@ -186,21 +195,34 @@ async def start_bulk_reload(request: web.Request) -> web.Response:
     Starting again while it runs changes nothing; after a crash it resumes."""
     operator = require(request, REGION)
     year = _school_year(request)
-    running = request.app[BULK_RELOADS].get(year)
-    if running is None or running.done():
-        async with acquire(request) as conn:
-            with _answers():
-                await bulk_reload.check_bulk_reload(conn, year)
-        request.app[BULK_RELOAD_ERRORS].pop(year, None)
-        request.app[BULK_RELOADS][year] = asyncio.create_task(
-            _run_in_background(request.app, year, operator.actor))
+    async with acquire(request) as conn:
+        with _answers():
+            await launch_bulk_reload(request.app, conn, year, operator.actor)
     return await _bulk_reload_status(request, year, status=202)
 
 
-async def _run_in_background(app: web.Application, year: int, actor: str) -> None:
+async def launch_bulk_reload(app: Mapping, conn, year: int, actor: str) -> bool:
+    """Start (or resume) the year's run in the background unless it is running already (False
+    then). BulkReloadRefused if it could not start. The API and the back office's page share
+    this, so one listener never runs two of a year's reloads; `app` is the operator
+    application, or a page's request.config_dict, which reads through to it."""
+    running = app[BULK_RELOADS].get(year)
+    if running is not None and not running.done():
+        return False
+    await bulk_reload.check_bulk_reload(conn, year)
+    app[BULK_RELOAD_ERRORS].pop(year, None)
+    app[BULK_RELOAD_PROGRESS][year] = collections.deque(maxlen=PROGRESS_SAMPLES)
+    app[BULK_RELOADS][year] = asyncio.create_task(_run_in_background(app, year, actor))
+    return True
+
+
+async def _run_in_background(app: Mapping, year: int, actor: str) -> None:
+    samples = app[BULK_RELOAD_PROGRESS][year]
     try:
         async with app[POOL].acquire() as conn:
-            run = await bulk_reload.run_bulk_reload(conn, year, actor=actor)
+            run = await bulk_reload.run_bulk_reload(
+                conn, year, actor=actor, chunk_rows=app[BULK_RELOAD_CHUNK_ROWS],
+                progress=lambda run: samples.append((time.monotonic(), run.beneficiaries_seen)))
         log.info("bulk reload finished", extra={"fields": {
             "school_year": year, "run": run.id, "wallets_credited": run.wallets_credited}})
     except asyncio.CancelledError:
@@ -208,6 +230,15 @@ async def _run_in_background(app: web.Application, year: int, actor: str) -> Non
     except Exception as error:  # noqa: BLE001 (kept for the status, then logged)
         app[BULK_RELOAD_ERRORS][year] = str(error) or type(error).__name__
         log.warning("bulk reload stopped", extra={"fields": {"school_year": year, "error": str(error)}})
+
+
+def bulk_reload_rate(app: Mapping, year: int) -> float | None:
+    """Beneficiaries per second over the last chunks this listener ran (wall clock, not the
+    business clock: a pinned clock does not stop a reload); None before two chunks."""
+    samples = app[BULK_RELOAD_PROGRESS].get(year)
+    if not samples or len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+        return None
+    return (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
 
 
 async def _stop_bulk_reloads(app: web.Application) -> None:
@@ -244,6 +275,8 @@ def add_routes(app: web.Application) -> None:
     """Register this area's routes on the operator application."""
     app[BULK_RELOADS] = {}
     app[BULK_RELOAD_ERRORS] = {}
+    app[BULK_RELOAD_PROGRESS] = {}
+    app.setdefault(BULK_RELOAD_CHUNK_ROWS, bulk_reload.BULK_RELOAD_CHUNK_ROWS)
     app.on_shutdown.append(_stop_bulk_reloads)
     app.router.add_post(f"{BASE}/renewals", renew_student)
     app.router.add_get(f"{BASE}/renewals", renewal_counts)

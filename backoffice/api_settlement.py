@@ -13,8 +13,8 @@ from aiohttp import web
 from backoffice.openapi import integer_path_parameter, operation, schema_ref
 from backoffice.operator_auth import Role, json_error, require
 from backoffice.ops_requests import MAX_ID, acquire, path_id, read_json_object
-from backoffice.payout_files import (BankAccount, PayoutError, kept_payout_files, payout_files,
-                                     set_payee)
+from backoffice.payout_files import (BankAccount, PayoutError, downloaded_payout_file,
+                                     payout_files, set_payee)
 from ledger import payouts
 from ledger.clock import business_today
 from ledger import reports, settlement
@@ -119,21 +119,22 @@ async def make_payout_files(request: web.Request) -> web.Response:
 
 def download_payout_file(kind: str):
     async def handler(request: web.Request) -> web.Response:
-        require(request, REGION, AUDITOR)
-        return await _download(request, path_id(request, "run_id"), kind)
+        operator = require(request, REGION, AUDITOR)
+        return await _download(request, path_id(request, "run_id"), kind, operator.actor)
     return handler
 
 
-async def _download(request: web.Request, run_id: int, kind: str) -> web.Response:
+async def _download(request: web.Request, run_id: int, kind: str, actor: str) -> web.Response:
+    """The kept file, its download audited (downloaded_payout_file: the back office's too)."""
     async with acquire(request) as conn:
-        files = await kept_payout_files(conn, run_id)
-    if files is None:
-        raise json_error(web.HTTPNotFound, f"no payout files were made for run {run_id}")
-    content = files.csv if kind == "csv" else files.pain001
-    if content is None:
+        if not await payouts.files_exist(conn, run_id):
+            raise json_error(web.HTTPNotFound, f"no payout files were made for run {run_id}")
+        found = await downloaded_payout_file(conn, run_id, kind, actor=actor)
+    if found is None:
         raise json_error(web.HTTPNotFound, f"run {run_id} pays nobody: it has no pain.001")
+    name, content = found
     return web.Response(body=content, content_type=FILE_TYPES[kind], headers={
-        "Content-Disposition": f'attachment; filename="{files.names()[kind]}"'})
+        "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
 
 async def partner_settlement(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
+from backoffice import api_school_year
 from backoffice.areas import AREAS, openapi_document
 from backoffice.openapi import OPENAPI_DOCUMENT
 from backoffice.operator_auth import POOL, json_error, resolve_operator
@@ -18,6 +19,7 @@ from backoffice.ops_requests import plain_text
 from backoffice.pages_app import build_pages_app, is_page
 from backoffice.page_session import BASE
 from hsm.interface import Hsm
+from ledger.bulk_reload import BULK_RELOAD_CHUNK_ROWS
 from web.http_face import QuietErrorsAppRunner, plain_server_header
 
 log = logging.getLogger("hdfpay.ops")
@@ -82,7 +84,8 @@ class OpsAppRunner(QuietErrorsAppRunner):
 
 
 def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True,
-                  photo_dir: Path | None = None, hsm: Hsm | None = None) -> web.Application:
+                  photo_dir: Path | None = None, hsm: Hsm | None = None,
+                  bulk_reload_chunk_rows: int = BULK_RELOAD_CHUNK_ROWS) -> web.Application:
     """Routes of every area, then the OpenAPI document built once from what they declare; the
     back office's pages under /bureau/ (`secure_cookies` False only on loopback; `photo_dir`:
     the applicants' photos the region checks, None where there are none; `hsm`: where the
@@ -93,6 +96,7 @@ def build_ops_app(pool: asyncpg.Pool, *, secure_cookies: bool = True,
     app[POOL] = pool
     for area in AREAS:
         area.add_routes(app)
+    app[api_school_year.BULK_RELOAD_CHUNK_ROWS] = bulk_reload_chunk_rows
     app[OPENAPI_DOCUMENT] = openapi_document()
     app.add_subapp(BASE + "/", build_pages_app(pool, secure_cookies=secure_cookies,
                                                   photo_dir=photo_dir, hsm=hsm))

@@ -9,7 +9,8 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from backoffice import (pages_audit, pages_dashboard, pages_partners, pages_requests,
+from backoffice import (pages_accounts, pages_audit, pages_bulk_reload, pages_dashboard,
+                        pages_partners, pages_renewal, pages_requests, pages_settlement,
                         pages_students)
 from backoffice.operator_auth import POOL
 from backoffice.page_session import BASE, cookie_session
@@ -20,7 +21,8 @@ from web.security import SECURE_COOKIES, security_middleware
 from web.templates import add_shared_static, setup_templates
 
 HERE = Path(__file__).parent
-PAGE_GROUPS = (pages_students, pages_audit, pages_requests, pages_partners, pages_dashboard)
+PAGE_GROUPS = (pages_students, pages_audit, pages_requests, pages_partners, pages_dashboard,
+               pages_renewal, pages_bulk_reload, pages_settlement, pages_accounts)
 
 
 def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
@@ -29,6 +31,9 @@ def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
     app[POOL], app[SECURE_COOKIES], app[PHOTO_DIR] = pool, secure_cookies, photo_dir
     app[HSM] = hsm
     setup_templates(app, HERE / "templates")
+    for module in PAGE_GROUPS:       # a group's own state on the app (e.g. files awaiting apply)
+        if hasattr(module, "setup"):
+            module.setup(app)
     pages = web.RouteTableDef()
     for module in PAGE_GROUPS:       # routes written with their full path, mounted under BASE
         for route in module.routes:

@@ -41,6 +41,8 @@ MAX_ID_CHARS = 35                     # ISO 20022 Max35Text (message and end-to-
 DEBTOR_ENV = {"name": "HDFPAY_DEBTOR_NAME", "iban": "HDFPAY_DEBTOR_IBAN", "bic": "HDFPAY_DEBTOR_BIC"}
 AUDIT_ACTION_FILE = "settlement.payout_file"
 AUDIT_ACTION_PAYEE = "partner.payee"
+AUDIT_ACTION_DOWNLOAD = "settlement.payout_file_download"
+FILE_KINDS = ("csv", "pain001")
 CSV_COLUMNS = ["run_id", "partner_id", "partner_name", "payee_name", "iban", "bic", "business_day",
                "purchases_count", "purchases_cents", "reversals_count", "reversals_cents",
                "refunds_count", "refunds_cents", "net_cents", "debt_before_cents", "paid_cents",
@@ -149,6 +151,26 @@ async def kept_payout_files(conn: asyncpg.Connection, run_id: int) -> PayoutFile
         return None
     return PayoutFiles(run_id, kept["message_id"], kept["payments"], kept["ctrl_sum_cents"],
                        kept["csv"], kept["pain001"], created=False)
+
+
+async def downloaded_payout_file(conn: asyncpg.Connection, run_id: int, kind: str, *,
+                                 actor: str) -> tuple[str, bytes] | None:
+    """(file name, bytes) of one of a run's kept files, and who took it (IBANs and amounts leave
+    the system) in the audit trail, in one transaction: the operator API's download and the
+    back office's. None: no files made for the run, or a pain.001 of a run that pays nobody."""
+    if kind not in FILE_KINDS:
+        raise ValueError(f"no payout file kind {kind!r}")
+    async with conn.transaction():
+        files = await kept_payout_files(conn, run_id)
+        content = None if files is None else files.csv if kind == "csv" else files.pain001
+        if content is None:
+            return None
+        name = files.names()[kind]
+        await append_audit(conn, actor=actor, action=AUDIT_ACTION_DOWNLOAD,
+                           subject=f"settlement_run:{run_id}",
+                           after={"file": name, "kind": kind,
+                                  "sha256": hashlib.sha256(content).hexdigest()})
+    return name, content
 
 
 async def payout_files(conn: asyncpg.Connection, run_id: int, *, actor: str,

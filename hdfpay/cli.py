@@ -13,7 +13,7 @@ import uvloop
 from hdfpay import (cli_cards, cli_ledger, cli_operators, cli_rules, cli_school_year,
                     cli_settlement, cli_students)
 from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
-from hdfpay.config import DEFAULT_OPS_PORT, ConfigError, Settings
+from hdfpay.config import DEFAULT_OPS_PORT, MAX_WORKERS, ConfigError, Settings
 from ledger import roles
 from ledger.database import SchemaNotReady, check_schema, connection
 from ledger.roles import role_dsn
@@ -68,17 +68,38 @@ def _smtp_settings():
 
 def cmd_serve(args, settings: Settings) -> int:
     from hdfpay.json_logs import configure_json_logging
-    from hdfpay.server import serve_forever
+    from hdfpay.server import SHUTDOWN_GRACE_S, serve_forever
+    from hdfpay.workers import Supervisor, worker_index
     configure_json_logging()
-    settings = _override(settings, host=args.host, port=args.port)
+    settings = _override(settings, host=args.host, port=args.port, workers=args.workers)
     settings.check_transport()
+    if not 1 <= settings.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}")
+    if settings.workers > 1:
+        if 0 in (settings.port, settings.ops_listen_port, settings.portal_listen_port):
+            raise ConfigError("workers share their ports: HDFPAY_PORT, HDFPAY_OPS_PORT and "
+                              "HDFPAY_PORTAL_PORT must be fixed (not 0) with --workers")
+
+        async def supervise() -> int:
+            async with connection(dsn) as conn:
+                await check_schema(conn)
+            stop_after_s = settings.drain_notice_ms / 1000 + SHUTDOWN_GRACE_S
+            return await Supervisor(settings.workers, dsn, stop_after_s).run()
+
+        with cli_database(settings) as dsn:
+            return _run(supervise())
+    index = worker_index()
+    metrics_port = None
+    if index is not None:
+        settings = _override(settings, reuse_port=True)
+        metrics_port = settings.worker_metrics_port + index
     hsm = open_hsm_from_env() if settings.terminal_authentication == "dukpt" else None
     smtp = _smtp_settings()
 
     async def main() -> None:
         async with connection(dsn) as conn:
             await check_schema(conn)
-        await serve_forever(settings, dsn, hsm, smtp=smtp)
+        await serve_forever(settings, dsn, hsm, smtp=smtp, metrics_port=metrics_port)
 
     try:
         with cli_database(settings) as dsn:
@@ -277,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="terminal listener's address (default HDFPAY_HOST or 127.0.0.1)")
     p.add_argument("--port", type=whole_number,
                    help="terminal listener's port (default HDFPAY_PORT or 8080)")
+    p.add_argument("--workers", type=whole_number,
+                   help="this many server processes on the same ports, restarted if they die "
+                        "(default HDFPAY_WORKERS or 1); worker i also serves its own /metrics on "
+                        "127.0.0.1:HDFPAY_WORKER_METRICS_PORT+i (default 9180+i)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("db", help="the database: migrate, or start/stop/status of the embedded cluster")

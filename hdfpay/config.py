@@ -9,11 +9,14 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from authorizer.card_gate import MAX_IN_FLIGHT_PER_CARD
+from ledger.bulk_reload import BULK_RELOAD_CHUNK_ROWS, MAX_BULK_RELOAD_CHUNK_ROWS
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_OPS_PORT = 8081
 DEFAULT_PORTAL_PORT = 8082
+DEFAULT_WORKER_METRICS_PORT = 9180   # worker i of `serve --workers` serves /metrics on this + i
+MAX_WORKERS = 64
 
 
 # Rules that were settings and are now data the ledger holds (table rules): a site that still
@@ -81,6 +84,17 @@ class Settings:
     photo_dir: Path = field(default_factory=lambda: default_photo_dir())
     # Purchases of one card in progress at once (authorizer/card_gate.py); 91 "card busy" beyond.
     max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD
+    # `serve` as this many processes on the same ports (hdfpay/workers.py); each also serves its
+    # own /metrics on 127.0.0.1:worker_metrics_port + its index.
+    workers: int = 1
+    worker_metrics_port: int = DEFAULT_WORKER_METRICS_PORT
+    # Set for a worker: its listeners share their ports with the other workers (SO_REUSEPORT).
+    reuse_port: bool = False
+    # Beneficiaries per committed chunk of a bulk reload started from the operator listener (the
+    # API or the back office's page), as 'hdfpay reload bulk --chunk-rows'.
+    bulk_reload_chunk_rows: int = BULK_RELOAD_CHUNK_ROWS
+    # HDFPAY_GROUP_COMMIT=off: one call and one commit per terminal message (authorizer.group_commit).
+    group_commit: bool = True
 
     @property
     def ops_listen_port(self) -> int:
@@ -157,6 +171,13 @@ class Settings:
             photo_dir=default_photo_dir(),
             max_in_flight_per_card=int_from_env("HDFPAY_MAX_IN_FLIGHT_PER_CARD",
                                                 MAX_IN_FLIGHT_PER_CARD, 1, 1_000),
+            workers=int_from_env("HDFPAY_WORKERS", 1, 1, MAX_WORKERS),
+            worker_metrics_port=int_from_env("HDFPAY_WORKER_METRICS_PORT",
+                                             DEFAULT_WORKER_METRICS_PORT, 1, 65535 - MAX_WORKERS),
+            bulk_reload_chunk_rows=int_from_env("HDFPAY_BULK_RELOAD_CHUNK_ROWS",
+                                                BULK_RELOAD_CHUNK_ROWS, 1,
+                                                MAX_BULK_RELOAD_CHUNK_ROWS),
+            group_commit=os.environ.get("HDFPAY_GROUP_COMMIT", "on") != "off",
         )
 
 

@@ -24,6 +24,7 @@ from hsm.interface import Hsm
 from ledger import roles
 from ledger.database import create_ops_pool, create_pool
 from ledger.roles import role_dsn
+from hdfpay.workers import worker_metrics_listener
 from web.http_face import QuietErrorsAppRunner
 from terminal_protocol.transport import TERMINAL_PATH
 
@@ -41,6 +42,7 @@ def listener_limits(settings: Settings) -> ListenerLimits:
         terminal_authentication=settings.terminal_authentication,
         metrics_enabled=settings.metrics_enabled,
         max_in_flight_per_card=settings.max_in_flight_per_card,
+        group_commit=settings.group_commit,
     )
 
 
@@ -55,15 +57,16 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def _listening(app: web.Application, host: str, port: int,
-                     tls: ssl.SSLContext | None,
-                     runner: web.AppRunner | None = None) -> AsyncIterator[str]:
+                     tls: ssl.SSLContext | None, runner: web.AppRunner | None = None,
+                     reuse_port: bool = False) -> AsyncIterator[str]:
     """The app served on host:port (0: a free port) until exit; yields its base URL. Without
     its own runner, unparseable HTTP gets a plain 400 and its bytes are never logged."""
     runner = runner or QuietErrorsAppRunner(app, access_log=None,
                                             shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
+        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls,
+                           reuse_port=reuse_port or None)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         if ":" in bound_host:
@@ -91,12 +94,14 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         runner = TerminalAppRunner(app, app[REFUSALS], access_log=None,
                                    shutdown_timeout=SHUTDOWN_GRACE_S)
         url = await stack.enter_async_context(
-            _listening(app, settings.host, settings.port, tls, runner))
+            _listening(app, settings.host, settings.port, tls, runner, settings.reuse_port))
         ops_app = build_ops_app(ops_pool, secure_cookies=settings.ops_host not in LOOPBACK_HOSTS,
-                                photo_dir=settings.photo_dir, hsm=hsm)
+                                photo_dir=settings.photo_dir, hsm=hsm,
+                                bulk_reload_chunk_rows=settings.bulk_reload_chunk_rows)
         ops_runner = OpsAppRunner(ops_app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         ops_url = await stack.enter_async_context(
-            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls, ops_runner))
+            _listening(ops_app, settings.ops_host, settings.ops_listen_port, tls, ops_runner,
+                       settings.reuse_port))
         portal_pool = await create_ops_pool(role_dsn(dsn, roles.PORTAL),
                                             settings.portal_db_pool_size)
         stack.push_async_callback(portal_pool.close)
@@ -104,7 +109,8 @@ async def running_server(settings: Settings, dsn: str, hsm: Hsm | None = None, *
         portal_app = build_portal_app(portal_pool, links=links, photo_dir=settings.photo_dir,
                                       secure_cookies=settings.portal_host not in LOOPBACK_HOSTS)
         portal_url = await stack.enter_async_context(
-            _listening(portal_app, settings.portal_host, settings.portal_listen_port, tls))
+            _listening(portal_app, settings.portal_host, settings.portal_listen_port, tls,
+                       reuse_port=settings.reuse_port))
         links.public_url = settings.portal_public_url or portal_url
         if smtp is not None:
             sender = MailSender(portal_pool, smtp)
@@ -132,12 +138,15 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=print,
-                        smtp: SmtpSettings | None = None) -> None:
+                        smtp: SmtpSettings | None = None, metrics_port: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then drain. `metrics_port`: a worker's own /metrics."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_server(settings, dsn, hsm, smtp=smtp) as server:
+    async with running_server(settings, dsn, hsm, smtp=smtp) as server, \
+            (worker_metrics_listener(server.app, metrics_port) if metrics_port
+             else contextlib.nullcontext()):
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         announce(f"hdfpay operator API listening on {server.ops_url}/v1/ops/ "
                  f"(OpenAPI: {server.ops_url}{OPENAPI_PATH})")

@@ -42,6 +42,11 @@ _PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5, $6, $7)"
 _REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _BATCH_CLOSE = "SELECT close_terminal_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
+# Group commit: many messages, one round trip, one commit (authorize_batch.sql).
+_GROUP = ("SELECT response, error_sqlstate, error_constraint, error_message FROM authorize_batch("
+          "$1::text[], $2::text[], $3::text[], $4::bytea[], $5::integer[], $6::bytea[], "
+          "$7::bigint[], $8::timestamp[], $9::boolean[], $10::text[], $11::bytea[], $12::bigint[])")
+_GROUP_KINDS = {"purchase": _PURCHASE, "reversal": _REVERSAL, "refund": _REFUND}
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,44 @@ class MessageOrigin:
     ksn_counter: int | None = None
 
 
+@dataclass(frozen=True)
+class GroupableCall:
+    """One purchase, reversal or refund, in the columns authorize_batch() takes; `original` is a
+    reversal's original request id or a refund's original RRN."""
+
+    kind: str
+    origin: MessageOrigin
+    request_id: str
+    fingerprint: bytes
+    stan: int
+    card_uid: bytes | None = None
+    amount_cents: int | None = None
+    terminal_local_time: dt.datetime | None = None
+    partial_ok: bool | None = None
+    original: str | None = None
+
+    def single_args(self) -> tuple:
+        """The arguments of this message's own function (the one-call-per-message path)."""
+        o = self.origin
+        head = (o.terminal_id, self.request_id, self.fingerprint, self.stan)
+        if self.kind == "purchase":
+            return head + (self.card_uid, self.amount_cents, self.terminal_local_time,
+                           self.partial_ok, o.initial_key_id, o.ksn_counter)
+        if self.kind == "reversal":
+            return head + (self.original, o.initial_key_id, o.ksn_counter)
+        return head + (self.original, self.amount_cents, self.card_uid, o.initial_key_id,
+                       o.ksn_counter)
+
+
+def _group_columns(calls: list[GroupableCall]) -> list[list]:
+    return [[c.kind for c in calls], [c.origin.terminal_id for c in calls],
+            [c.request_id for c in calls], [c.fingerprint for c in calls],
+            [c.stan for c in calls], [c.card_uid for c in calls],
+            [c.amount_cents for c in calls], [c.terminal_local_time for c in calls],
+            [c.partial_ok for c in calls], [c.original for c in calls],
+            [c.origin.initial_key_id for c in calls], [c.origin.ksn_counter for c in calls]]
+
+
 class AuthorizationStore:
     def __init__(self, pool: asyncpg.Pool, *, pool_acquire_timeout_s: float, statement_timeout_s: float,
                  observe_round_trip_s: Callable[[float], None] = lambda seconds: None) -> None:
@@ -63,28 +106,67 @@ class AuthorizationStore:
         self._observe_round_trip_s = observe_round_trip_s
         self.waiting_for_connection = 0
 
-    async def purchase(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
-                       stan: int, card_uid: bytes, amount_cents: int,
-                       terminal_local_time: dt.datetime, partial_ok: bool) -> bytes:
-        return await self._call(_PURCHASE, origin.terminal_id, request_id, fingerprint, stan,
-                                card_uid, amount_cents, terminal_local_time, partial_ok,
-                                origin.initial_key_id, origin.ksn_counter)
-
-    async def reversal(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
-                       stan: int, original_request_id: str) -> bytes:
-        return await self._call(_REVERSAL, origin.terminal_id, request_id, fingerprint, stan,
-                                original_request_id, origin.initial_key_id, origin.ksn_counter)
-
-    async def refund(self, origin: MessageOrigin, request_id: str, fingerprint: bytes, stan: int,
-                     original_rrn: str, amount_cents: int, card_uid: bytes) -> bytes:
-        return await self._call(_REFUND, origin.terminal_id, request_id, fingerprint, stan,
-                                original_rrn, amount_cents, card_uid, origin.initial_key_id,
-                                origin.ksn_counter)
-
     async def batch_close(self, origin: MessageOrigin, request_id: str, fingerprint: bytes,
                           stan: int, terminal_totals_json: str) -> bytes:
         return await self._call(_BATCH_CLOSE, origin.terminal_id, request_id, fingerprint, stan,
                                 terminal_totals_json, origin.initial_key_id, origin.ksn_counter)
+
+    async def single(self, call: GroupableCall) -> bytes:
+        """A groupable message decided alone: its own function, its own commit."""
+        return await self._call(_GROUP_KINDS[call.kind], *call.single_args())
+
+    async def group(self, calls: list[GroupableCall]) -> list[bytes | Exception]:
+        """Each message's response, or the exception its own call would have raised, after one
+        round trip and one commit for all. Raises (for all) only when the batch as a whole failed:
+        no connection, timeout, cancelled; then nothing of it was committed. A message that lost
+        the race to a concurrent duplicate is called again alone, after the commit, and gets the
+        stored response, as _call does."""
+        try:
+            rows = await self._round_trip(_GROUP, *_group_columns(calls))
+        except asyncpg.PostgresError as exc:
+            raise (LedgerUnavailable(type(exc).__name__) if is_transient(exc)
+                   else LedgerFailure(f"{type(exc).__name__}: {exc}")) from exc
+        results: list[bytes | Exception] = []
+        for call, (response, sqlstate, constraint, message) in zip(calls, rows, strict=True):
+            if response is not None:
+                results.append(response.encode())
+            elif sqlstate == asyncpg.UniqueViolationError.sqlstate \
+                    and constraint == IDEMPOTENCY_CONSTRAINT:
+                try:
+                    results.append(await self.single(call))
+                except (LedgerUnavailable, LedgerFailure) as exc:
+                    results.append(exc)
+            else:
+                # Named as the one-call path names it (asyncpg's class for the SQLSTATE).
+                name = asyncpg.PostgresError.get_message_class_for_sqlstate(sqlstate).__name__
+                if sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES:
+                    results.append(LedgerUnavailable(name))
+                else:
+                    results.append(LedgerFailure(f"{name}: {message}"))
+        return results
+
+    async def _round_trip(self, sql: str, *args) -> list:
+        """One statement's rows on a pooled connection; driver and connection errors become
+        LedgerUnavailable / LedgerFailure, PostgreSQL's errors are the caller's."""
+        try:
+            self.waiting_for_connection += 1
+            try:
+                connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
+            finally:
+                self.waiting_for_connection -= 1
+            try:
+                started = time.perf_counter()
+                rows = await connection.fetch(sql, *args, timeout=self._statement_timeout_s)
+                self._observe_round_trip_s(time.perf_counter() - started)
+            finally:
+                await self._pool.release(connection)
+            return rows
+        except asyncpg.InterfaceError as exc:
+            if isinstance(exc, ValueError):     # an argument the driver cannot encode
+                raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
+            raise LedgerUnavailable(type(exc).__name__) from exc
+        except (TimeoutError, OSError, asyncpg.InternalClientError) as exc:
+            raise LedgerUnavailable(type(exc).__name__) from exc
 
     async def _call(self, sql: str, *args) -> bytes:
         for _ in range(IDEMPOTENCY_ATTEMPTS):

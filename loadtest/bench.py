@@ -41,9 +41,9 @@ from loadtest.bench_load import (BENCH_AMOUNT_CENTS_MAX, BenchError, first_appro
                                    pgbench_script, run_e2e, run_pgbench)
 from loadtest.bench_plan import (HOT_CARD_COUNT, OPEN_LOOP_LOAD_FRACTIONS, SEED_LINEARITY_SCALE,
                                    Bench, BenchOptions, Run, bench_plan)
-from loadtest.bench_report import (TABLE_ROW, final_lines, report_limit, report_mac_cost,
-                                     report_metrics_cost, report_open_loop, report_run, results,
-                                     verify)
+from loadtest.bench_report import (TABLE_ROW, final_lines, report_group_commit_gain,
+                                     report_limit, report_mac_cost, report_metrics_cost,
+                                     report_open_loop, report_run, results, verify)
 from loadtest.open_loop import rates_at
 from hdfpay.demo import demo_business_time
 from hdfpay.config import Settings
@@ -108,8 +108,9 @@ def _bench(bench: Bench) -> int:
     uvloop.run(_prepare(bench))
     index = 0
     plan = bench_plan(bench.options.concurrency)
-    for (mac, metrics), runs in itertools.groupby(plan, lambda r: (r.mac, r.metrics)):
-        with _server(bench, mac, metrics) as url:
+    for (mac, metrics, grouped), runs in itertools.groupby(
+            plan, lambda r: (r.mac, r.metrics, r.group_commit)):
+        with _server(bench, mac, metrics, grouped) as url:
             if index == 0:
                 print(f"server {url} (pool {bench.settings.db_pool_size}), {bench.seconds} s per "
                       f"run; every request MAC'd (AES-DUKPT, AES-CMAC) except in 'no MAC' runs, "
@@ -127,7 +128,9 @@ def _bench(bench: Bench) -> int:
                     report_mac_cost(bench)
                 if not run.metrics:
                     report_metrics_cost(bench)
-            if mac and metrics and not bench.open_loop:
+                if not run.group_commit:
+                    report_group_commit_gain(bench, run)
+            if mac and metrics and grouped and not bench.open_loop:
                 index = _open_loop_runs(bench, url, index)
     problems = uvloop.run(verify(bench))
     Path(bench.options.output).write_text(json.dumps(results(bench, problems), indent=2) + "\n")
@@ -198,16 +201,17 @@ async def _seed_elsewhere(bench: Bench, beneficiaries: int) -> float:
 
 
 @contextlib.contextmanager
-def _server(bench: Bench, mac: bool, metrics: bool = True) -> Iterator[str]:
+def _server(bench: Bench, mac: bool, metrics: bool = True,
+            group_commit: bool = True) -> Iterator[str]:
     """The authorizer as production runs it: its own process, pool and HSM (the bench's
     keystore), on loopback; checking the terminals' MACs, or not (`mac`); keeping its
-    per-request metrics, or not (`metrics`)."""
+    per-request metrics, or not (`metrics`); committing in groups or once per message."""
     port, portal_port = _free_port(), _free_port()
     env = {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROPPED},
            "DATABASE_URL": bench.dsn, "PYTHONUNBUFFERED": "1", "HDFPAY_DRAIN_NOTICE_MS": "0",
            "HDFPAY_OPS_PORT": "0",  # the operator listener on a free port, never 8081
            "HDFPAY_PORTAL_PORT": str(portal_port),     # nor 8082 for the students' space
-           **bench.keys.server_env(mac, metrics)}
+           **bench.keys.server_env(mac, metrics, group_commit)}
     log_path = bench.workdir / "server.log"
     with log_path.open("a") as log:
         proc = subprocess.Popen(

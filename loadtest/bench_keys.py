@@ -62,13 +62,16 @@ class BenchKeys:
     def terminals(self) -> list[str]:
         return self.e2e_terminals + self.pgbench_terminals
 
-    def server_env(self, mac: bool, metrics: bool = True) -> dict[str, str]:
-        """The server's keystore (hsm/config.py), whether it checks the terminals' MACs, and
-        whether it keeps its per-request metrics (said either way: never inherited)."""
+    def server_env(self, mac: bool, metrics: bool = True,
+                   group_commit: bool = True) -> dict[str, str]:
+        """The server's keystore (hsm/config.py), whether it checks the terminals' MACs, whether
+        it keeps its per-request metrics, whether it commits in groups (said either way: never
+        inherited)."""
         return {"HDFPAY_HSM_BACKEND": "software", "HDFPAY_KEYSTORE": str(self.keystore),
                 "HDFPAY_KEYSTORE_PASSPHRASE": self.passphrase,
                 "HDFPAY_TERMINAL_AUTHENTICATION": "dukpt" if mac else "none",
-                "HDFPAY_METRICS": "on" if metrics else "off"}
+                "HDFPAY_METRICS": "on" if metrics else "off",
+                "HDFPAY_GROUP_COMMIT": "on" if group_commit else "off"}
 
 
 async def provision_bench_terminals(conn: asyncpg.Connection, workdir: Path,

@@ -36,19 +36,23 @@ class Run:
     hot: bool = False
     mac: bool = True
     metrics: bool = True
+    # The server's group commit (authorizer/group_commit.py) on, or one commit per message.
+    group_commit: bool = True
 
     @property
     def plain(self) -> bool:
         """MACs and metrics on, uniform cards: as production runs; the limit is measured beside."""
-        return self.mac and self.metrics and not self.hot
+        return self.mac and self.metrics and self.group_commit and not self.hot
 
 
 def bench_plan(concurrencies: list[int]) -> list[Run]:
     """Each concurrency with MACs and metrics; then at the highest, metrics off right after the
-    normal run (the metrics cost, likely the smaller, compares neighbours), MACs off, hot cards."""
+    normal run (the metrics cost, likely the smaller, compares neighbours), MACs off, hot cards;
+    last, uniform and hot cards again with one commit per message (group commit off)."""
     top = max(concurrencies)
     return [Run(c) for c in concurrencies] + [Run(top, metrics=False), Run(top, mac=False),
-                                              Run(top, hot=True)]
+                                              Run(top, hot=True), Run(top, group_commit=False),
+                                              Run(top, hot=True, group_commit=False)]
 
 
 @dataclasses.dataclass
@@ -76,4 +80,5 @@ class Bench:
     runs: list[dict] = dataclasses.field(default_factory=list)
     mac_cost: dict = dataclasses.field(default_factory=dict)
     metrics_cost: dict = dataclasses.field(default_factory=dict)
+    group_commit_gain: dict = dataclasses.field(default_factory=dict)
     open_loop: list[dict] = dataclasses.field(default_factory=list)

@@ -39,10 +39,10 @@ def report_run(bench: Bench, index: int, run: Run, e2e: dict, pgb: dict) -> None
     """A table row, then where the CPU went (what limits a 2-core machine) and odd answers."""
     ratio = e2e["tps"] / pgb["tps"] if pgb["tps"] else 0.0
     bench.runs.append({"index": index, "concurrency": run.concurrency, "hot": run.hot,
-                       "mac": run.mac, "metrics": run.metrics, "e2e": e2e, "pgbench": pgb,
-                       "ratio": round(ratio, 3)})
+                       "mac": run.mac, "metrics": run.metrics, "group_commit": run.group_commit,
+                       "e2e": e2e, "pgbench": pgb, "ratio": round(ratio, 3)})
     label = (f"{run.concurrency}{' hot' if run.hot else ''}{'' if run.mac else ' no MAC'}"
-             f"{'' if run.metrics else ' no metrics'}")
+             f"{'' if run.metrics else ' no metrics'}{'' if run.group_commit else ' single'}")
     print(TABLE_ROW.format(
         label, f"{e2e['tps']:.0f}", f"{e2e['p50_ms']:.2f}", f"{e2e['p99_ms']:.2f}",
         f"{pgb['tps']:.0f}", f"{pgb['p50_ms']:.2f}", f"{pgb['p99_ms']:.2f}", f"{ratio:.2f}"))
@@ -102,8 +102,8 @@ def report_open_loop(bench: Bench) -> None:
 
 def top_run(bench: Bench) -> dict:
     """The reference: the uniform run at the highest concurrency, MACs and metrics on."""
-    return next(r for r in bench.runs if r["mac"] and r["metrics"] and not r["hot"]
-                and r["concurrency"] == max(bench.options.concurrency))
+    return next(r for r in bench.runs if r["mac"] and r["metrics"] and r["group_commit"]
+                and not r["hot"] and r["concurrency"] == max(bench.options.concurrency))
 
 
 def _per_request_ms(result: dict, cpu: float) -> float:
@@ -171,8 +171,37 @@ def report_metrics_cost(bench: Bench) -> None:
           f"{cost['server_cpu_ms_per_request_off']:.3f} off", flush=True)
 
 
+def report_group_commit_gain(bench: Bench, run: Run) -> None:
+    """Group commit on against one commit per message (MACs and metrics on), same clients and
+    cards, same run: a table row (on minus off) and bench.group_commit_gain."""
+    hot = run.hot
+
+    def pick(grouped: bool) -> dict:
+        return next(r for r in bench.runs if r["group_commit"] == grouped and r["hot"] == hot
+                    and r["mac"] and r["metrics"] and r["concurrency"] == run.concurrency)
+    on, off = pick(True), pick(False)
+    key = "approved_" if hot else ""
+    e_on, e_off = on["e2e"], off["e2e"]
+    bench.group_commit_gain["hot" if hot else "uniform"] = {
+        "concurrency": on["concurrency"], "on_tps": e_on[f"{key}tps"],
+        "off_tps": e_off[f"{key}tps"], "on_p99_ms": e_on[f"{key}p99_ms"],
+        "off_p99_ms": e_off[f"{key}p99_ms"],
+        "pg_cpu_s_on": e_on["cpu_s"].get("postgres", 0.0),
+        "pg_cpu_s_off": e_off["cpu_s"].get("postgres", 0.0),
+        "pg_cpu_ms_per_request_on": _per_request_ms(e_on, e_on["cpu_s"].get("postgres", 0.0)),
+        "pg_cpu_ms_per_request_off": _per_request_ms(e_off, e_off["cpu_s"].get("postgres", 0.0))}
+    _cost_row("group commit" + (" hot" if hot else ""), on, off)
+    gain = bench.group_commit_gain["hot" if hot else "uniform"]
+    print(f"{'':>{LABEL_WIDTH}}   group commit on minus one commit per message at "
+          f"{on['concurrency']} clients{' (hot cards, approvals)' if hot else ''}: "
+          f"{gain['on_tps']:.0f} vs {gain['off_tps']:.0f} tps, p99 {gain['on_p99_ms']:.2f} vs "
+          f"{gain['off_p99_ms']:.2f} ms; PostgreSQL CPU ms per request "
+          f"{gain['pg_cpu_ms_per_request_on']:.3f} vs {gain['pg_cpu_ms_per_request_off']:.3f}",
+          flush=True)
+
+
 def final_lines(bench: Bench) -> None:
-    """The MAC and metrics costs, then last the uniform run at the highest concurrency with MACs
+    """The MAC, metrics and group-commit figures, then last the uniform run at the highest concurrency with MACs
     and metrics on."""
     cost = bench.mac_cost
     print(f"mac_on_tps={cost['mac_on_tps']:.0f} mac_off_tps={cost['mac_off_tps']:.0f} "
@@ -181,6 +210,15 @@ def final_lines(bench: Bench) -> None:
     print(f"metrics_on_tps={cost['metrics_on_tps']:.0f} "
           f"metrics_off_tps={cost['metrics_off_tps']:.0f} "
           f"metrics_cost_pct={cost['metrics_cost_pct']:.1f}")
+    uniform, hot_gain = (bench.group_commit_gain.get(k, {}) for k in ("uniform", "hot"))
+    print(f"group_commit_on_tps={uniform.get('on_tps', 0):.0f} "
+          f"group_commit_off_tps={uniform.get('off_tps', 0):.0f} "
+          f"group_commit_on_p99_ms={uniform.get('on_p99_ms', 0):.2f} "
+          f"group_commit_off_p99_ms={uniform.get('off_p99_ms', 0):.2f} "
+          f"hot_on_p99_ms={hot_gain.get('on_p99_ms', 0):.2f} "
+          f"hot_off_p99_ms={hot_gain.get('off_p99_ms', 0):.2f} "
+          f"pg_cpu_ms_on={uniform.get('pg_cpu_ms_per_request_on', 0):.3f} "
+          f"pg_cpu_ms_off={uniform.get('pg_cpu_ms_per_request_off', 0):.3f}")
     final = top_run(bench)
     e2e, pgb = final["e2e"], final["pgbench"]
     half = next((r for r in bench.open_loop if r["fraction"] == HALF_LOAD_FRACTION), None)
@@ -286,5 +324,6 @@ def results(bench: Bench, problems: list[str]) -> dict:
             "provision_seconds": keys.provision_s, "bdk": keys.bdk,
             "terminals": {"e2e": keys.e2e_terminals, "pgbench": keys.pgbench_terminals},
             "hot_cards": bench.hot_cards, "mac_cost": bench.mac_cost,
-            "metrics_cost": bench.metrics_cost, "runs": bench.runs, "open_loop": bench.open_loop,
+            "metrics_cost": bench.metrics_cost, "group_commit_gain": bench.group_commit_gain,
+            "runs": bench.runs, "open_loop": bench.open_loop,
             "problems": problems}

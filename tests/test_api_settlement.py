@@ -52,7 +52,8 @@ async def test_the_role_matrix(ops_client, conn):
         await settled_with_files(conn, region)
     before = [await conn.fetchval(q) for q in (
         "SELECT count(*) FROM settlement_runs", "SELECT count(*) FROM payout_files",
-        "SELECT count(*) FROM audit_log WHERE action <> 'operator.create'",
+        "SELECT count(*) FROM audit_log WHERE action NOT IN ('operator.create',"
+        " 'settlement.payout_file_download')",
         "SELECT count(*) FROM partners WHERE iban IS NOT NULL")]
     await assert_roles_refused(ops_client, ENDPOINTS)
     await conn.execute("UPDATE clock_override SET pinned_at = pinned_at + interval '1 day'")
@@ -61,7 +62,8 @@ async def test_the_role_matrix(ops_client, conn):
             assert (await call(session, "POST", RUNS, {}))[0] in (401, 403)
     after = [await conn.fetchval(q) for q in (
         "SELECT count(*) FROM settlement_runs", "SELECT count(*) FROM payout_files",
-        "SELECT count(*) FROM audit_log WHERE action <> 'operator.create'",
+        "SELECT count(*) FROM audit_log WHERE action NOT IN ('operator.create',"
+        " 'settlement.payout_file_download')",
         "SELECT count(*) FROM partners WHERE iban IS NOT NULL")]
     assert after == before
 
@@ -121,7 +123,8 @@ async def test_an_operator_settles_and_downloads_the_payout_files(ops_client, co
             assert (await reply.text()).count("\r\n") == 4        # header and three lines
     actions = [r["action"] for r in await conn.fetch(
         "SELECT action FROM audit_log WHERE action LIKE 'settlement.%' OR action = 'partner.payee' ORDER BY id")]
-    assert actions == ["settlement.run", *["partner.payee"] * 3, "settlement.payout_file"]
+    assert actions == ["settlement.run", *["partner.payee"] * 3, "settlement.payout_file",
+                       *["settlement.payout_file_download"] * 2]     # each download audited
 
 
 async def test_the_reports_through_the_api(ops_client, conn):

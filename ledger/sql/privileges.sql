@@ -34,6 +34,7 @@ GRANT EXECUTE ON FUNCTION
 -- for its metrics. It reads no card, wallet, beneficiary or transfer directly.
 GRANT EXECUTE ON FUNCTION authorize_purchase, authorize_reversal, authorize_refund,
     close_terminal_batch TO hdfpay_terminal;
+GRANT EXECUTE ON FUNCTION authorize_batch TO hdfpay_terminal;    -- group commit of the first three
 GRANT SELECT (id, partner_id) ON terminals TO hdfpay_terminal;
 GRANT SELECT (id, category) ON partners TO hdfpay_terminal;
 
