@@ -184,6 +184,8 @@ def cmd_db(args, settings: Settings) -> int:
             print(f"applied {', '.join(applied)}" if applied else "database already up to date")
         with cli_database(settings) as dsn:
             return _run(main())
+    if args.ha:
+        return _db_ha(args.action)
     if settings.database_url:
         raise UsageError("DATABASE_URL is set: that server is not managed by hdfpay "
                          f"('hdfpay db {args.action}' manages only the embedded cluster)")
@@ -196,6 +198,26 @@ def cmd_db(args, settings: Settings) -> int:
     else:
         state = "running" if cluster.is_running() else "stopped"
         print(f"embedded PostgreSQL in {cluster.data_dir}: {state}")
+    return 0
+
+
+def _db_ha(action: str) -> int:
+    """`db start|stop|status --ha`: etcd and two Patroni-managed nodes on loopback."""
+    from ledger.ha_cluster import HaCluster, default_ha_dir
+    cluster = HaCluster(default_ha_dir())
+    if action == "start":
+        dsn = cluster.start()
+        leader, standby = cluster.wait_ready()
+        print(f"etcd and two PostgreSQL nodes in {cluster.workdir}: {leader} primary, {standby} "
+              f"synchronous standby\nDATABASE_URL={dsn}")
+    elif action == "stop":
+        print("stopped" if cluster.stop() else f"not running ({cluster.workdir})")
+    elif cluster.is_running():
+        for member in cluster.members():
+            print(f"{member['name']}  {member['role']:<13} {member['state']:<9} "
+                  f"port {member['port']}  timeline {member.get('timeline', '?')}")
+    else:
+        print(f"high-availability cluster in {cluster.workdir}: stopped")
     return 0
 
 
@@ -291,8 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "print its DATABASE_URL; it keeps running until 'db stop'"),
             ("stop", "stop the embedded cluster (fast shutdown: committed work is kept)"),
             ("status", "say whether the embedded cluster is running, and where it lives")):
-        actions.add_parser(action, help=text, description=text)
-    p.set_defaults(func=cmd_db)
+        action_parser = actions.add_parser(action, help=text, description=text)
+        if action != "migrate":
+            action_parser.add_argument("--ha", action="store_true",
+                                help="instead: etcd and two Patroni-managed PostgreSQL nodes on "
+                                     "loopback, a primary and a synchronous standby "
+                                     "(HDFPAY_HA_DIR; deploy/patroni/README.md)")
+    p.set_defaults(func=cmd_db, ha=False)
 
     p = sub.add_parser("seed", help="create the demo region (establishments, students, shops, terminals)")
     p.add_argument("--beneficiaries", type=whole_number, default=DEFAULT_SEED_BENEFICIARIES,

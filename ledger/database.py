@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -85,10 +86,53 @@ async def _keep_session(_: asyncpg.Connection) -> None:
 HOT_PATH_LOCK_TIMEOUT_MS = 500
 
 
+# With several hosts (a primary and its standby, deploy/patroni/), each host gets this long to
+# accept a new connection before the next is tried. asyncpg bounds an attempt only as a whole: a
+# first host that drops packets (a machine powered off sends no RST) would hold every new
+# connection past the pool's acquire timeout, and the promoted host after it would never be tried.
+PER_HOST_CONNECT_TIMEOUT_MS = 500
+
+
+DEFAULT_PORT = 5432
+
+
+def _hosts_of(dsn: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a postgresql:// URL listing several hosts, else []."""
+    parts = urlsplit(dsn)
+    hostspec = parts.netloc.rpartition("@")[2]
+    if parts.scheme not in ("postgresql", "postgres") or "," not in hostspec:
+        return []
+    hosts = []
+    for item in hostspec.split(","):
+        host, colon, port = item.rpartition(":") if not item.endswith("]") else ("", "", item)
+        if not colon:
+            host, port = item, ""
+        hosts.append((host.strip("[]"), int(port or os.environ.get("PGPORT") or DEFAULT_PORT)))
+    return hosts
+
+
+async def connect_each_host(dsn: str, **kwargs) -> asyncpg.Connection:
+    """asyncpg.connect, but each host of a multi-host DSN tried in turn with its own bound (the
+    pools' `connect`): the DSN's target_session_attrs still picks the one that accepts writes."""
+    hosts = _hosts_of(dsn)
+    if not hosts:
+        return await asyncpg.connect(dsn, **kwargs)
+    last_error: BaseException | None = None
+    for host, port in hosts:
+        try:
+            return await asyncpg.connect(dsn, host=host, port=port,
+                                         timeout=PER_HOST_CONNECT_TIMEOUT_MS / 1000, **kwargs)
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError,
+                asyncpg.TargetServerAttributeNotMatched) as exc:
+            last_error = exc     # down, silent, starting up, or a standby: the next host
+    assert last_error is not None
+    raise last_error
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     """The terminal listener's connections."""
     return await asyncpg.create_pool(
-        dsn, min_size=size, max_size=size, reset=_keep_session,
+        dsn, min_size=size, max_size=size, reset=_keep_session, connect=connect_each_host,
         # Short, fast statements: JIT compilation would only add latency.
         server_settings={"application_name": APPLICATION_NAME, "jit": "off",
                          "lock_timeout": f"{HOT_PATH_LOCK_TIMEOUT_MS}ms"},
@@ -98,8 +142,8 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
 async def create_ops_pool(dsn: str, size: int) -> asyncpg.Pool:
     """The operator API's own connections: long bulk statements there never take a
     connection the terminals need. asyncpg's default reset, since handlers use transactions."""
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, server_settings={
-        "application_name": f"{APPLICATION_NAME}-ops"})
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, connect=connect_each_host,
+                                     server_settings={"application_name": f"{APPLICATION_NAME}-ops"})
 
 
 async def ping(pool: asyncpg.Pool, timeout_s: float) -> None:

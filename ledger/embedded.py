@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -221,6 +223,7 @@ def remove_cluster(data_dir: Path) -> None:
 THROWAWAY_PREFIX = "hdfpay-throwaway-"
 THROWAWAY_OWNER_FILE = "owner"
 THROWAWAY_DATA_DIR = "pgdata"
+THROWAWAY_HA_DIR = "ha"     # a throwaway high-availability cluster (ledger/ha_cluster.py)
 
 
 @contextlib.contextmanager
@@ -265,6 +268,7 @@ def _stop_and_remove(workdir: Path) -> None:
     """Stop the cluster (or, if pg_ctl cannot, e.g. initdb was interrupted and left its
     single-user backend, kill the process of its pid file), then remove everything."""
     data_dir = workdir / THROWAWAY_DATA_DIR
+    stop_ha_processes(workdir / THROWAWAY_HA_DIR)
     try:
         if (data_dir / "PG_VERSION").exists():    # none when DATABASE_URL was used instead
             throwaway_cluster(workdir).stop()
@@ -272,6 +276,65 @@ def _stop_and_remove(workdir: Path) -> None:
         _kill_server_of(data_dir)
     finally:
         remove_cluster(workdir)
+
+
+# A throwaway high-availability cluster (ledger/ha_cluster.py) records its processes here, as
+# {"processes": {"etcd": identity, "n1": identity, ...}}, so that the sweeper can stop them too.
+HA_STATE_FILE = "cluster.json"
+PATRONI_STOP_TIMEOUT_S = 30     # Patroni stops its PostgreSQL in 4-6 s (shared/notes/ha.md)
+ETCD_STOP_TIMEOUT_S = 10
+POLL_INTERVAL_S = 0.2
+
+
+def stop_ha_processes(ha_dir: Path) -> None:
+    """Stop a throwaway HA cluster's Patroni nodes (each stops its PostgreSQL), then etcd."""
+    try:
+        processes = json.loads((ha_dir / HA_STATE_FILE).read_text())["processes"]
+    except (OSError, ValueError, KeyError):
+        return
+    nodes = {name: identity for name, identity in processes.items() if name != "etcd"}
+    for identity in nodes.values():
+        signal_process(identity, signal.SIGTERM)
+    for name, identity in nodes.items():
+        if not wait_gone(identity, PATRONI_STOP_TIMEOUT_S):
+            signal_process(identity, signal.SIGKILL)
+            _kill_server_of(ha_dir / name / "data")
+    if "etcd" in processes:
+        signal_process(processes["etcd"], signal.SIGTERM)
+        if not wait_gone(processes["etcd"], ETCD_STOP_TIMEOUT_S):
+            signal_process(processes["etcd"], signal.SIGKILL)
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process recorded as `_process_identity()` still runs (not a reused PID). A
+    zombie has ended: only its parent (maybe another process) can reap it."""
+    pid = int(identity.split(" ", 1)[0])
+    if _process_identity(pid) != identity:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def signal_process(identity: str, signum: int) -> None:
+    if process_alive(identity):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(identity.split(" ", 1)[0]), signum)
+
+
+def wait_gone(identity: str, timeout_s: float) -> bool:
+    """Wait until the process has ended (reaped if it is our child); False after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    pid = int(identity.split(" ", 1)[0])
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not process_alive(identity):
+            return True
+        time.sleep(POLL_INTERVAL_S)
+    return False
 
 
 def _kill_server_of(data_dir: Path) -> None:
