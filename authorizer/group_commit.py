@@ -33,6 +33,11 @@ GROUP_COMMIT_BATCH_MAX_MESSAGES = 32
 GROUP_COMMIT_BATCHES_IN_FLIGHT_MAX = 4
 # How long a batch that could leave waits for more messages. 0: natural batching only.
 GROUP_COMMIT_WAIT_MAX_US = 0
+# A message's budget in the database ends this long before its request's deadline: the budget
+# is counted from when the batch's statement starts there, some milliseconds after it was
+# computed (a first statement on a connection is prepared first). So a message still running
+# when the server answers 91 at the deadline has already been rolled back, not committed.
+GROUP_COMMIT_DEADLINE_MARGIN_MS = 25
 
 
 @dataclass
@@ -122,7 +127,11 @@ class GroupCommitter:
     async def _run(self, batch: list[_Queued]) -> None:
         self._observe_batch(len(batch))
         try:
-            results = await self._store.group([item.call for item in batch])
+            now = asyncio.get_running_loop().time()
+            results = await self._store.group(
+                [item.call for item in batch],
+                [int((item.deadline - now) * 1000) - GROUP_COMMIT_DEADLINE_MARGIN_MS
+                 for item in batch])
         except LedgerFailure:
             # Nothing was committed; one message may be the cause (an argument the driver
             # cannot encode): each alone, so that it fails only itself.

@@ -13,6 +13,8 @@ from typing import Callable
 
 import asyncpg
 
+from ledger.database import HOT_PATH_LOCK_TIMEOUT_MS
+
 # A concurrent duplicate of an in-flight message fails with unique_violation on the idempotency
 # key and is rolled back; the next call finds the stored response.
 IDEMPOTENCY_ATTEMPTS = 2
@@ -45,7 +47,8 @@ _BATCH_CLOSE = "SELECT close_terminal_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
 # Group commit: many messages, one round trip, one commit (authorize_batch.sql).
 _GROUP = ("SELECT response, error_sqlstate, error_constraint, error_message FROM authorize_batch("
           "$1::text[], $2::text[], $3::text[], $4::bytea[], $5::integer[], $6::bytea[], "
-          "$7::bigint[], $8::timestamp[], $9::boolean[], $10::text[], $11::bytea[], $12::bigint[])")
+          "$7::bigint[], $8::timestamp[], $9::boolean[], $10::text[], $11::bytea[], $12::bigint[],"
+          " $13::integer[], $14::integer)")
 _GROUP_KINDS = {"purchase": _PURCHASE, "reversal": _REVERSAL, "refund": _REFUND}
 
 
@@ -115,14 +118,19 @@ class AuthorizationStore:
         """A groupable message decided alone: its own function, its own commit."""
         return await self._call(_GROUP_KINDS[call.kind], *call.single_args())
 
-    async def group(self, calls: list[GroupableCall]) -> list[bytes | Exception]:
+    async def group(self, calls: list[GroupableCall],
+                    time_left_ms: list[int] | None = None) -> list[bytes | Exception]:
         """Each message's response, or the exception its own call would have raised, after one
         round trip and one commit for all. Raises (for all) only when the batch as a whole failed:
         no connection, timeout, cancelled; then nothing of it was committed. A message that lost
         the race to a concurrent duplicate is called again alone, after the commit, and gets the
-        stored response, as _call does."""
+        stored response, as _call does. `time_left_ms`: each message's budget (what is left before
+        its request's deadline); a message still waiting or running past it is rolled back alone
+        (authorize_batch.sql); a lock is awaited no longer than HOT_PATH_LOCK_TIMEOUT_MS either."""
+        budgets = time_left_ms or [int(self._statement_timeout_s * 1000)] * len(calls)
         try:
-            rows = await self._round_trip(_GROUP, *_group_columns(calls))
+            rows = await self._round_trip(_GROUP, *_group_columns(calls), budgets,
+                                          HOT_PATH_LOCK_TIMEOUT_MS)
         except asyncpg.PostgresError as exc:
             raise (LedgerUnavailable(type(exc).__name__) if is_transient(exc)
                    else LedgerFailure(f"{type(exc).__name__}: {exc}")) from exc

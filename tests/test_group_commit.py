@@ -29,6 +29,7 @@ from conftest import ACTIVE_TERMINAL, balance_of, set_balance
 ORIGIN = MessageOrigin(ACTIVE_TERMINAL)          # no KSN: authentication is the server's, above
 STORE_TIMEOUT_S = 30.0
 CARDS = [card_uid(n) for n in range(5, 9)]
+HELD_PAST_BUDGET_S = 0.25
 
 
 def _purchase(card: bytes, cents: int, request_id: str | None = None) -> GroupableCall:
@@ -236,3 +237,35 @@ async def test_by_default_the_server_commits_in_groups(server, client, conn):
 
 def _batches(server) -> float:
     return server.app[METRICS].registry.get_sample_value("hdfpay_group_commit_batch_messages_count")
+
+
+async def test_a_message_past_its_time_budget_is_rolled_back_even_once_the_lock_comes(store, conn,
+                                                                                       dsn):
+    """Its budget (what is left before its request's deadline) bounds its lock wait: the server
+    answers it 91 at the deadline, and the batch must not commit it afterwards; the other message
+    of the batch is not held back by it."""
+    await set_balance(conn, CARDS[0], 10_00)
+    holder = await asyncpg.connect(dsn)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM wallets w JOIN cards c ON c.beneficiary_id ="
+                             " w.beneficiary_id WHERE c.uid = $1 FOR UPDATE", CARDS[0])
+        batch = asyncio.ensure_future(store.group(
+            [_purchase(CARDS[0], 1_00), _purchase(CARDS[1], 1_00)], time_left_ms=[100, 10_000]))
+        while not await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%authorize_batch%'"):
+            await asyncio.sleep(0.001)
+        # The wallet is held past the message's budget (100 ms) but within the hot path's lock
+        # timeout (500 ms): without the budget, the message would get it and commit.
+        await asyncio.sleep(HELD_PAST_BUDGET_S)
+        await transaction.rollback()
+        results = await batch
+    finally:
+        await holder.close()
+    assert isinstance(results[0], LedgerUnavailable) and "LockNotAvailable" in str(results[0])
+    assert json.loads(results[1])["rc"] == "00"
+    assert await balance_of(conn, CARDS[0]) == 10_00
+    assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE card_id ="
+                               " (SELECT id FROM cards WHERE uid = $1)", CARDS[0]) == 0
