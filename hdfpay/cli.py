@@ -12,7 +12,8 @@ import uvloop
 
 from hdfpay import (cli_cards, cli_ledger, cli_operators, cli_rules, cli_school_year,
                     cli_settlement, cli_students)
-from hdfpay.cli_support import cli_actor, cli_database, stop_on_sigterm, whole_number
+from hdfpay.cli_db import cmd_db
+from hdfpay.cli_support import UsageError, cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, MAX_WORKERS, ConfigError, Settings
 from ledger import roles
 from ledger.database import SchemaNotReady, check_schema, connection
@@ -22,9 +23,9 @@ from hsm.config import open_hsm_from_env
 from hsm.interface import HsmError
 from ledger.terminals import list_terminals
 from ledger.school_calendar import reload_school_year
-from ledger.embedded import EmbeddedDatabaseError, EmbeddedPostgres, default_data_dir
+from ledger.embedded import EmbeddedDatabaseError
 from ledger.audit import append_audit
-from ledger.migrate import MigrationError, migrate
+from ledger.migrate import MigrationError
 from ledger.reload import ReloadRefused, UnknownBeneficiary, reload_wallet
 from terminal_protocol.amounts import AmountError, format_euros, parse_euros
 from terminal_protocol.agent.agent_config import AgentConfigError
@@ -42,8 +43,6 @@ LOADTEST_COMMANDS = {
 }
 
 
-class UsageError(RuntimeError):
-    pass
 
 
 def _run(coro) -> int:
@@ -174,51 +173,6 @@ def _print_delivery(delivered) -> None:
         print(f"                   {delivered.transport_key.hex().upper()}")
         print("The transport key is shown this once: give it to the terminal's installer by a "
               "separate channel.\nThe terminal stays PENDING until 'hdfpay terminals activate'.")
-
-
-def cmd_db(args, settings: Settings) -> int:
-    if args.action == "migrate":
-        async def main() -> None:
-            async with connection(dsn) as conn:
-                applied = await migrate(conn)
-            print(f"applied {', '.join(applied)}" if applied else "database already up to date")
-        with cli_database(settings) as dsn:
-            return _run(main())
-    if args.ha:
-        return _db_ha(args.action)
-    if settings.database_url:
-        raise UsageError("DATABASE_URL is set: that server is not managed by hdfpay "
-                         f"('hdfpay db {args.action}' manages only the embedded cluster)")
-    cluster = EmbeddedPostgres(default_data_dir())
-    if args.action == "start":
-        dsn = cluster.start()
-        print(f"embedded PostgreSQL running in {cluster.data_dir}\nDATABASE_URL={dsn}")
-    elif args.action == "stop":
-        print("stopped" if cluster.stop() else f"not running ({cluster.data_dir})")
-    else:
-        state = "running" if cluster.is_running() else "stopped"
-        print(f"embedded PostgreSQL in {cluster.data_dir}: {state}")
-    return 0
-
-
-def _db_ha(action: str) -> int:
-    """`db start|stop|status --ha`: etcd and two Patroni-managed nodes on loopback."""
-    from ledger.ha_cluster import HaCluster, default_ha_dir
-    cluster = HaCluster(default_ha_dir())
-    if action == "start":
-        dsn = cluster.start()
-        leader, standby = cluster.wait_ready()
-        print(f"etcd and two PostgreSQL nodes in {cluster.workdir}: {leader} primary, {standby} "
-              f"synchronous standby\nDATABASE_URL={dsn}")
-    elif action == "stop":
-        print("stopped" if cluster.stop() else f"not running ({cluster.workdir})")
-    elif cluster.is_running():
-        for member in cluster.members():
-            print(f"{member['name']}  {member['role']:<13} {member['state']:<9} "
-                  f"port {member['port']}  timeline {member.get('timeline', '?')}")
-    else:
-        print(f"high-availability cluster in {cluster.workdir}: stopped")
-    return 0
 
 
 def cmd_seed(args, settings: Settings) -> int:

@@ -50,6 +50,10 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+class UsageError(RuntimeError):
+    """A command used wrongly: one line on stderr, exit code 2."""
+
+
 def notice(text: str) -> None:
     """A line for whoever runs the command, on stderr so that stdout stays the command's output."""
     print(f"hdfpay: {text}", file=sys.stderr)
