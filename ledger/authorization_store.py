@@ -174,35 +174,21 @@ class AuthorizationStore:
                 raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
             raise LedgerUnavailable(type(exc).__name__) from exc
         except (TimeoutError, OSError, asyncpg.InternalClientError) as exc:
+            # Connection lost, cancelled, or left in a state the driver cannot continue from
+            # (InternalClientError derives from Exception only): retry later (91).
             raise LedgerUnavailable(type(exc).__name__) from exc
 
     async def _call(self, sql: str, *args) -> bytes:
+        """One message's own function: its stored response. A concurrent duplicate that committed
+        first (unique_violation on the idempotency key) is called again and gets its bytes."""
         for _ in range(IDEMPOTENCY_ATTEMPTS):
             try:
-                self.waiting_for_connection += 1
-                try:
-                    connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
-                finally:
-                    self.waiting_for_connection -= 1
-                try:
-                    started = time.perf_counter()
-                    body = await connection.fetchval(sql, *args, timeout=self._statement_timeout_s)
-                    self._observe_round_trip_s(time.perf_counter() - started)
-                finally:
-                    await self._pool.release(connection)
-                return body.encode()
+                rows = await self._round_trip(sql, *args)
+                return rows[0][0].encode()
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != IDEMPOTENCY_CONSTRAINT:
                     raise LedgerFailure(f"UniqueViolationError: {exc}") from exc
                 continue
-            except asyncpg.InterfaceError as exc:
-                if isinstance(exc, ValueError):     # an argument the driver cannot encode
-                    raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
-                raise LedgerUnavailable(type(exc).__name__) from exc
-            except (TimeoutError, OSError, asyncpg.InternalClientError) as exc:
-                # Connection lost, cancelled, or left in a state the driver cannot continue
-                # from (InternalClientError derives from Exception only): retry later (91).
-                raise LedgerUnavailable(type(exc).__name__) from exc
             except asyncpg.PostgresError as exc:
                 if is_transient(exc):
                     raise LedgerUnavailable(type(exc).__name__) from exc
