@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -43,6 +44,10 @@ READER_STATE_TIMEOUT_S = 2.0  # pcscd polls presence every 400 ms
 READER_STATE_SLICE_MS = 100
 LOG_TAIL_BYTES = 4000
 SESSION_LOCK_FILE = Path(tempfile.gettempdir()) / "hdfpay-pcscd-tests.lock"
+VPCD_PORTS = (35963, 35964)        # the driver's, fixed (testbed/virtual_card.py connects there)
+RESERVED_PORTS_FILE = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+VPCD_PORTS_FREE_TIMEOUT_S = 70.0   # a connection's TIME_WAIT lasts 60 s on Linux
+VPCD_PORTS_POLL_S = 0.1
 
 
 class Pcscd:
@@ -63,6 +68,8 @@ class Pcscd:
         assert threading.current_thread() is threading.main_thread(), "see the class docstring"
         assert self.process is None, "pcscd already started"
         config = self.vpcd_config_dir if with_readers else self.empty_config_dir
+        if with_readers:
+            keep_vpcd_ports_free()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 ["setpriv", "--pdeathsig", "TERM", "--",
@@ -107,6 +114,39 @@ class Pcscd:
             raise RuntimeError(f"pcscd exited with {self.process.returncode}:\n{self.log_tail()}")
         raise RuntimeError(f"pcscd did not list {expected} within {PCSCD_READY_TIMEOUT_S} s "
                            f"(last seen: {seen}):\n{self.log_tail()}")
+
+
+def keep_vpcd_ports_free() -> None:
+    """vpcd's two ports lie in Linux's ephemeral range (32768-60999): any outgoing connection on
+    the machine may get one as its local port, and vpcd, which listens without SO_REUSEADDR, then
+    fails with "Address already in use" (seen once in CI: every PC/SC test errored). Reserve them
+    from the ephemeral range when allowed (root), then wait until both can be bound."""
+    try:
+        current = [p for p in RESERVED_PORTS_FILE.read_text().strip().split(",") if p]
+        missing = [str(port) for port in VPCD_PORTS if str(port) not in current]
+        if missing:
+            RESERVED_PORTS_FILE.write_text(",".join(current + missing))
+    except OSError:
+        pass                        # not root: only the wait below
+    deadline = time.monotonic() + VPCD_PORTS_FREE_TIMEOUT_S
+    for port in VPCD_PORTS:
+        while not _bindable(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {port} (vpcd's) still in use after "
+                                   f"{VPCD_PORTS_FREE_TIMEOUT_S} s")
+            time.sleep(VPCD_PORTS_POLL_S)
+
+
+def _bindable(port: int) -> bool:
+    """Free to listen on, as vpcd does (any address; a TIME_WAIT left by the previous pcscd of
+    the session does not count: SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+            return True
+        except OSError:
+            return False
 
 
 def list_readers() -> list[str] | str:
