@@ -24,7 +24,8 @@ IDEMPOTENCY_CONSTRAINT = "authorizations_once_per_terminal_request"   # migratio
 # 53 insufficient resources (too many connections), 57 operator intervention (a cancelled
 # statement, the server shutting down); and 55P03, a lock not granted within lock_timeout.
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
-TRANSIENT_SQLSTATES = frozenset({"55P03"})
+# HD408: a message of a batch past its deadline (authorize_batch.sql), rolled back alone.
+TRANSIENT_SQLSTATES = frozenset({"55P03", "HD408"})
 
 
 def is_transient(exc: asyncpg.PostgresError) -> bool:

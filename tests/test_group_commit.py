@@ -269,3 +269,14 @@ async def test_a_message_past_its_time_budget_is_rolled_back_even_once_the_lock_
     assert await balance_of(conn, CARDS[0]) == 10_00
     assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE card_id ="
                                " (SELECT id FROM cards WHERE uid = $1)", CARDS[0]) == 0
+
+
+async def test_a_message_whose_budget_is_spent_fails_alone_and_the_batch_commits(store, conn):
+    """Its deadline passed before its turn in the batch: rolled back alone (HD408, caught per
+    message; 57014 would not be, and would fail the whole batch), answered 91."""
+    results = await store.group([_purchase(CARDS[0], 1_00), _purchase(CARDS[1], 1_00)],
+                                time_left_ms=[0, 10_000])
+    assert isinstance(results[0], LedgerUnavailable)
+    assert json.loads(results[1])["rc"] == "00"
+    assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE card_id ="
+                               " (SELECT id FROM cards WHERE uid = $1)", CARDS[0]) == 0

@@ -7,7 +7,8 @@
 --
 -- Each message has a time budget (p_time_left_ms, what is left before its request's deadline,
 -- counted from the start of this call): it waits for a lock no longer than that (nor than
--- p_lock_timeout_ms, the hot path's bound), and a message that ends past it is rolled back (57014),
+-- p_lock_timeout_ms, the hot path's bound), and a message that ends past it is rolled back (HD408,
+-- the project's "deadline passed", answered 91; not 57014, which WHEN OTHERS does not catch),
 -- so that a message answered 91 at its deadline is not committed behind the terminal's back by the
 -- batch it was in, as a cancelled single call is not.
 --
@@ -38,7 +39,7 @@ BEGIN
             v_left_ms := p_time_left_ms[i]
                          - (extract(epoch FROM clock_timestamp() - v_started) * 1000)::integer;
             IF v_left_ms <= 0 THEN
-                RAISE EXCEPTION 'deadline passed before its turn' USING ERRCODE = '57014';
+                RAISE EXCEPTION 'deadline passed before its turn' USING ERRCODE = 'HD408';
             END IF;
             PERFORM set_config('lock_timeout', least(v_left_ms, p_lock_timeout_ms) || 'ms', true);
             IF p_kinds[i] = 'purchase' THEN
@@ -59,7 +60,7 @@ BEGIN
                 RAISE EXCEPTION 'unknown message kind %', p_kinds[i] USING ERRCODE = '22023';
             END IF;
             IF clock_timestamp() > v_started + p_time_left_ms[i] * interval '1 millisecond' THEN
-                RAISE EXCEPTION 'deadline passed' USING ERRCODE = '57014';   -- undoes this one
+                RAISE EXCEPTION 'deadline passed' USING ERRCODE = 'HD408';   -- undoes this one
             END IF;
         EXCEPTION WHEN OTHERS THEN
             response := NULL;        -- what it answered was rolled back with it
