@@ -117,6 +117,8 @@ async def test_a_region_operator_reads_the_renewal_page_on_a_phone(server, dsn, 
     phone = await browser_page(PHONE)
     await log_in(phone, server.ops_url + "/bureau", region.login, PASSWORD)
     await phone.goto(server.ops_url + "/bureau/droits")
+    # The window's title is the page's name, not its table (a block once swallowed it).
+    await expect(phone).to_have_title("Renouvellement des droits · Génération #HDF, back office")
     await expect(phone.get_by_role("button", name="Vérifier le fichier")).to_be_visible()
     await screenshot(phone, "backoffice-renewal-phone")
     await _no_accessibility_violations(phone)
