@@ -102,3 +102,27 @@ def cpu_ms_per(result: dict, count_key: str) -> float:
     """PostgreSQL's CPU milliseconds per transaction of a run (0.0 without a count)."""
     count = result.get(count_key) or 0
     return round(result["cpu_s"]["postgres"] * 1000 / count, 3) if count else 0.0
+
+
+def cpu_budget(e2e: dict, pgbench: dict, cores: int | None = None) -> dict:
+    """Milliseconds of CPU per authorization spent by each part of each path, and the throughput
+    the machine's cores allow each path at that cost: where the time goes, and what another
+    split of the work would reach. 'without load generator' is the e2e path when the terminals
+    are elsewhere (a real shop's terminal signs its own messages): server and PostgreSQL only."""
+    cores = cores or os.cpu_count() or 1
+
+    def per(result: dict, part: str, count_key: str) -> float:
+        count = result.get(count_key) or 0
+        return round(result["cpu_s"][part] * 1000 / count, 3) if count else 0.0
+
+    e2e_ms = {part: per(e2e, part, "answered") for part in ("client", "server", "postgres")}
+    pgb_ms = {part: per(pgbench, part, "transactions") for part in ("client", "postgres")}
+
+    def ceiling(ms: float) -> float:
+        return round(cores * 1000 / ms) if ms else 0.0
+
+    return {"e2e_ms": e2e_ms, "pgbench_ms": pgb_ms, "cores": cores,
+            "e2e_ceiling_tps": ceiling(sum(e2e_ms.values())),
+            "e2e_ceiling_without_load_generator_tps":
+                ceiling(e2e_ms["server"] + e2e_ms["postgres"]),
+            "pgbench_ceiling_tps": ceiling(sum(pgb_ms.values()))}

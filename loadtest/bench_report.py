@@ -11,7 +11,7 @@ import subprocess
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
-from loadtest.bench_cpu import cpu_ms_per
+from loadtest.bench_cpu import cpu_budget, cpu_ms_per
 from loadtest.bench_keys import counter_start
 from loadtest.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
 from loadtest.bench_plan import HALF_LOAD_FRACTION
@@ -77,6 +77,14 @@ def report_limit(bench: Bench, limit: dict) -> None:
           f"authorize_purchase() {cpu['pgbench']:.3f} | minimal debit {cpu['limit']:.3f}"
           + (" (PostgreSQL is not local: not measured)" if bench.postmaster is None else ""),
           flush=True)
+    budget = run["cpu_budget"] = cpu_budget(e2e, pgb)
+    e_ms, p_ms = budget["e2e_ms"], budget["pgbench_ms"]
+    print(f"{'':>{LABEL_WIDTH}}   CPU ms per authorization: e2e load generator "
+          f"{e_ms['client']:.3f} + server {e_ms['server']:.3f} + PostgreSQL {e_ms['postgres']:.3f}"
+          f" | pgbench {p_ms['client']:.3f} + PostgreSQL {p_ms['postgres']:.3f}; "
+          f"{budget['cores']} cores allow e2e {budget['e2e_ceiling_tps']:.0f} tps "
+          f"({budget['e2e_ceiling_without_load_generator_tps']:.0f} with the terminals elsewhere)"
+          f", pgbench {budget['pgbench_ceiling_tps']:.0f}", flush=True)
 
 
 OPEN_LOOP_ROW = "{:>8} {:>6} | {:>9} {:>8} {:>8} {:>9} {:>9} | {:>10} | {}"
@@ -233,7 +241,11 @@ def final_lines(bench: Bench) -> None:
           f"pg_cpu_ms_limit={final['pg_cpu_ms']['limit']:.3f} "
           f"p999_half_load_ms={half['p999_ms'] if half else 0.0:.2f} "
           f"hot_card_busy={hot['card_busy'] if hot else 0} "
-          f"seed_s={bench.seed_s:.2f} seed_linearity={bench.seed_small['ratio']:.2f}")
+          f"seed_s={bench.seed_s:.2f} seed_linearity={bench.seed_small['ratio']:.2f} "
+          f"e2e_ceiling_tps={final['cpu_budget']['e2e_ceiling_tps']:.0f} "
+          f"e2e_ceiling_without_load_generator_tps="
+          f"{final['cpu_budget']['e2e_ceiling_without_load_generator_tps']:.0f} "
+          f"pgbench_ceiling_tps={final['cpu_budget']['pgbench_ceiling_tps']:.0f}")
 
 
 async def verify(bench: Bench) -> list[str]:

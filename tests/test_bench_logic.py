@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from loadtest.bench_cpu import postgres_cpu_s, postmaster_of
+from loadtest.bench_cpu import cpu_budget, postgres_cpu_s, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
 from loadtest.bench_load import answers_summary, card_draw, percentile, pgbench_script, run_tool
 from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
@@ -18,6 +18,19 @@ from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
 from conftest import TEST_BENEFICIARIES, TEST_SCHOOL_YEAR
 
 SERVICE_S = 0.05                      # the fake terminal's answer time in the latency test
+
+
+def test_the_cpu_budget_shows_where_each_authorization_spends_its_time():
+    """Per authorization, each part's CPU milliseconds, and the throughput the cores allow."""
+    e2e = {"answered": 1000, "cpu_s": {"client": 0.3, "server": 0.4, "postgres": 0.3}}
+    pgb = {"transactions": 2000, "cpu_s": {"client": 0.1, "postgres": 1.5}}
+    budget = cpu_budget(e2e, pgb, cores=2)
+    assert budget["e2e_ms"] == {"client": 0.3, "server": 0.4, "postgres": 0.3}
+    assert budget["pgbench_ms"] == {"client": 0.05, "postgres": 0.75}
+    assert budget["e2e_ceiling_tps"] == 2000                             # 2 cores / 1.0 ms
+    assert budget["e2e_ceiling_without_load_generator_tps"] == round(2000 / 0.7)
+    assert budget["pgbench_ceiling_tps"] == 2500                         # 2 cores / 0.8 ms
+    assert cpu_budget({"answered": 0, "cpu_s": e2e["cpu_s"]}, pgb, 2)["e2e_ceiling_tps"] == 0
 
 
 def test_requests_are_due_at_fixed_times():
