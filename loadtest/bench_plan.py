@@ -82,3 +82,4 @@ class Bench:
     metrics_cost: dict = dataclasses.field(default_factory=dict)
     group_commit_gain: dict = dataclasses.field(default_factory=dict)
     open_loop: list[dict] = dataclasses.field(default_factory=list)
+    journal_footprint: dict = dataclasses.field(default_factory=dict)   # bytes per message

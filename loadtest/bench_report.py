@@ -17,6 +17,7 @@ from loadtest.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
 from loadtest.bench_plan import HALF_LOAD_FRACTION
 from ledger.database import connection
 from ledger.invariants import ledger_violations
+from ledger.journal_footprint import journal_footprint
 
 if TYPE_CHECKING:
     from loadtest.bench_plan import Bench, Run
@@ -269,6 +270,7 @@ async def verify(bench: Bench) -> list[str]:
         checked = await conn.fetchval(
             "SELECT count(*) FROM terminal_keys WHERE terminal_id = ANY($1::text[])"
             " AND last_counter > $2", keys.terminals, counter_start(top_index))
+        bench.journal_footprint = await journal_footprint(conn)
     print("\n".join(violations) if violations else "ledger balanced")
     stored: dict[str, Counter] = defaultdict(Counter)
     for row in rows:
@@ -313,6 +315,11 @@ async def verify(bench: Bench) -> list[str]:
     if checked != len(keys.terminals):
         refused.append(f"only {checked} of {len(keys.terminals)} bench keys had their KSN counter "
                        f"checked from run {top_index} on")
+    footprint = bench.journal_footprint
+    print(f"journal on disk: {footprint['tables']['authorizations']['n']} terminal messages, "
+          f"{footprint['tables']['transfers']['n']} transfers, "
+          f"{footprint['bytes'] / 2**20:.0f} MiB with indexes: "
+          f"{footprint['bytes_per_message']} bytes per message")
     print("\n".join(refused) if refused else
           f"no message refused with {KSN_REFUSED}; KSN counters checked on all "
           f"{len(keys.terminals)} bench keys")
@@ -338,4 +345,5 @@ def results(bench: Bench, problems: list[str]) -> dict:
             "hot_cards": bench.hot_cards, "mac_cost": bench.mac_cost,
             "metrics_cost": bench.metrics_cost, "group_commit_gain": bench.group_commit_gain,
             "runs": bench.runs, "open_loop": bench.open_loop,
+            "journal_footprint": bench.journal_footprint,
             "problems": problems}

@@ -13,6 +13,7 @@ import pytest
 from loadtest.bench_cpu import cpu_budget, postgres_cpu_s, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
 from loadtest.bench_load import answers_summary, card_draw, percentile, pgbench_script, run_tool
+from ledger.journal_footprint import journal_footprint
 from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
 
 from conftest import TEST_BENEFICIARIES, TEST_SCHOOL_YEAR
@@ -114,3 +115,18 @@ async def test_the_minimal_debit_debits_a_wallet_and_journals_it(pg_cluster, dsn
     debits = await conn.fetch("SELECT amount_cents FROM transfers WHERE code = 'PURCHASE'"
                               " AND reference LIKE 'lim1-%' AND credit_account_id = $1", merchant)
     assert len(debits) == 20
+
+
+async def test_the_journal_footprint_counts_rows_and_bytes_per_message(conn):
+    """The sizing figure for partitioning the journal: exact rows, bytes with the indexes."""
+    before = await journal_footprint(conn)
+    await conn.execute(
+        "INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash,"
+        " response_code, created_at, response)"
+        " SELECT t.id, 'footprint-' || g, 'PURCHASE', NULL, '25', now(), '{}'"
+        " FROM (SELECT id FROM terminals ORDER BY id LIMIT 1) t, generate_series(1, 500) g")
+    after = await journal_footprint(conn)
+    assert after["tables"]["authorizations"]["n"] == before["tables"]["authorizations"]["n"] + 500
+    assert after["tables"]["transfers"]["n"] == before["tables"]["transfers"]["n"]
+    assert after["bytes"] > before["bytes"] and after["bytes_per_message"] > 0
+    assert after["bytes"] == sum(t["bytes"] for t in after["tables"].values())
