@@ -28,6 +28,10 @@ RESTORE_TIMEOUT_S = 3 * 3600
 RECOVERY_TIMEOUT_S = 3600
 POLL_INTERVAL_S = 0.1
 LOG_TAIL_LINES = 15
+# psql's words while the server starts or stops (the next turn tells which); any other error,
+# a login refused for one, is the answer.
+NOT_READY_YET = ("starting up", "shutting down", "No such file or directory",
+                 "Connection refused", "not yet accepting connections")
 # PostgreSQL's words when the archive ends before the target (nothing committed after it).
 TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
 
@@ -133,8 +137,9 @@ def _wait_promoted(cluster: EmbeddedPostgres, target: dt.datetime | None) -> Non
         try:
             if superuser_psql(cluster, "SELECT pg_is_in_recovery()") == "f":
                 return
-        except EmbeddedDatabaseError:
-            pass        # starting up, or stopping: the next turn tells which
+        except EmbeddedDatabaseError as exc:
+            if not any(passing in str(exc) for passing in NOT_READY_YET):
+                raise BackupError(f"cannot query the restored cluster: {exc}") from None
         time.sleep(POLL_INTERVAL_S)
     raise BackupError(f"the restored cluster in {cluster.data_dir} was still recovering after "
                       f"{RECOVERY_TIMEOUT_S} s:\n" + _log_tail(cluster))

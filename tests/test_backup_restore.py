@@ -9,13 +9,16 @@ target is read from the database's own clock between two batches, and no test re
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import asyncpg
@@ -25,7 +28,7 @@ from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
 from hdfpay.config import Settings
 from hdfpay.server import running_server
 from hsm.software_backend import SoftwareHsm
-from ledger.backups import PgBackRest, config_dir_for
+from ledger.backups import STANZA, PgBackRest, config_dir_for
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid, seed_demo_region
 from ledger.embedded import throwaway_cluster, throwaway_workdir
@@ -38,6 +41,7 @@ from terminal_protocol.terminal_keys import TerminalKeys
 from conftest import ACTIVE_TERMINAL, SCHOOL_DAY, TEST_SCHOOL_YEAR
 
 COMMAND_TIMEOUT_S = 120
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 BENEFICIARIES = 20
 CARDS = range(4, BENEFICIARIES + 1)     # round these cards (1-3 are the demo's opposed ones)
 PURCHASE_CENTS = 10
@@ -194,3 +198,32 @@ def test_an_empty_repository_is_a_clear_error():
         assert result.returncode == 1
         assert "the repository holds no backup" in result.stderr
         assert not into.exists() and not config_dir_for(into).exists()
+
+
+def test_the_timer_backs_up_every_hour():
+    service = configparser.ConfigParser(interpolation=None, strict=False)
+    service.read(DEPLOY / "systemd" / "hdfpay-backup.service")
+    timer = configparser.ConfigParser(interpolation=None, strict=False)
+    timer.read(DEPLOY / "systemd" / "hdfpay-backup.timer")
+    command = service["Service"]["ExecStart"].split()
+    assert Path(command[0]).name == "hdfpay" and command[1:] == ["db", "backup"]
+    assert service["Service"]["Type"] == "oneshot"
+    assert timer["Timer"]["Unit"] == "hdfpay-backup.service" and timer["Timer"]["Persistent"] == "true"
+    if shutil.which("systemd-analyze"):
+        checked = subprocess.run(["systemd-analyze", "calendar", "--iterations=3",
+                                  timer["Timer"]["OnCalendar"]],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+        elapses = [dt.datetime.strptime(match, "%Y-%m-%d %H:%M:%S") for match in re.findall(
+            r"(?:Iter\. #\d+|Next elapse): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)",
+            checked.stdout)]
+        assert [b - a for a, b in zip(elapses, elapses[1:])] == [dt.timedelta(hours=1)] * 2
+
+
+@pytest.mark.parametrize("config", sorted((DEPLOY / "pgbackrest").glob("*.conf")),
+                         ids=lambda path: path.name)
+def test_the_example_configurations_name_only_options_pgbackrest_knows(config: Path):
+    """pgBackRest warns about an option it does not know (a typo would silently not apply)."""
+    result = subprocess.run(["pgbackrest", f"--config={config}", f"--stanza={STANZA}", "help",
+                             "backup"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "WARN" not in result.stdout + result.stderr, result.stderr
