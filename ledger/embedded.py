@@ -116,13 +116,18 @@ class EmbeddedPostgres:
         if not self.is_initialised():
             self._initdb()
         if not self.is_running():
-            self._pg(
-                ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
-                 "-w", "-t", str(SERVER_START_TIMEOUT_S), "start"],
-                what="start the database server",
-            )
+            self.start_server()
             self._ensure_database()
         return self.dsn
+
+    def start_server(self) -> None:
+        """pg_ctl start of the existing cluster, nothing more: a restored cluster still in
+        recovery can create nothing."""
+        self._pg(
+            ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-w", "-t", str(SERVER_START_TIMEOUT_S), "start"],
+            what="start the database server",
+        )
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: sessions are ended, committed work is kept)."""

@@ -28,10 +28,9 @@ RESTORE_TIMEOUT_S = 3 * 3600
 RECOVERY_TIMEOUT_S = 3600
 POLL_INTERVAL_S = 0.1
 LOG_TAIL_LINES = 15
-# psql's words while the server starts or stops (the next turn tells which); any other error,
-# a login refused for one, is the answer.
-NOT_READY_YET = ("starting up", "shutting down", "No such file or directory",
-                 "Connection refused", "not yet accepting connections")
+# psql's words when the restored cluster refuses the login itself: no use waiting. Any other
+# error (starting up, in recovery, stopping) is looked at again on the next turn.
+LOGIN_REFUSED = ("no pg_hba.conf entry", "authentication failed", "does not exist")
 # PostgreSQL's words when the archive ends before the target (nothing committed after it).
 TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
 
@@ -99,7 +98,7 @@ def restore_cluster(repository: Path | None, into: Path, target: dt.datetime | N
     _make_it_a_cluster_of_its_own(cluster)
     started = time.monotonic()
     try:
-        cluster.start()
+        cluster.start_server()
     except EmbeddedDatabaseError as exc:
         raise BackupError(_recovery_failure(cluster, target) or f"the restored cluster did not "
                           f"start: {exc}") from None
@@ -138,7 +137,7 @@ def _wait_promoted(cluster: EmbeddedPostgres, target: dt.datetime | None) -> Non
             if superuser_psql(cluster, "SELECT pg_is_in_recovery()") == "f":
                 return
         except EmbeddedDatabaseError as exc:
-            if not any(passing in str(exc) for passing in NOT_READY_YET):
+            if any(refusal in str(exc) for refusal in LOGIN_REFUSED):
                 raise BackupError(f"cannot query the restored cluster: {exc}") from None
         time.sleep(POLL_INTERVAL_S)
     raise BackupError(f"the restored cluster in {cluster.data_dir} was still recovering after "
