@@ -12,6 +12,7 @@ import uvloop
 
 from hdfpay import (cli_cards, cli_ledger, cli_operators, cli_rules, cli_school_year,
                     cli_settlement, cli_students)
+from hdfpay.cli_backup import add_backup_actions
 from hdfpay.cli_db import cmd_db
 from hdfpay.cli_support import UsageError, cli_actor, cli_database, stop_on_sigterm, whole_number
 from hdfpay.config import DEFAULT_OPS_PORT, MAX_WORKERS, ConfigError, Settings
@@ -258,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "127.0.0.1:HDFPAY_WORKER_METRICS_PORT+i (default 9180+i)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("db", help="the database: migrate, or start/stop/status of the embedded cluster")
+    p = sub.add_parser("db", help="the database: migrate, start/stop/status of the embedded "
+                                  "cluster, its backups and point-in-time restore")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
             ("migrate", "apply what is missing of ledger/migrations and re-apply the SQL "
@@ -273,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="instead: etcd and two Patroni-managed PostgreSQL nodes on "
                                      "loopback, a primary and a synchronous standby "
                                      "(HDFPAY_HA_DIR; deploy/patroni/README.md)")
+    add_backup_actions(actions)
     p.set_defaults(func=cmd_db, ha=False)
 
     p = sub.add_parser("seed", help="create the demo region (establishments, students, shops, terminals)")

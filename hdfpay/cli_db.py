@@ -1,10 +1,12 @@
 """`hdfpay db migrate|start|stop|status [--ha]`: the schema, the embedded cluster, and the
-high-availability cluster on loopback (etcd and two Patroni-managed nodes)."""
+high-availability cluster on loopback (etcd and two Patroni-managed nodes); the backup actions
+are in cli_backup.py."""
 
 from __future__ import annotations
 
 import uvloop
 
+from hdfpay import cli_backup
 from hdfpay.cli_support import UsageError, cli_database
 from ledger.database import connection
 from ledger.embedded import EmbeddedPostgres, default_data_dir
@@ -12,6 +14,8 @@ from ledger.migrate import migrate
 
 
 def cmd_db(args, settings) -> int:
+    if args.action in cli_backup.ACTIONS:
+        return cli_backup.cmd_backup(args, settings)
     if args.action == "migrate":
         async def main() -> None:
             async with connection(dsn) as conn:

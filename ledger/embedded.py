@@ -116,13 +116,18 @@ class EmbeddedPostgres:
         if not self.is_initialised():
             self._initdb()
         if not self.is_running():
-            self._pg(
-                ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
-                 "-w", "-t", str(SERVER_START_TIMEOUT_S), "start"],
-                what="start the database server",
-            )
+            self.start_server()
             self._ensure_database()
         return self.dsn
+
+    def start_server(self) -> None:
+        """pg_ctl start of the existing cluster, nothing more: a restored cluster still in
+        recovery can create nothing."""
+        self._pg(
+            ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-w", "-t", str(SERVER_START_TIMEOUT_S), "start"],
+            what="start the database server",
+        )
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: sessions are ended, committed work is kept)."""
@@ -151,12 +156,23 @@ class EmbeddedPostgres:
                 "as a normal user, or point DATABASE_URL at an existing server."
             ) from None
 
-    def _initdb(self) -> None:
+    @property
+    def run_as(self) -> pwd.struct_passwd | None:
+        """The OS user the server runs as (None: this process's own); the tools that write the
+        cluster's files (pgBackRest) run as it too."""
+        return self._run_as
+
+    def make_data_dir(self) -> None:
+        """The data directory, private to the user the server runs as (for initdb, or for a
+        restore from a backup)."""
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._run_as is not None:
             self._check_reachable_by_service_user()
             os.chown(self.data_dir, self._run_as.pw_uid, self._run_as.pw_gid)
         self.data_dir.chmod(0o700)
+
+    def _initdb(self) -> None:
+        self.make_data_dir()
         self._pg(
             ["initdb", "-D", str(self.data_dir), "-U", DATABASE_USER, "--auth=trust",
              "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],

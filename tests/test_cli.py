@@ -46,7 +46,8 @@ def test_every_subcommand_has_help():
 def test_sub_help_says_what_each_action_does():
     assert "HDFPAY_OPS_PORT" in hdfpay("serve", "--help").stdout
     db = hdfpay("db", "--help").stdout
-    assert all(action in db for action in ("migrate", "start", "stop", "status"))
+    assert all(action in db for action in ("migrate", "start", "stop", "status", "backup-setup",
+                                           "backups", "restore"))
     add = hdfpay("terminals", "add", "--help").stdout
     assert "usage: hdfpay terminals add" in add and "TR-31" in add and "--partner" in add
     assert "rotate" not in add                          # its own help, not the group's
@@ -56,7 +57,9 @@ def test_argument_types_have_plain_messages():
     for args, message in ((("bench", "--concurrency", "abc"), "expected comma-separated whole "
                                                               "numbers such as 1,16,64, got 'abc'"),
                           (("seed", "--beneficiaries", "x"), "expected a whole number, got 'x'"),
-                          (("terminals", "add", "T-1"), "required: --partner")):
+                          (("terminals", "add", "T-1"), "required: --partner"),
+                          (("db", "restore", "--into", "/nowhere", "--to", "2027-03-01T14:05"),
+                           "'2027-03-01T14:05' has no time zone: add one")):
         result = hdfpay(*args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "<lambda>" not in result.stderr
