@@ -33,8 +33,28 @@ def is_transient(exc: asyncpg.PostgresError) -> bool:
     return sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES
 
 
+# Errors the database reported after which the statement may have committed all the same: the
+# connection broke (class 08), or the server shut down (57P01-57P03) after it was sent, the
+# commit perhaps done. Any other error it reports rolled the statement back.
+UNCERTAIN_SQLSTATE_CLASSES = frozenset({"08"})
+UNCERTAIN_SQLSTATE_PREFIXES = ("57P",)
+
+
+def outcome_unknown(exc: asyncpg.PostgresError) -> bool:
+    sqlstate = exc.sqlstate or ""
+    return sqlstate[:2] in UNCERTAIN_SQLSTATE_CLASSES or sqlstate.startswith(UNCERTAIN_SQLSTATE_PREFIXES)
+
+
 class LedgerUnavailable(RuntimeError):
-    """No connection or no answer in time (response code 91): the terminal reverses and retries."""
+    """No connection or no answer in time (response code 91): the terminal reverses and retries.
+
+    `may_have_committed`: False only when the call certainly committed nothing (it never reached
+    the database, or the database reported it rolled back); the server's void of a purchase
+    answered 91 (authorizer/server_voids.py) then only leaves a tombstone."""
+
+    def __init__(self, message: str, *, may_have_committed: bool = True) -> None:
+        super().__init__(message)
+        self.may_have_committed = may_have_committed
 
 
 class LedgerFailure(RuntimeError):
@@ -45,6 +65,7 @@ _PURCHASE = "SELECT authorize_purchase($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _REVERSAL = "SELECT authorize_reversal($1, $2, $3, $4, $5, $6, $7)"
 _REFUND = "SELECT authorize_refund($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 _BATCH_CLOSE = "SELECT close_terminal_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
+_SERVER_VOID = "SELECT server_void_purchase($1, $2, $3, $4)"
 # Group commit: many messages, one round trip, one commit (authorize_batch.sql).
 _GROUP = ("SELECT response, error_sqlstate, error_constraint, error_message FROM authorize_batch("
           "$1::text[], $2::text[], $3::text[], $4::bytea[], $5::integer[], $6::bytea[], "
@@ -133,8 +154,7 @@ class AuthorizationStore:
             rows = await self._round_trip(_GROUP, *_group_columns(calls), budgets,
                                           HOT_PATH_LOCK_TIMEOUT_MS)
         except asyncpg.PostgresError as exc:
-            raise (LedgerUnavailable(type(exc).__name__) if is_transient(exc)
-                   else LedgerFailure(f"{type(exc).__name__}: {exc}")) from exc
+            raise _ledger_error(exc) from exc
         results: list[bytes | Exception] = []
         for call, (response, sqlstate, constraint, message) in zip(calls, rows, strict=True):
             if response is not None:
@@ -149,7 +169,8 @@ class AuthorizationStore:
                 # Named as the one-call path names it (asyncpg's class for the SQLSTATE).
                 name = asyncpg.PostgresError.get_message_class_for_sqlstate(sqlstate).__name__
                 if sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES:
-                    results.append(LedgerUnavailable(name))
+                    # Rolled back in its own subtransaction, the batch answered: nothing of it.
+                    results.append(LedgerUnavailable(name, may_have_committed=False))
                 else:
                     results.append(LedgerFailure(f"{name}: {message}"))
         return results
@@ -157,12 +178,16 @@ class AuthorizationStore:
     async def _round_trip(self, sql: str, *args) -> list:
         """One statement's rows on a pooled connection; driver and connection errors become
         LedgerUnavailable / LedgerFailure, PostgreSQL's errors are the caller's."""
+        self.waiting_for_connection += 1
         try:
-            self.waiting_for_connection += 1
-            try:
-                connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
-            finally:
-                self.waiting_for_connection -= 1
+            connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
+        except asyncpg.PostgresError as exc:        # refused while connecting: nothing was sent
+            raise _ledger_error(exc, sent=False) from exc
+        except (asyncpg.InterfaceError, TimeoutError, OSError, asyncpg.InternalClientError) as exc:
+            raise LedgerUnavailable(type(exc).__name__, may_have_committed=False) from exc
+        finally:
+            self.waiting_for_connection -= 1
+        try:
             try:
                 started = time.perf_counter()
                 rows = await connection.fetch(sql, *args, timeout=self._statement_timeout_s)
@@ -191,7 +216,26 @@ class AuthorizationStore:
                     raise LedgerFailure(f"UniqueViolationError: {exc}") from exc
                 continue
             except asyncpg.PostgresError as exc:
-                if is_transient(exc):
-                    raise LedgerUnavailable(type(exc).__name__) from exc
-                raise LedgerFailure(f"{type(exc).__name__}: {exc}") from exc
+                raise _ledger_error(exc) from exc
         raise LedgerFailure("idempotency key still contended after retries")
+
+    async def server_void(self, terminal_id: str, request_id: str, fingerprint: bytes,
+                          may_have_committed: bool) -> str:
+        """The server's own void of a purchase it answered 91 or 96 (server_void_purchase.sql):
+        what it did. Any number of calls act once."""
+        try:
+            rows = await self._round_trip(_SERVER_VOID, terminal_id, request_id, fingerprint,
+                                          may_have_committed)
+        except asyncpg.UniqueViolationError as exc:     # raced a copy of itself: call again
+            raise LedgerUnavailable(type(exc).__name__, may_have_committed=False) from exc
+        except asyncpg.PostgresError as exc:
+            raise _ledger_error(exc) from exc
+        return rows[0][0]
+
+
+def _ledger_error(exc: asyncpg.PostgresError, *, sent: bool = True) -> Exception:
+    """91 for what goes away by itself, 96 for the rest."""
+    if is_transient(exc):
+        return LedgerUnavailable(type(exc).__name__,
+                                 may_have_committed=sent and outcome_unknown(exc))
+    return LedgerFailure(f"{type(exc).__name__}: {exc}")

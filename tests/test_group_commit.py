@@ -209,8 +209,9 @@ async def test_a_card_in_a_batch_at_the_database_waits_for_the_next_batch(dsn, c
 async def test_a_message_queued_past_its_deadline_is_never_run(store, conn):
     committer = GroupCommitter(store)
     late = _purchase(CARDS[0], 1_00)
-    with pytest.raises(LedgerUnavailable):
+    with pytest.raises(LedgerUnavailable) as unavailable:
         await committer.decide(late, asyncio.get_running_loop().time())
+    assert unavailable.value.may_have_committed is False    # the server's void: a tombstone only
     assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE request_id = $1",
                                late.request_id) == 0
 
