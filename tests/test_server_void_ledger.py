@@ -9,13 +9,16 @@ import datetime as dt
 
 import asyncpg
 
+from ledger import reports, shop_activity
 from ledger.clock import pin_clock
 from ledger.demo_region import card_uid
 from ledger.invariants import ledger_violations
 from terminal_protocol.codec import decode_response, encode_request, request_fingerprint
 from terminal_protocol.messages import BatchTotals
 
-from conftest import ACTIVE_TERMINAL, PARIS, balance_of, set_balance
+from terminal_protocol.response_codes import APPROVED_CODES
+
+from conftest import ACTIVE_TERMINAL, PARIS, SCHOOL_DAY, balance_of, set_balance
 
 CARD = card_uid(6)
 CONCURRENT_VOIDS = 3
@@ -100,3 +103,23 @@ async def test_a_void_of_an_unknown_terminal_records_nothing(client, conn):
     request = client.purchase_request(CARD, 20_00)
     assert await server_void(conn, request, terminal="NO-SUCH-TERMINAL") == "unknown_terminal"
     assert await conn.fetchval("SELECT count(*) FROM authorizations") == 0
+
+
+async def test_operators_see_the_void_as_money_given_back(client, conn):
+    """The volumes report and the shop's day list the server's void with the reversals: their
+    net is what the funds report and the settlement see (the sale's money went back)."""
+    await set_balance(conn, CARD, 50_00)
+    kept = await client.purchase(CARD, 5_00)
+    request = client.purchase_request(CARD, 20_00)
+    assert (kept.rc, (await client.send(request)).rc) == ("00", "00")
+    assert await server_void(conn, request) == "credited"
+    day = SCHOOL_DAY.date()
+    total = [r for r in await reports.volumes(conn, reports.Period(day, day))
+             if r["business_day"] is None][0]
+    assert (total["purchases_cents"], total["reversals_count"], total["reversals_cents"],
+            total["net_cents"]) == (25_00, 1, 20_00, 5_00)
+    partner = await shop_activity.terminal_partner(conn, ACTIVE_TERMINAL)
+    totals = await shop_activity.day_totals(conn, partner, day, sorted(APPROVED_CODES))
+    assert (totals.reversals_cents, totals.net_cents) == (20_00, 5_00)
+    listed, _ = await shop_activity.day_messages(conn, partner, day)
+    assert [m.message_type for m in listed] == ["SERVER_VOID", "PURCHASE", "PURCHASE"]
