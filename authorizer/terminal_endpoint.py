@@ -29,7 +29,7 @@ from authorizer.server_voids import ServerVoids
 from authorizer.terminal_authentication import (
     Authenticated, AuthenticationError, TerminalAuthenticator,
 )
-from ledger.authorization_store import LedgerFailure, LedgerUnavailable
+from ledger.authorization_store import CallProgress, LedgerFailure, LedgerUnavailable
 from terminal_protocol.codec import (MAX_REQUEST_BODY_BYTES, ProtocolError, decode_request,
                                      error_body, request_fingerprint)
 from terminal_protocol.messages import Purchase, Request
@@ -144,19 +144,21 @@ class TerminalEndpoint:
         """The decision, or 91 when it does not come in time, or 96 for any failure nobody
         foresaw: an authenticated request always gets a protocol answer, never aiohttp's 500."""
         message = None
+        progress = CallProgress()
         try:
             message = decode_request(body)
             async with asyncio.timeout_at(deadline):
-                return await self._decide(sender, message, deadline)
+                return await self._decide(sender, message, deadline, progress)
         except ProtocolError as exc:
             return _Decided(None, 400, error_body("30", str(exc)))
         except TimeoutError:
-            # The ledger may have decided anyway: the terminal reverses on 91, the server too.
-            return _Decided(message, 503, error_body("91", "no answer in time"), True)
+            # Once its call left, the ledger may decide anyway: the terminal reverses on 91, the
+            # server voids.
+            return _Decided(message, 503, error_body("91", "no answer in time"), progress.left)
         except Exception as exc:        # noqa: BLE001 - the terminal needs an answer whatever it is
             log.error("unexpected failure for terminal %s: %s", sender.origin.terminal_id,
                       _where(exc))
-            return _Decided(message, 500, error_body("96", "system malfunction"), True)
+            return _Decided(message, 500, error_body("96", "system malfunction"), progress.left)
 
     def _signed(self, sender: Authenticated, status: int,
                 answer: bytes) -> tuple[int, bytes, dict[str, str]]:
@@ -189,8 +191,8 @@ class TerminalEndpoint:
             log.error("server void of a purchase of terminal %s not queued: %s",
                       sender.origin.terminal_id, _where(exc))
 
-    async def _decide(self, sender: Authenticated, message: Request,
-                      deadline: float) -> _Decided:
+    async def _decide(self, sender: Authenticated, message: Request, deadline: float,
+                      progress: CallProgress) -> _Decided:
         await self._recorder.prepare(sender.origin, message)
         card = message.card_uid if isinstance(message, Purchase) else None
         if card and self._voids.pending(sender.origin.terminal_id, message.request_id):
@@ -200,14 +202,14 @@ class TerminalEndpoint:
             if not admitted:
                 self._metrics.card_busy.inc()
                 return _Decided(message, 503, error_body("91", "card busy, retry later"), False)
-            return await self._decide_admitted(sender, message, deadline)
+            return await self._decide_admitted(sender, message, deadline, progress)
 
-    async def _decide_admitted(self, sender: Authenticated, message: Request,
-                               deadline: float) -> _Decided:
+    async def _decide_admitted(self, sender: Authenticated, message: Request, deadline: float,
+                               progress: CallProgress) -> _Decided:
         terminal_id = sender.origin.terminal_id
         try:
-            return _Decided(message, 200,
-                            await self._pipeline.decide(sender.origin, message, deadline))
+            return _Decided(message, 200, await self._pipeline.decide(sender.origin, message,
+                                                                      deadline, progress))
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable for terminal %s: %s", terminal_id, exc)
             return _Decided(message, 503, error_body("91", "ledger unavailable, retry later"),

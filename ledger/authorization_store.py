@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import asyncpg
@@ -84,6 +84,17 @@ class MessageOrigin:
     ksn_counter: int | None = None
 
 
+class CallProgress:
+    """Whether a message's call has left for the database (set once its pool connection is had,
+    or once it is in a group-commit batch, which goes on whoever waits for it): a call cut short
+    before that committed nothing."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = False
+
+
 @dataclass(frozen=True)
 class GroupableCall:
     """One purchase, reversal or refund, in the columns authorize_batch() takes; `original` is a
@@ -99,6 +110,7 @@ class GroupableCall:
     terminal_local_time: dt.datetime | None = None
     partial_ok: bool | None = None
     original: str | None = None
+    progress: CallProgress = field(default_factory=CallProgress, compare=False, repr=False)
 
     def single_args(self) -> tuple:
         """The arguments of this message's own function (the one-call-per-message path)."""
@@ -138,18 +150,22 @@ class AuthorizationStore:
 
     async def single(self, call: GroupableCall) -> bytes:
         """A groupable message decided alone: its own function, its own commit."""
-        return await self._call(_GROUP_KINDS[call.kind], *call.single_args())
+        return await self._call(_GROUP_KINDS[call.kind], *call.single_args(),
+                                progress=call.progress)
 
     async def group(self, calls: list[GroupableCall],
                     time_left_ms: list[int] | None = None) -> list[bytes | Exception]:
         """Each message's response, or the exception its own call would have raised, after one
         round trip and one commit for all. Raises (for all) only when the batch as a whole failed:
-        no connection, timeout, cancelled; then nothing of it was committed. A message that lost
+        no connection, timeout, cancelled; then nothing of it was committed, unless the statement
+        had left (LedgerUnavailable.may_have_committed). A message that lost
         the race to a concurrent duplicate is called again alone, after the commit, and gets the
         stored response, as _call does. `time_left_ms`: each message's budget (what is left before
         its request's deadline); a message still waiting or running past it is rolled back alone
         (authorize_batch.sql); a lock is awaited no longer than HOT_PATH_LOCK_TIMEOUT_MS either."""
         budgets = time_left_ms or [int(self._statement_timeout_s * 1000)] * len(calls)
+        for call in calls:
+            call.progress.left = True
         try:
             rows = await self._round_trip(_GROUP, *_group_columns(calls), budgets,
                                           HOT_PATH_LOCK_TIMEOUT_MS)
@@ -175,9 +191,10 @@ class AuthorizationStore:
                     results.append(LedgerFailure(f"{name}: {message}"))
         return results
 
-    async def _round_trip(self, sql: str, *args) -> list:
+    async def _round_trip(self, sql: str, *args, progress: CallProgress | None = None) -> list:
         """One statement's rows on a pooled connection; driver and connection errors become
-        LedgerUnavailable / LedgerFailure, PostgreSQL's errors are the caller's."""
+        LedgerUnavailable / LedgerFailure, PostgreSQL's errors are the caller's. `progress` is
+        told once the connection is had."""
         self.waiting_for_connection += 1
         try:
             connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
@@ -187,6 +204,8 @@ class AuthorizationStore:
             raise LedgerUnavailable(type(exc).__name__, may_have_committed=False) from exc
         finally:
             self.waiting_for_connection -= 1
+        if progress is not None:
+            progress.left = True
         try:
             try:
                 started = time.perf_counter()
@@ -204,12 +223,12 @@ class AuthorizationStore:
             # (InternalClientError derives from Exception only): retry later (91).
             raise LedgerUnavailable(type(exc).__name__) from exc
 
-    async def _call(self, sql: str, *args) -> bytes:
+    async def _call(self, sql: str, *args, progress: CallProgress | None = None) -> bytes:
         """One message's own function: its stored response. A concurrent duplicate that committed
         first (unique_violation on the idempotency key) is called again and gets its bytes."""
         for _ in range(IDEMPOTENCY_ATTEMPTS):
             try:
-                rows = await self._round_trip(sql, *args)
+                rows = await self._round_trip(sql, *args, progress=progress)
                 return rows[0][0].encode()
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != IDEMPOTENCY_CONSTRAINT:
