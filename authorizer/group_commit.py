@@ -114,7 +114,8 @@ class GroupCommitter:
                 continue
             if item.deadline <= now:
                 self._count_expired()
-                item.answer.set_exception(LedgerUnavailable("deadline passed while queued"))
+                item.answer.set_exception(LedgerUnavailable("deadline passed while queued",
+                                                            may_have_committed=False))
                 continue
             if item.call.card_uid in self._cards_in_flight:
                 deferred.append(item)       # its card is in a batch at the database

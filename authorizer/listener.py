@@ -19,6 +19,7 @@ from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder, PartnerCategories
 from authorizer.pipeline import AuthorizationPipeline
 from authorizer.readiness import Readiness
+from authorizer.server_voids import ServerVoids
 from authorizer.terminal_authentication import DeclaredTerminals, DukptMacAuthenticator
 from authorizer.terminal_endpoint import TerminalEndpoint
 from hsm.interface import Hsm
@@ -29,6 +30,7 @@ from web.http_face import plain_server_header
 
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
+SERVER_VOIDS = web.AppKey("server_voids", ServerVoids)
 # For TerminalAppRunner (authorizer.http_refusals), which the composition root serves the app with.
 REFUSALS = web.AppKey("refusals", Refusals)
 
@@ -94,10 +96,11 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
             observe_batch_messages=(metrics.batch_messages.observe if limits.metrics_enabled
                                     else lambda n: None))
         metrics.queued.set_function(committer.queued)
+    voids = ServerVoids(store, metrics)
     endpoint = TerminalEndpoint(
         AuthorizationPipeline(store, committer), authenticator, metrics,
         OutcomeRecorder(metrics, PartnerCategories(pool), counting=limits.metrics_enabled),
-        refusals,
+        refusals, voids,
         max_in_flight_requests=limits.max_in_flight_requests,
         max_in_flight_per_card=limits.max_in_flight_per_card,
         request_timeout_ms=limits.request_timeout_ms,
@@ -108,12 +111,19 @@ def build_terminal_app(limits: ListenerLimits, pool: asyncpg.Pool,
     plain_server_header(app)
     app[METRICS] = metrics
     app[REFUSALS] = refusals
+    app[SERVER_VOIDS] = voids
+    # Once the requests in flight are answered, before the pool closes: voids still owed land.
+    app.on_cleanup.append(_drain_server_voids)
     app.router.add_post(TERMINAL_PATH, endpoint.handle)
     app.router.add_get("/healthz", _healthz)
     app[READINESS] = Readiness(pool, metrics)
     app.router.add_get("/readyz", app[READINESS].handle)
     app.router.add_get("/metrics", _exposition)
     return app
+
+
+async def _drain_server_voids(app: web.Application) -> None:
+    await app[SERVER_VOIDS].drain()
 
 
 async def _exposition(request: web.Request) -> web.Response:

@@ -17,6 +17,11 @@ BATCH_SIZE_BUCKETS_MESSAGES = (1, 2, 4, 8, 16, 32)
 SECURITY_REASONS = ("mac", "replay")
 # Refused before the sender is proven (authorizer/http_refusals.py).
 REFUSAL_REASONS = ("malformed_http", "content_type", "too_large", "identity", "timeout")
+# What a server void did (ledger/sql/functions/server_void_purchase.sql), and why one was given up
+# (authorizer/server_voids.py).
+SERVER_VOID_EFFECTS = ("credited", "tombstoned", "was_reversed", "declined", "not_ours", "repeated",
+                       "unknown_terminal")
+SERVER_VOID_FAILURES = ("queue_full", "malfunction", "shutdown")
 
 
 class Metrics:
@@ -79,6 +84,27 @@ class Metrics:
         self.queued = Gauge(
             "hdfpay_group_commit_queued", "Messages waiting for a group-commit batch",
             registry=self.registry)
+        self.server_voids_pending = Gauge(
+            "hdfpay_server_voids_pending",
+            "Purchases answered 91 or 96 whose void by the server has not landed yet",
+            registry=self.registry)
+        self.server_voids_landed = Counter(
+            "hdfpay_server_voids_landed_total",
+            "Server voids of purchases answered 91 or 96 that landed, by what they did: credited "
+            "the wallet back, left a tombstone, found it reversed or declined already, ...",
+            ["effect"], registry=self.registry)
+        self.server_voids_failed = Counter(
+            "hdfpay_server_voids_failed_total",
+            "Server voids given up (queue full, a malfunction, left at stop): the terminal's own "
+            "reversal is all that is left", ["reason"], registry=self.registry)
+        self.server_void_retries = Counter(
+            "hdfpay_server_void_retries_total",
+            "Server void attempts that found the database unavailable, tried again later",
+            registry=self.registry)
+        for effect in SERVER_VOID_EFFECTS:
+            self.server_voids_landed.labels(effect)
+        for reason in SERVER_VOID_FAILURES:
+            self.server_voids_failed.labels(reason)
         for reason in SECURITY_REASONS:
             self.security.labels(reason)
         for reason in REFUSAL_REASONS:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import msgspec
 
 from authorizer.group_commit import GroupCommitter
-from ledger.authorization_store import AuthorizationStore, GroupableCall, MessageOrigin
+from ledger.authorization_store import (AuthorizationStore, CallProgress, GroupableCall,
+                                        MessageOrigin)
 from terminal_protocol.codec import request_fingerprint
 from terminal_protocol.messages import BatchClose, Purchase, Refund, Request, Reversal
 
@@ -18,24 +19,30 @@ class AuthorizationPipeline:
         self._committer = committer
 
     async def decide(self, origin: MessageOrigin, request: Request,
-                     deadline: float | None = None) -> bytes:
+                     deadline: float | None = None,
+                     progress: CallProgress | None = None) -> bytes:
         """The response body, as the ledger stored it (a retry gets the same bytes). deadline,
-        on the event loop's clock: past it, a queued message is answered 91 and never run."""
+        on the event loop's clock: past it, a queued message is answered 91 and never run.
+        `progress` says afterwards whether the call left for the database (a caller that gave
+        up on it learns whether it may have committed)."""
         fingerprint = request_fingerprint(request)
+        progress = progress or CallProgress()
         match request:
             case Purchase():
                 call = GroupableCall(
                     "purchase", origin, request.request_id, fingerprint, request.stan,
                     card_uid=bytes.fromhex(request.card_uid), amount_cents=request.amount_cents,
-                    terminal_local_time=request.local_datetime, partial_ok=request.partial_ok)
+                    terminal_local_time=request.local_datetime, partial_ok=request.partial_ok,
+                    progress=progress)
             case Reversal():
                 call = GroupableCall("reversal", origin, request.request_id, fingerprint,
-                                     request.stan, original=request.original_request_id)
+                                     request.stan, original=request.original_request_id,
+                                     progress=progress)
             case Refund():
                 call = GroupableCall(
                     "refund", origin, request.request_id, fingerprint, request.stan,
                     card_uid=bytes.fromhex(request.card_uid), amount_cents=request.amount_cents,
-                    original=request.original_rrn)
+                    original=request.original_rrn, progress=progress)
             case BatchClose():
                 return await self._store.batch_close(
                     origin, request.request_id, fingerprint, request.stan,

@@ -3,7 +3,8 @@
 Every answer is JSON with a response code; bad input never reaches the ledger and never gets a
 500. Overload is answered at once with 91 rather than queued without bound. The request is
 authenticated before its content is parsed, and every answer to an authenticated request carries
-the server's MAC.
+the server's MAC. A purchase answered 91 or 96 is voided by the server once answered
+(authorizer/server_voids.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import contextlib
 import logging
 import traceback
 from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
 
 from aiohttp import web
 
@@ -21,16 +25,34 @@ from authorizer.http_refusals import Refusals
 from authorizer.metrics import Metrics
 from authorizer.outcomes import OutcomeRecorder
 from authorizer.pipeline import AuthorizationPipeline
+from authorizer.server_voids import ServerVoids
 from authorizer.terminal_authentication import (
     Authenticated, AuthenticationError, TerminalAuthenticator,
 )
-from ledger.authorization_store import LedgerFailure, LedgerUnavailable
-from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES, ProtocolError, decode_request, error_body
+from ledger.authorization_store import CallProgress, LedgerFailure, LedgerUnavailable
+from terminal_protocol.codec import (MAX_REQUEST_BODY_BYTES, ProtocolError, decode_request,
+                                     error_body, request_fingerprint)
 from terminal_protocol.messages import Purchase, Request
+from terminal_protocol.response_codes import APPROVED_CODES
 from terminal_protocol.transport import JSON_CONTENT_TYPE
 
 
 log = logging.getLogger("hdfpay.terminal")
+
+
+class _Decided(NamedTuple):
+    message: Request | None
+    status: int
+    answer: bytes
+    # Undecided (91, 96): whether the ledger call may have committed all the same. None: decided.
+    may_have_committed: bool | None = None
+
+
+class _Code(msgspec.Struct):
+    rc: str
+
+
+_code = msgspec.json.Decoder(_Code)
 
 
 def _where(exc: BaseException) -> str:
@@ -51,10 +73,11 @@ def _answer(status: int, body: bytes, headers: dict[str, str]) -> web.Response:
 
 class TerminalEndpoint:
     def __init__(self, pipeline: AuthorizationPipeline, authenticator: TerminalAuthenticator,
-                 metrics: Metrics, recorder: OutcomeRecorder, refusals: Refusals, *,
-                 max_in_flight_requests: int, request_timeout_ms: int,
+                 metrics: Metrics, recorder: OutcomeRecorder, refusals: Refusals,
+                 voids: ServerVoids, *, max_in_flight_requests: int, request_timeout_ms: int,
                  max_in_flight_per_card: int = MAX_IN_FLIGHT_PER_CARD) -> None:
         self._pipeline = pipeline
+        self._voids = voids
         self._authenticator = authenticator
         self._metrics = metrics
         self._recorder = recorder
@@ -82,9 +105,10 @@ class TerminalEndpoint:
             if isinstance(received, web.Response):
                 return received
             sender, body = received
-            message, status, answer = await self._decide_in_time(sender, body, deadline)
-            status, answer, headers = self._signed(sender, status, answer)
-            self._recorder.record(sender.origin, message, status, answer,
+            decided = await self._decide_in_time(sender, body, deadline)
+            status, answer, headers = self._signed(sender, decided.status, decided.answer)
+            self._void_if_undecided(sender, decided, signed=bool(headers))
+            self._recorder.record(sender.origin, decided.message, status, answer,
                                   asyncio.get_running_loop().time() - started)
             return _answer(status, answer, headers)
         finally:
@@ -116,19 +140,25 @@ class TerminalEndpoint:
         return sender, body
 
     async def _decide_in_time(self, sender: Authenticated, body: bytes,
-                              deadline: float) -> tuple[Request | None, int, bytes]:
+                              deadline: float) -> _Decided:
         """The decision, or 91 when it does not come in time, or 96 for any failure nobody
         foresaw: an authenticated request always gets a protocol answer, never aiohttp's 500."""
+        message = None
+        progress = CallProgress()
         try:
+            message = decode_request(body)
             async with asyncio.timeout_at(deadline):
-                return await self._decide(sender, body, deadline)
+                return await self._decide(sender, message, deadline, progress)
+        except ProtocolError as exc:
+            return _Decided(None, 400, error_body("30", str(exc)))
         except TimeoutError:
-            # The ledger may have decided anyway: the terminal reverses on 91.
-            return None, 503, error_body("91", "no answer in time")
+            # Once its call left, the ledger may decide anyway: the terminal reverses on 91, the
+            # server voids.
+            return _Decided(message, 503, error_body("91", "no answer in time"), progress.left)
         except Exception as exc:        # noqa: BLE001 - the terminal needs an answer whatever it is
             log.error("unexpected failure for terminal %s: %s", sender.origin.terminal_id,
                       _where(exc))
-            return None, 500, error_body("96", "system malfunction")
+            return _Decided(message, 500, error_body("96", "system malfunction"), progress.left)
 
     def _signed(self, sender: Authenticated, status: int,
                 answer: bytes) -> tuple[int, bytes, dict[str, str]]:
@@ -142,28 +172,48 @@ class TerminalEndpoint:
                       _where(exc))
             return 503, error_body("91", "answer could not be authenticated, retry later"), {}
 
-    async def _decide(self, sender: Authenticated, body: bytes,
-                      deadline: float) -> tuple[Request | None, int, bytes]:
+    def _void_if_undecided(self, sender: Authenticated, decided: _Decided, *,
+                           signed: bool) -> None:
+        """A purchase answered 91 or 96 is voided by the server (authorizer/server_voids.py),
+        also one the ledger approved whose answer could not be MAC'd. A purchase the ledger
+        decided otherwise (a decline, a replay's 63) keeps its stored answer."""
+        if not isinstance(decided.message, Purchase):
+            return
         try:
-            message = decode_request(body)
-        except ProtocolError as exc:
-            return None, 400, error_body("30", str(exc))
+            may_have_committed = decided.may_have_committed
+            if may_have_committed is None:
+                if signed or _code.decode(decided.answer).rc not in APPROVED_CODES:
+                    return
+                may_have_committed = True
+            self._voids.enqueue(sender.origin.terminal_id, decided.message.request_id,
+                                request_fingerprint(decided.message), may_have_committed)
+        except Exception as exc:        # noqa: BLE001 - the answer goes out whatever happens here
+            log.error("server void of a purchase of terminal %s not queued: %s",
+                      sender.origin.terminal_id, _where(exc))
+
+    async def _decide(self, sender: Authenticated, message: Request, deadline: float,
+                      progress: CallProgress) -> _Decided:
         await self._recorder.prepare(sender.origin, message)
         card = message.card_uid if isinstance(message, Purchase) else None
+        if card and self._voids.pending(sender.origin.terminal_id, message.request_id):
+            # A copy of a purchase answered 91 whose void has not landed: never run it now.
+            return _Decided(message, 503, error_body("91", "being voided, reverse it"), False)
         with self._card_gate.enter(card) if card else contextlib.nullcontext(True) as admitted:
             if not admitted:
                 self._metrics.card_busy.inc()
-                return message, 503, error_body("91", "card busy, retry later")
-            return await self._decide_admitted(sender, message, deadline)
+                return _Decided(message, 503, error_body("91", "card busy, retry later"), False)
+            return await self._decide_admitted(sender, message, deadline, progress)
 
-    async def _decide_admitted(self, sender: Authenticated, message: Request,
-                               deadline: float) -> tuple[Request, int, bytes]:
+    async def _decide_admitted(self, sender: Authenticated, message: Request, deadline: float,
+                               progress: CallProgress) -> _Decided:
         terminal_id = sender.origin.terminal_id
         try:
-            return message, 200, await self._pipeline.decide(sender.origin, message, deadline)
+            return _Decided(message, 200, await self._pipeline.decide(sender.origin, message,
+                                                                      deadline, progress))
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable for terminal %s: %s", terminal_id, exc)
-            return message, 503, error_body("91", "ledger unavailable, retry later")
+            return _Decided(message, 503, error_body("91", "ledger unavailable, retry later"),
+                            exc.may_have_committed)
         except LedgerFailure as exc:
             log.error("ledger failure for terminal %s: %s", terminal_id, exc)
-            return message, 500, error_body("96", "system malfunction")
+            return _Decided(message, 500, error_body("96", "system malfunction"), False)

@@ -67,6 +67,7 @@ def _smtp_settings():
 
 
 def cmd_serve(args, settings: Settings) -> int:
+    from authorizer.server_voids import SERVER_VOID_DRAIN_WAIT_MS
     from hdfpay.json_logs import configure_json_logging
     from hdfpay.server import SHUTDOWN_GRACE_S, serve_forever
     from hdfpay.workers import Supervisor, worker_index
@@ -83,7 +84,8 @@ def cmd_serve(args, settings: Settings) -> int:
         async def supervise() -> int:
             async with connection(dsn) as conn:
                 await check_schema(conn)
-            stop_after_s = settings.drain_notice_ms / 1000 + SHUTDOWN_GRACE_S
+            stop_after_s = (settings.drain_notice_ms / 1000 + SHUTDOWN_GRACE_S
+                            + SERVER_VOID_DRAIN_WAIT_MS / 1000)
             return await Supervisor(settings.workers, dsn, stop_after_s).run()
 
         with cli_database(settings) as dsn:

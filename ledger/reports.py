@@ -44,15 +44,16 @@ _PERIOD_SQL = """(($1::date IS NULL OR {t}.created_at >= business_day_starts_at(
 async def volumes(conn: asyncpg.Connection, period: Period) -> list[dict]:
     """Approved amounts per day, category and partner, with a subtotal per day and category
     (partner_id None) and a grand total (business_day None), net = purchases − reversals −
-    refunds."""
+    refunds. The reversals include the server's own voids of purchases it answered 91 or 96
+    (SERVER_VOID, server_void_purchase.sql): money given back, as the funds report sees it."""
     period.check()
     return [dict(r) for r in await conn.fetch(f"""
         SELECT business_day_of(a.created_at) AS business_day, p.category,
                p.id AS partner_id, min(p.name) AS partner_name,
                count(*) FILTER (WHERE a.message_type = 'PURCHASE') AS purchases_count,
                coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'PURCHASE'), 0)::bigint AS purchases_cents,
-               count(*) FILTER (WHERE a.message_type = 'REVERSAL') AS reversals_count,
-               coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'REVERSAL'), 0)::bigint AS reversals_cents,
+               count(*) FILTER (WHERE a.message_type IN ('REVERSAL', 'SERVER_VOID')) AS reversals_count,
+               coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type IN ('REVERSAL', 'SERVER_VOID')), 0)::bigint AS reversals_cents,
                count(*) FILTER (WHERE a.message_type = 'REFUND') AS refunds_count,
                coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'REFUND'), 0)::bigint AS refunds_cents,
                coalesce(sum(CASE a.message_type WHEN 'PURCHASE' THEN a.amount_approved_cents
@@ -60,7 +61,8 @@ async def volumes(conn: asyncpg.Connection, period: Period) -> list[dict]:
           FROM authorizations a
           JOIN terminals t ON t.id = a.terminal_id
           JOIN partners p ON p.id = t.partner_id
-         WHERE a.message_type IN ('PURCHASE', 'REVERSAL', 'REFUND') AND a.request_hash IS NOT NULL
+         WHERE (a.message_type IN ('PURCHASE', 'REVERSAL', 'REFUND') AND a.request_hash IS NOT NULL
+                OR a.message_type = 'SERVER_VOID')
            AND a.amount_approved_cents > 0 AND {_PERIOD_SQL.format(t='a')}
          GROUP BY GROUPING SETS ((1, 2, 3), (1, 2), ())
          ORDER BY 1 NULLS LAST, 2 NULLS LAST, 3 NULLS LAST

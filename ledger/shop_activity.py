@@ -1,7 +1,8 @@
 """What the back office shows of one partner's shop: its terminals and their keys (initial key
 ids, statuses, counters: never key material, which the database never holds), one business day's
 terminal messages a bounded page at a time with the day's totals (the same rows and rules as
-reports.volumes and reports.declines: messages the ledger answered, tombstones left out)."""
+reports.volumes and reports.declines: messages the ledger answered, tombstones left out, and the
+server's own voids that gave money back, counted with the reversals)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Sequence
 import asyncpg
 
 AUTHORIZATION_PAGE_ROWS = 50
-_MONEY_MESSAGES = "a.message_type IN ('PURCHASE', 'REVERSAL', 'REFUND') AND a.request_hash IS NOT NULL"
+_MONEY_MESSAGES = ("(a.message_type IN ('PURCHASE', 'REVERSAL', 'REFUND') AND a.request_hash IS NOT NULL"
+                   " OR a.message_type = 'SERVER_VOID' AND a.amount_approved_cents > 0)")
 _PARTNER_DAY = ("t.partner_id = $1 AND a.created_at >= business_day_starts_at($2::date)"
                 " AND a.created_at < business_day_starts_at($2::date + 1)")
 
@@ -96,7 +98,7 @@ async def day_totals(conn: asyncpg.Connection, partner_id: int, day: dt.date,
         "SELECT count(*) AS messages,"
         " count(*) FILTER (WHERE a.message_type = 'PURCHASE' AND a.amount_approved_cents > 0) AS approved_purchases,"
         " coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'PURCHASE'), 0)::bigint AS purchases_cents,"
-        " coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'REVERSAL'), 0)::bigint AS reversals_cents,"
+        " coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type IN ('REVERSAL', 'SERVER_VOID')), 0)::bigint AS reversals_cents,"
         " coalesce(sum(a.amount_approved_cents) FILTER (WHERE a.message_type = 'REFUND'), 0)::bigint AS refunds_cents,"
         " count(*) FILTER (WHERE a.response_code <> ALL ($3::text[])) AS declined"
         "  FROM authorizations a JOIN terminals t ON t.id = a.terminal_id"

@@ -67,6 +67,7 @@ async def test_one_batch_decides_each_message_as_alone(store, conn):
     assert [a["rc"] if isinstance(a, dict) else type(a).__name__ for a in answers] == [
         "00", "51", "25", "94", "00", "LedgerFailure", "00"]
     assert results[4] == results[0]                 # the retry: the stored bytes
+    assert all(call.progress.left for call in calls)    # each may have committed, whoever waits
     assert await balance_of(conn, CARDS[0]) == 7_00
     assert await balance_of(conn, CARDS[1]) == 10_00    # the tombstone declined the late original
     assert await balance_of(conn, CARDS[2]) == 10_00
@@ -209,8 +210,10 @@ async def test_a_card_in_a_batch_at_the_database_waits_for_the_next_batch(dsn, c
 async def test_a_message_queued_past_its_deadline_is_never_run(store, conn):
     committer = GroupCommitter(store)
     late = _purchase(CARDS[0], 1_00)
-    with pytest.raises(LedgerUnavailable):
+    with pytest.raises(LedgerUnavailable) as unavailable:
         await committer.decide(late, asyncio.get_running_loop().time())
+    assert unavailable.value.may_have_committed is False    # the server's void: a tombstone only
+    assert late.progress.left is False
     assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE request_id = $1",
                                late.request_id) == 0
 

@@ -100,10 +100,10 @@ async def test_the_terminal_role_runs_the_authorizations_and_nothing_of_the_oper
         "SELECT proname, has_function_privilege('hdfpay_terminal', p.oid, 'EXECUTE')"
         " FROM pg_proc p WHERE pronamespace = 'public'::regnamespace"
         " AND proname IN ('authorize_purchase', 'authorize_reversal', 'authorize_refund',"
-        " 'authorize_batch',"
+        " 'authorize_batch', 'server_void_purchase',"
         " 'close_terminal_batch', 'oppose_card', 'append_audit', 'reload_wallet', 'settle_through')"))
     assert can == {"authorize_purchase": True, "authorize_reversal": True, "authorize_refund": True,
-                   "authorize_batch": True,
+                   "authorize_batch": True, "server_void_purchase": True,
                    "close_terminal_batch": True, "oppose_card": False, "append_audit": False,
                    "reload_wallet": False, "settle_through": False}
     readable = await conn.fetch(

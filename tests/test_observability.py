@@ -17,7 +17,8 @@ from terminal_protocol.transport import KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEAD
 
 from conftest import ACTIVE_TERMINAL
 
-ALLOWED_LABELS = {"message_type", "response_code", "reason", "partner_category", "le"}
+# "effect": what a server void did, one of metrics.SERVER_VOID_EFFECTS.
+ALLOWED_LABELS = {"message_type", "response_code", "reason", "partner_category", "effect", "le"}
 
 
 async def _get(url: str) -> tuple[int, str]:

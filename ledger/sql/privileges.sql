@@ -35,6 +35,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION authorize_purchase, authorize_reversal, authorize_refund,
     close_terminal_batch TO hdfpay_terminal;
 GRANT EXECUTE ON FUNCTION authorize_batch TO hdfpay_terminal;    -- group commit of the first three
+-- The server's own void of a purchase it answered 91 or 96 (authorizer/server_voids.py).
+GRANT EXECUTE ON FUNCTION server_void_purchase TO hdfpay_terminal;
 GRANT SELECT (id, partner_id) ON terminals TO hdfpay_terminal;
 GRANT SELECT (id, category) ON partners TO hdfpay_terminal;
 

@@ -3,6 +3,9 @@
 -- answer 25.
 -- A reversal once the purchase's wallet has closed (wallet_closes_at()) must not put spendable money back:
 -- the voided amount goes where the wallet's balance went, the expired-funds account.
+-- A purchase the server voided itself (it answered it 91 or 96: server_void_purchase.sql) is
+-- answered as one that never arrived, 25 with nothing requested: its terminal never saw it
+-- approved, and counts it in no batch total, nor does the ledger (batch_totals.sql).
 CREATE OR REPLACE FUNCTION authorize_reversal(
     p_terminal_id text, p_request_id text, p_request_hash bytea, p_stan integer,
     p_original_request_id text, p_initial_key_id bytea, p_ksn_counter bigint
@@ -14,6 +17,7 @@ DECLARE
     f           record;
     o           record;
     v_rc        text;
+    v_requested bigint;
     v_amount    bigint := 0;
     v_balance   bigint;
     v_rrn       text;
@@ -41,7 +45,8 @@ BEGIN
     END IF;
 
     v_credited := o.wallet_account_id;
-    IF o.message_type <> 'PURCHASE' OR o.request_hash IS NULL THEN
+    v_requested := CASE WHEN o.amount_server_voided_cents > 0 THEN 0 ELSE o.amount_approved_cents END;
+    IF o.message_type <> 'PURCHASE' OR o.request_hash IS NULL OR o.amount_server_voided_cents > 0 THEN
         v_rc := '25';
     ELSE
         v_rc := '00';
@@ -61,12 +66,12 @@ BEGIN
 
     v_rrn := next_rrn(v_now);
     v_response := terminal_response('reversal', p_request_id, p_stan, v_rc,
-                                    o.amount_approved_cents, v_amount, v_balance, NULL, v_rrn);
+                                    v_requested, v_amount, v_balance, NULL, v_rrn);
     INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash, stan, card_id,
                                 wallet_account_id, school_year, original_id, amount_requested_cents,
                                 amount_approved_cents, response_code, rrn, created_at, response)
     VALUES (p_terminal_id, p_request_id, 'REVERSAL', p_request_hash, p_stan, o.card_id,
-            o.wallet_account_id, o.school_year, o.id, o.amount_approved_cents, v_amount, v_rc,
+            o.wallet_account_id, o.school_year, o.id, v_requested, v_amount, v_rc,
             v_rrn, v_now, v_response)
     RETURNING id INTO v_auth_id;
 

@@ -1,0 +1,89 @@
+"""The server's void of a purchase survives the database being down when it is owed: the
+ledger approves, the database stops before the answer is MAC'd (so the terminal gets an unsigned
+91 and the void finds no database), and the void lands once the database is back. Meanwhile a
+copy of the purchase is answered 91 and never run; afterwards it is 94."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from authorizer.listener import METRICS
+from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
+from hdfpay.server import running_server
+from hsm.software_backend import SoftwareHsm
+from ledger.clock import pin_clock
+from ledger.demo_region import card_uid, seed_demo_region
+from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.invariants import ledger_violations
+from ledger.migrate import migrate
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.codec import decode_response, encode_request
+from terminal_protocol.ksn_counter import MemoryCounter
+from terminal_protocol.terminal_keys import TerminalKeys
+
+from conftest import ACTIVE_TERMINAL, SCHOOL_DAY, TEST_SCHOOL_YEAR, balance_of
+from test_server_voids import HsmThatCannotMacTheFirstAnswer, post_signed, server_voids, until
+
+CARD = card_uid(5)
+
+
+def _sample(server, name: str) -> float:
+    return server.app[METRICS].registry.get_sample_value(name)
+
+
+async def test_a_void_owed_while_the_database_is_down_lands_when_it_is_back(settings):
+    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-void-restart-"))
+    workdir.chmod(0o755)
+    cluster = EmbeddedPostgres(workdir / "pgdata")
+    # An HSM of its own: provisioning here must not replace the session's transport keys.
+    hsm = SoftwareHsm(workdir / "keys.json", passphrase=os.urandom(16).hex(), create=True)
+    new_bdk(hsm)
+    try:
+        dsn = cluster.start()
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        await pin_clock(conn, SCHOOL_DAY)
+        await seed_demo_region(conn, beneficiaries=20, school_year=TEST_SCHOOL_YEAR)
+        delivered, transport_key = (await provision_unkeyed_terminals(conn, hsm))[ACTIVE_TERMINAL]
+        before = await balance_of(conn, CARD)
+        await conn.close()
+        keys = TerminalKeys.from_key_block(delivered.key_block, transport_key, MemoryCounter(),
+                                           delivered.initial_key_id)
+        failing = HsmThatCannotMacTheFirstAnswer(hsm, before_failing=cluster.stop)
+
+        async with running_server(settings, dsn, failing) as server, \
+                TerminalClient(server.url, ACTIVE_TERMINAL, keys) as client:
+            request = client.purchase_request(CARD, 20_00)
+            body = encode_request(request)
+            assert json.loads(await post_signed(server.url, keys, body))["rc"] == "91"
+            await until(lambda: _sample(server, "hdfpay_server_void_retries_total") >= 1,
+                        "the void found the database down")
+            assert _sample(server, "hdfpay_server_voids_pending") == 1
+            copy = decode_response(await client.send_raw(body))
+            assert (copy.rc, copy.detail) == ("91", "being voided, reverse it")
+            await asyncio.to_thread(cluster.start)
+            await until(lambda: server_voids(server, "credited") == 1, "the void landed")
+            assert _sample(server, "hdfpay_server_voids_pending") == 0
+            retried = decode_response(await client.send_raw(body))
+            assert (retried.rc, retried.approved_cents) == ("94", 0)
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await balance_of(conn, CARD) == before
+            assert [tuple(r) for r in await conn.fetch(
+                "SELECT message_type, response_code, amount_approved_cents,"
+                " amount_server_voided_cents FROM authorizations ORDER BY id")] == [
+                ("PURCHASE", "00", 20_00, 20_00), ("SERVER_VOID", "00", 20_00, 0)]
+            assert await ledger_violations(conn) == []
+        finally:
+            await conn.close()
+    finally:
+        hsm.close()
+        cluster.stop()
+        remove_cluster(workdir)
