@@ -33,7 +33,7 @@ PROMTOOL = Path("/usr/bin/promtool")
 JOB = "hdfpay-authorizer"  # the job name the rules and the dashboard select
 ALERTS = {"AuthorizerDown", "AuthorizerErrorRate", "AuthorizationLatencyHigh",
           "SecurityRejectionsSpike", "ApprovalRateCollapse", "DatabaseRoundTripSlow",
-          "LoadShedding"}
+          "LoadShedding", "ServerVoidsGivenUp", "ServerVoidsPending"}
 
 SCRAPE_INTERVAL_S = 1
 PROMTOOL_TIMEOUT_S = 60
