@@ -185,14 +185,17 @@ class HaCluster:
                 os.kill(pid, signal.SIGKILL)
         return pid
 
-    def freeze_postgres(self, node: str) -> list[int]:
+    def freeze(self, node: str, *, patroni: bool) -> list[int]:
         """SIGSTOP a node's PostgreSQL, postmaster first, then every backend and auxiliary
-        process (a machine that stalls; its Patroni runs on). Returns the PIDs for thaw()."""
+        process; with `patroni`, its Patroni before them (the whole machine stalls), else
+        PostgreSQL alone (a stuck disk: Patroni runs on). Returns the PIDs for thaw()."""
         pid = self.postmaster_pid(node)
         if pid is None:
             return []
+        manager = json.loads(self.state_file.read_text())["processes"][node]
+        targets = [int(manager.split(" ", 1)[0])] if patroni and _alive(manager) else []
         frozen = []
-        for target in (pid, *child_processes(pid)):
+        for target in (*targets, pid, *child_processes(pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGSTOP)
                 frozen.append(target)
@@ -204,6 +207,19 @@ class HaCluster:
         for target in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGCONT)
+
+    def reinitialize(self, node: str) -> None:
+        """What an operator does to a replica that cannot follow the leader any more (e.g. on a
+        newer timeline): Patroni's POST /reinitialize wipes it and clones the leader again."""
+        port = self.ports().rest[NODE_NAMES.index(node)]
+        request = urllib.request.Request(f"http://{LOOPBACK}:{port}/reinitialize", method="POST",
+                                         data=json.dumps({"force": True}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S * 5):
+                pass
+        except (OSError, urllib.error.HTTPError) as exc:
+            raise HaClusterError(f"{node} refused to reinitialize: {exc}") from None
 
     def restart_etcd(self) -> None:
         """SIGKILL etcd (the store crashes), then start it again on its data directory."""
