@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole_number, default=17, help="random seed (default 17)")
     p.add_argument("--faults", type=fault_kinds, default=None,
                    help="comma-separated kinds among kill_worker,pause_primary,kill_primary,"
-                        "crash_primary,restart_etcd (default: all)")
+                        "crash_primary,restart_etcd (the default: all these), and "
+                        "pause_primary_long,pause_postgres (beyond Patroni's lease: see "
+                        "loadtest/README.md)")
     p.add_argument("--business-time", type=dt.datetime.fromisoformat, default=None,
                    help="the business clock's pinned instant, ISO 8601 with its offset "
                         "(default: now if the wallets are open, else the next rentrée)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(BenchOptions(cards=args.cards, seconds=args.seconds,
                                           concurrency=args.concurrency, output=args.output), settings)
         if args.command == "chaos":
-            return _chaos(args)
+            return _chaos(args, settings)
         if args.command == "fuzz":
             from loadtest.fuzz import FuzzOptions, run_fuzz
             return run_fuzz(FuzzOptions(messages=args.messages, seed=args.seed, output=args.output,
@@ -109,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _chaos(args: argparse.Namespace) -> int:
+def _chaos(args: argparse.Namespace, settings: Settings) -> int:
     from loadtest.chaos import ChaosOptions, run_chaos
     from loadtest.nemesis import FAULT_KINDS
     if args.business_time is not None and args.business_time.tzinfo is None:
         print("hdfpay: error: chaos: --business-time needs its UTC offset", file=sys.stderr)
         return 2
+    if settings.database_url:
+        print("DATABASE_URL is not used: the chaos run starts its own HA cluster", flush=True)
     return run_chaos(ChaosOptions(
         seconds=args.seconds, terminals=args.terminals, cards=args.cards, workers=args.workers,
         seed=args.seed, think_ms=args.think_ms, faults=args.faults or FAULT_KINDS,

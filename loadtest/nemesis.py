@@ -4,8 +4,8 @@ Kinds, each on the real processes of the loopback HA cluster (ledger/ha_cluster.
 `hdfpay serve --workers N`:
 
     kill_worker    SIGKILL one authorizer worker; the supervisor starts another
-    pause_primary  SIGSTOP the primary's PostgreSQL for a while, then SIGCONT (a stalled
-                   machine; beyond Patroni's 10 s lease the standby takes over meanwhile)
+    pause_primary  SIGSTOP the primary machine's Patroni and PostgreSQL for 2-8 s, then SIGCONT
+                   (a stalled machine, within Patroni's 10 s lease: it must ride it out)
     kill_primary   SIGKILL the primary's postmaster; Patroni promotes the standby and brings
                    the old primary back as the standby by itself
     crash_primary  SIGKILL the primary's Patroni and postmaster (the machine is lost); the
@@ -13,12 +13,24 @@ Kinds, each on the real processes of the loopback HA cluster (ledger/ha_cluster.
                    as the new standby
     restart_etcd   SIGKILL etcd (Patroni's store) and start it again
 
+and, only when asked for (--faults), two pauses beyond the lease, 11-14 s: pause_primary_long
+(the machine) and pause_postgres (PostgreSQL alone, its Patroni running: a stuck disk). On this
+Patroni (3.0.2) they can leave the bank without writes: the old primary's Patroni wakes with its
+old view of the cluster, and either writes the leader key over the one the standby has just
+taken (etcd3 _update_leader puts without comparing; the standby, promoted to a new timeline for
+a second, steps down and can never stream from the old one again), or keeps failing to reassign
+the synchronous standby ("Synchronous replication key updated by someone else", every second).
+Strict synchronous mode then commits nothing, or the cluster cannot fail over, until an operator
+steps in (seen 2026-12-05; loadtest/README.md).
+
 The schedule: every kind once, in a random order, then kinds drawn at random until the run's
 end; a pause between faults. After each fault the nemesis waits, bounded, until the bank serves
 again: a leader with its synchronous standby, every worker up, and an approval of a purchase sent
 after the fault. It measures how long no purchase was approved (the time without a primary, for
 a failover) and when Patroni named a new leader. A fault the bank does not recover from within
-RECOVERY_TIMEOUT_S stops the schedule and fails the run.
+RECOVERY_TIMEOUT_S stops the schedule and fails the run; the nemesis then does what the
+operator's runbook says (reinitialise a replica that cannot follow the leader), and either way
+the terminals settle what they can and the books are checked on the leader.
 """
 
 from __future__ import annotations
@@ -31,12 +43,16 @@ import time
 from dataclasses import asdict, dataclass
 
 from ledger.embedded import child_processes
-from ledger.ha_cluster import HaCluster
+from ledger.ha_cluster import HaCluster, HaClusterError
 from loadtest.chaos_till import Pulse
 
 FAULT_KINDS = ("kill_worker", "pause_primary", "kill_primary", "crash_primary", "restart_etcd")
-# How long a paused primary stays stopped: from well within Patroni's 10 s lease to beyond it.
-PRIMARY_PAUSE_S = (2.0, 14.0)
+EXTRA_FAULT_KINDS = ("pause_primary_long", "pause_postgres")     # only when asked for: see above
+ALL_FAULT_KINDS = FAULT_KINDS + EXTRA_FAULT_KINDS
+# How long a paused primary stays stopped: within Patroni's 10 s lease (ttl, ledger/ha_cluster.py)
+# with room for a loop, and beyond it.
+PRIMARY_PAUSE_S = (2.0, 8.0)
+LONG_PAUSE_S = (11.0, 14.0)
 # Between the recovery from one fault and the next fault: the bank runs normally meanwhile.
 FAULT_QUIET_S = (0.5, 2.0)
 # From a fault to the bank serving again (measured: 2-25 s; a crash waits for the 10 s lease,
@@ -44,6 +60,9 @@ FAULT_QUIET_S = (0.5, 2.0)
 RECOVERY_TIMEOUT_S = 120
 # A crashed primary's lease expires after 10 s; past this, the old node is restarted anyway.
 LEADER_CHANGE_TIMEOUT_S = 45
+# The operator's reinitialisation of a replica (a fresh clone of a small database), then its
+# catching up as the synchronous standby.
+HEAL_TIMEOUT_S = 180
 POLL_INTERVAL_S = 0.1
 
 
@@ -64,6 +83,7 @@ class Fault:
     recovered_s: float | None = None       # until leader, sync standby, workers and approvals
     leader_after: str | None = None
     error: str | None = None
+    operator_action: str | None = None     # what the runbook did after a fault not recovered
 
     @property
     def failover(self) -> bool:
@@ -77,9 +97,9 @@ class Nemesis:
     def __init__(self, cluster: HaCluster, supervisor_pid: int, workers_ready, pulse: Pulse,
                  rng: random.Random, kinds: tuple[str, ...], run_started: float) -> None:
         """`workers_ready()`: whether every worker of the supervisor serves (a coroutine)."""
-        unknown = set(kinds) - set(FAULT_KINDS)
+        unknown = set(kinds) - set(ALL_FAULT_KINDS)
         if unknown or not kinds:
-            raise ValueError(f"fault kinds are {', '.join(FAULT_KINDS)}; got {kinds}")
+            raise ValueError(f"fault kinds are {', '.join(ALL_FAULT_KINDS)}; got {kinds}")
         self.cluster = cluster
         self.supervisor_pid = supervisor_pid
         self.workers_ready = workers_ready
@@ -107,8 +127,24 @@ class Nemesis:
             self.faults.append(fault)
             print(_line(fault), flush=True)
             if fault.error:
+                fault.operator_action = await self.heal()
+                print(f"operator: {fault.operator_action}", flush=True)
                 break
         return self.faults
+
+    async def heal(self) -> str:
+        """The runbook for a cluster left without a synchronous standby: reinitialise the
+        replicas that do not follow, then wait (bounded) for leader and sync standby."""
+        members = await asyncio.to_thread(self.cluster.members)
+        stuck = [m["name"] for m in members if m["role"] == "replica"]
+        try:
+            for node in stuck:
+                await asyncio.to_thread(self.cluster.reinitialize, node)
+            leader, standby = await asyncio.to_thread(self.cluster.wait_ready, HEAL_TIMEOUT_S)
+        except HaClusterError as exc:
+            return f"reinitialised {', '.join(stuck) or 'nothing'}; still not healthy: {exc}"
+        return (f"reinitialised {', '.join(stuck) or 'nothing'}: leader {leader}, "
+                f"sync standby {standby} again")
 
     async def apply(self, kind: str) -> Fault:
         """Apply one fault, then wait for the recovery; every time is measured from the moment
@@ -120,7 +156,7 @@ class Nemesis:
                 raise NemesisError("no leader to fault")
             struck = await getattr(self, f"_{kind}")(fault, leader)
             await self._recovery(fault, struck)
-        except (NemesisError, OSError) as exc:
+        except (NemesisError, HaClusterError, OSError) as exc:
             fault.error = str(exc)
         return fault
 
@@ -139,9 +175,19 @@ class Nemesis:
         return struck
 
     async def _pause_primary(self, fault: Fault, leader: str) -> float:
-        fault.paused_s = round(self.rng.uniform(*PRIMARY_PAUSE_S), 1)
-        struck = time.monotonic()
-        frozen = await asyncio.to_thread(self.cluster.freeze_postgres, leader)
+        return await self._pause(fault, leader, PRIMARY_PAUSE_S, patroni=True)
+
+    async def _pause_primary_long(self, fault: Fault, leader: str) -> float:
+        return await self._pause(fault, leader, LONG_PAUSE_S, patroni=True)
+
+    async def _pause_postgres(self, fault: Fault, leader: str) -> float:
+        return await self._pause(fault, leader, LONG_PAUSE_S, patroni=False)
+
+    async def _pause(self, fault: Fault, leader: str, lengths_s: tuple[float, float],
+                     patroni: bool) -> float:
+        fault.paused_s = round(self.rng.uniform(*lengths_s), 1)
+        frozen = await asyncio.to_thread(self.cluster.freeze, leader, patroni=patroni)
+        struck = time.monotonic()           # every process stopped: the pause starts now
         if not frozen:
             raise NemesisError(f"{leader}'s PostgreSQL is not running")
         try:
