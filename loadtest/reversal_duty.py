@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -60,3 +61,43 @@ async def reverse_until_answered(client: TerminalClient, reversal: bytes,
             return None
         await asyncio.sleep(backoff_s)
         backoff_s = min(backoff_s * 2, REVERSAL_BACKOFF_MAX_MS / 1000)
+
+
+# A purchase's reversal goes under the purchase's request id with this suffix, so that the
+# benchmarks find it (and its tag) in the ledger.
+REVERSAL_ID_SUFFIX = "-r"
+
+
+@dataclass(frozen=True)
+class Sale:
+    """A purchase as a terminal lived it: its answer, or why there was none, and its reversal's
+    answer when it needed one (None with `owed`: still unanswered at the run's last bound)."""
+    answer: Response | None
+    answered_at: float                 # time.perf_counter() when the purchase's exchange ended
+    error: str | None = None           # "timeout", "error:<exception>": no answer
+    reversal: Response | None = None
+    owed: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """The purchase's response code, or why there was none."""
+        return self.answer.rc if self.answer is not None else (self.error or "none")
+
+
+async def sell(client: TerminalClient, card_uid: bytes, amount_cents: int, request_id: str,
+               give_up_at: float | None = None) -> Sale:
+    """One purchase, reversed until answered when its answer is not to be trusted."""
+    error = None
+    try:
+        answer = await client.purchase(card_uid, amount_cents, request_id=request_id)
+    except TimeoutError:
+        answer, error = None, "timeout"
+    except (aiohttp.ClientError, ProtocolError, ForgedResponse) as exc:
+        answer, error = None, f"error:{type(exc).__name__}"
+    answered_at = time.perf_counter()
+    if not uncertain(answer):
+        return Sale(answer, answered_at, error)
+    reversal = client.reversal_request(request_id,
+                                       request_id=f"{request_id}{REVERSAL_ID_SUFFIX}")
+    settled = await reverse_until_answered(client, encode_request(reversal), give_up_at)
+    return Sale(answer, answered_at, error, settled, owed=settled is None)
