@@ -41,6 +41,8 @@ LOADTEST_COMMANDS = {
                 "database, then the ledger checked",
     "fuzz": "generated and mutated terminal messages against the codec and a server on a "
             "throwaway database: 0 crashes, 0 hangs, 0 debits from invalid messages",
+    "chaos": "a bank test under faults on a throwaway HA cluster: workers, the primary and etcd "
+             "killed, paused, restarted while terminals sell; every approval checked after",
 }
 
 

@@ -334,6 +334,20 @@ def process_alive(identity: str) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def child_processes(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (a postmaster's backends, a supervisor's
+    workers); a zombie, ended but not yet reaped, is not one."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                state, parent = stat[stat.rindex(")") + 2:].split()[:2]
+                if int(parent) == pid and state != "Z":
+                    children.append(int(entry.name))
+    return children
+
+
 def signal_process(identity: str, signum: int) -> None:
     if process_alive(identity):
         with contextlib.suppress(ProcessLookupError):

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ledger.embedded import (DATABASE_NAME, PATRONI_STOP_TIMEOUT_S, POLL_INTERVAL_S,
                              HA_STATE_FILE, SERVICE_USER_WHEN_ROOT,
-                             EmbeddedDatabaseError, _process_identity, default_data_dir,
+                             EmbeddedDatabaseError, _process_identity, child_processes,
+                             default_data_dir,
                              find_server_binaries, process_alive as _alive,
                              signal_process as _signal, stop_ha_processes,
                              wait_gone as _wait_gone)
@@ -169,15 +170,64 @@ class HaCluster:
         raise HaClusterError(f"no leader with a synchronous standby after {timeout_s} s: "
                              f"{self.members()} (logs: {self.workdir}/*/patroni.log)")
 
-    def kill_postmaster(self, node: str) -> int | None:
-        """SIGKILL a node's postmaster (a crash; its Patroni stays up); returns the PID."""
+    def postmaster_pid(self, node: str) -> int | None:
+        """The node's PostgreSQL postmaster, from its pid file (None when it is down)."""
         try:
-            pid = int((self.workdir / node / "data" / "postmaster.pid").read_text().split()[0])
+            return int((self.workdir / node / "data" / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+
+    def kill_postmaster(self, node: str) -> int | None:
+        """SIGKILL a node's postmaster (a crash; its Patroni stays up); returns the PID."""
+        pid = self.postmaster_pid(node)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         return pid
+
+    def freeze(self, node: str, *, patroni: bool) -> list[int]:
+        """SIGSTOP a node's PostgreSQL, postmaster first, then every backend and auxiliary
+        process; with `patroni`, its Patroni before them (the whole machine stalls), else
+        PostgreSQL alone (a stuck disk: Patroni runs on). Returns the PIDs for thaw()."""
+        pid = self.postmaster_pid(node)
+        if pid is None:
+            return []
+        manager = json.loads(self.state_file.read_text())["processes"][node]
+        targets = [int(manager.split(" ", 1)[0])] if patroni and _alive(manager) else []
+        frozen = []
+        for target in (*targets, pid, *child_processes(pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGSTOP)
+                frozen.append(target)
+        return frozen
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        """SIGCONT what freeze_postgres() stopped (those still there)."""
+        for target in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGCONT)
+
+    def reinitialize(self, node: str) -> None:
+        """What an operator does to a replica that cannot follow the leader any more (e.g. on a
+        newer timeline): Patroni's POST /reinitialize wipes it and clones the leader again."""
+        port = self.ports().rest[NODE_NAMES.index(node)]
+        request = urllib.request.Request(f"http://{LOOPBACK}:{port}/reinitialize", method="POST",
+                                         data=json.dumps({"force": True}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S * 5):
+                pass
+        except (OSError, urllib.error.HTTPError) as exc:
+            raise HaClusterError(f"{node} refused to reinitialize: {exc}") from None
+
+    def restart_etcd(self) -> None:
+        """SIGKILL etcd (the store crashes), then start it again on its data directory."""
+        state = json.loads(self.state_file.read_text())
+        _signal(state["processes"]["etcd"], signal.SIGKILL)
+        _wait_gone(state["processes"]["etcd"], ETCD_START_TIMEOUT_S)
+        state["processes"]["etcd"] = self._start_etcd(self.ports())
+        self.state_file.write_text(json.dumps(state))
 
     def crash_node(self, node: str) -> None:
         """SIGKILL a node's Patroni, then its postmaster: the machine is lost."""

@@ -38,11 +38,10 @@ import uvloop
 
 from loadtest.bench_keys import load_terminal_keys
 from loadtest.open_loop import run_open_loop
+from loadtest.reversal_duty import Sale, sell
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
-from terminal_protocol.codec import ProtocolError
 from terminal_protocol.response_codes import APPROVED_CODES
-from terminal_protocol.terminal_keys import ForgedResponse
 
 # Beneficiary numbers whose card is opposed (lost, stolen, damaged): i % OPPOSITION_EVERY.
 OPPOSED_REMAINDERS = (1, 2, 3)
@@ -51,6 +50,9 @@ BENCH_AMOUNT_CENTS_MIN = 1
 BENCH_AMOUNT_CENTS_MAX = 500
 # Beyond deadline + one request timeout, a run that has not finished is abandoned.
 RUN_OVERRUN_GRACE_S = 5.0
+# A purchase without a trustworthy answer is reversed until the reversal is answered
+# (loadtest.reversal_duty); past the deadline, for this long at most, then it is reported owed.
+OWED_GRACE_S = 15.0
 # The server's answer when a card has MAX_IN_FLIGHT_PER_CARD purchases in flight already.
 CARD_BUSY = "91"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -133,31 +135,36 @@ class CardPicker:
 
 @dataclass
 class Tally:
-    """What the workers saw: (code, latency) per answered request, one count per outcome."""
+    """What the workers saw: (code, latency) per answered request, one count per outcome, the
+    reversals' answers, the reversals still unanswered at the end (money owed: should be 0)."""
     answered: list[tuple[str, float]] = field(default_factory=list)
     codes: Counter = field(default_factory=Counter)
+    reversals: Counter = field(default_factory=Counter)
+    owed: int = 0
+
+    def count(self, sale: Sale, started: float) -> None:
+        """A sale's outcome; its latency is the purchase's alone (from `started`)."""
+        self.codes[sale.outcome] += 1
+        if sale.answer is not None:
+            self.answered.append((sale.answer.rc, (sale.answered_at - started) * 1000))
+        if sale.reversal is not None:
+            self.reversals[sale.reversal.rc] += 1
+        self.owed += sale.owed
 
 
 async def _worker(client: TerminalClient, picker: CardPicker, rng: random.Random, prefix: str,
                   worker: int, amounts: tuple[int, int], deadline: float, tally: Tally) -> None:
-    """One terminal buying back to back: the next request leaves when the last one is answered."""
+    """One terminal buying back to back: the next request leaves when the last one is answered,
+    and its reversal too when it needed one (no answer, 91, 96)."""
     sequence = 0
+    give_up_at = time.monotonic() + (deadline - time.perf_counter()) + OWED_GRACE_S
     while time.perf_counter() < deadline:
         sequence += 1
         request_id = f"{prefix}-{worker:04d}-{sequence:010d}"  # unique per run, findable in the DB
         uid = picker.next_uid()
         amount = rng.randint(*amounts)
         started = time.perf_counter()
-        try:
-            response = await client.purchase(uid, amount, request_id=request_id)
-        except TimeoutError:
-            tally.codes["timeout"] += 1
-            continue
-        except (aiohttp.ClientError, ProtocolError, ForgedResponse) as exc:
-            tally.codes[f"error:{type(exc).__name__}"] += 1
-            continue
-        tally.answered.append((response.rc, (time.perf_counter() - started) * 1000))
-        tally.codes[response.rc] += 1
+        tally.count(await sell(client, uid, amount, request_id, give_up_at), started)
 
 
 async def run_load(args: argparse.Namespace) -> dict:
@@ -181,15 +188,20 @@ async def run_load(args: argparse.Namespace) -> dict:
         workers = [_worker(clients[w], CardPicker(args.cards, hot, rngs[w]), rngs[w],
                            args.request_prefix, w, (args.amount_min, args.amount_max),
                            deadline, tally) for w in range(args.concurrency)]
-        bound_s = args.seconds + args.timeout_ms / 1000 + RUN_OVERRUN_GRACE_S
-        async with asyncio.timeout(bound_s):
+        async with asyncio.timeout(_bound_s(args)):
             await asyncio.gather(*workers)
         elapsed = time.perf_counter() - started
         cpu_s = time.process_time() - cpu_started
     requests = len(tally.answered) + sum(n for code, n in tally.codes.items()
                                          if not code[:1].isdigit())
     return {"requests": requests, **answers_summary(tally.answered, tally.codes, elapsed),
+            "reversals": dict(sorted(tally.reversals.items())), "owed": tally.owed,
             "client_cpu_s": round(cpu_s, 2)}
+
+
+def _bound_s(args: argparse.Namespace) -> float:
+    """The whole run's bound: its time, a request in flight, reversals owed, a margin."""
+    return args.seconds + args.timeout_ms / 1000 + OWED_GRACE_S + RUN_OVERRUN_GRACE_S
 
 
 async def _open_loop(args: argparse.Namespace, clients: list[TerminalClient], picker: CardPicker,
@@ -200,15 +212,16 @@ async def _open_loop(args: argparse.Namespace, clients: list[TerminalClient], pi
         return (picker.next_uid(), rng.randint(args.amount_min, args.amount_max),
                 f"{args.request_prefix}-due-{i:010d}")
     cpu_started = time.process_time()
-    bound_s = args.seconds + args.timeout_ms / 1000 + RUN_OVERRUN_GRACE_S
-    done = await run_open_loop(clients, next_purchase, args.rate, args.seconds, bound_s)
+    done = await run_open_loop(clients, next_purchase, args.rate, args.seconds, _bound_s(args),
+                               OWED_GRACE_S)
     cpu_s = time.process_time() - cpu_started
     requests = len(done["latencies"]) + sum(n for code, n in done["codes"].items()
                                             if not code[:1].isdigit())
     return {"requests": requests, "rate": args.rate, "scheduled": done["scheduled"],
             "overloaded": done["overloaded"],
             **answers_summary(done["latencies"], done["codes"], done["seconds"]),
-            **latency_summary(done["queued_ms"], "queued_"), "client_cpu_s": round(cpu_s, 2)}
+            **latency_summary(done["queued_ms"], "queued_"), "reversals": done["reversals"],
+            "owed": done["owed"], "client_cpu_s": round(cpu_s, 2)}
 
 
 def card_draw(cards: int, hot_cards: list[int] | None) -> list[str]:

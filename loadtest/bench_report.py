@@ -15,6 +15,7 @@ from loadtest.bench_cpu import cpu_budget, cpu_ms_per
 from loadtest.bench_keys import counter_start
 from loadtest.bench_load import APPROVED_CODES, PGBENCH_QUERY_MODE
 from loadtest.bench_plan import HALF_LOAD_FRACTION
+from loadtest.reversal_duty import REVERSAL_ID_SUFFIX
 from ledger.database import connection
 from ledger.invariants import ledger_violations
 from ledger.journal_footprint import journal_footprint
@@ -26,9 +27,24 @@ LABEL_WIDTH = 15                      # "1000 no metrics", the widest label
 TABLE_ROW = "{:>%d} | {:>9} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>12}" % LABEL_WIDTH
 KSN_REFUSED = "63"                    # replay protection refused the message: a bench bug
 FORGED = "error:ForgedResponse"       # the server's answer did not carry a valid MAC
-# Answered without a row: the card gate's "card busy" and transient database errors (the
-# transaction rolled back). Counted by the tools, never stored.
-UNSTORED_CODES = (KSN_REFUSED, "91")
+# Answered without a row of their own: a refusal of the KSN; the card gate's "card busy",
+# transient errors and malfunctions, which the load generator reverses (their purchase rows, if
+# any, and the reversals' tombstones are counted apart, as reversed).
+UNSTORED_CODES = (KSN_REFUSED, "91", "96")
+
+
+def _reversals_problems(run: dict, reversed_in_ledger: int) -> list[str]:
+    """Every purchase the load generator had to reverse was reversed (each reversal answered,
+    none owed at the end), and the ledger holds as many reversed purchases."""
+    problems = []
+    if run["owed"]:
+        problems.append(f"{run['tag']}: money still owed: {run['owed']} reversal(s) unanswered "
+                        f"at the end of the run")
+    settled = sum(run["reversals"].values())
+    if settled != reversed_in_ledger:
+        problems.append(f"{run['tag']}: {settled} reversals answered ({run['reversals']}), the "
+                        f"database holds {reversed_in_ledger} reversed purchases")
+    return problems
 
 
 def _stored(codes: dict) -> dict:
@@ -49,8 +65,11 @@ def report_run(bench: Bench, index: int, run: Run, e2e: dict, pgb: dict) -> None
         f"{pgb['tps']:.0f}", f"{pgb['p50_ms']:.2f}", f"{pgb['p99_ms']:.2f}", f"{ratio:.2f}"))
     cpu = [", ".join(f"{k} {v:.1f}" for k, v in result["cpu_s"].items()) for result in (e2e, pgb)]
     others = {k: v for k, v in e2e["rc"].items() if k != "00"}
+    reversed_line = (f"; reversed until answered: {e2e['reversals']}, owed {e2e['owed']}"
+                     if e2e.get("reversals") or e2e.get("owed") else "")
     print(f"{'':>{LABEL_WIDTH}}   CPU s: e2e {cpu[0]} | pgbench {cpu[1]}"
-          + (f" | e2e answers other than 00: {others}" if others else ""), flush=True)
+          + (f" | e2e answers other than 00: {others}{reversed_line}" if others else ""),
+          flush=True)
     if run.hot:
         # The card gate answers 91 at once beyond MAX_IN_FLIGHT_PER_CARD purchases of a card:
         # the hot figure is the approvals' (what a cashier waits for), the 91s counted apart.
@@ -259,10 +278,16 @@ async def verify(bench: Bench) -> list[str]:
     async with connection(bench.dsn) as conn:
         violations = [f"VIOLATION {rule}: {detail}"
                       for rule, detail in await ledger_violations(conn)]
+        # The purchases, and whether the load generator reversed each (its reversal's request
+        # id is the purchase's with REVERSAL_ID_SUFFIX) and the wallet got it all back.
         rows = await conn.fetch(
-            "SELECT split_part(request_id, '-', 1) AS tag, response_code AS rc, count(*) AS n"
-            " FROM authorizations WHERE terminal_id = ANY($1::text[]) GROUP BY 1, 2",
-            keys.terminals)
+            "SELECT split_part(p.request_id, '-', 1) AS tag, p.response_code AS rc,"
+            " r.id IS NOT NULL AS reversed,"
+            " p.amount_reversed_cents = p.amount_approved_cents AS restored, count(*) AS n"
+            " FROM authorizations p LEFT JOIN authorizations r ON r.terminal_id = p.terminal_id"
+            "  AND r.request_id = p.request_id || $2 AND r.message_type = 'REVERSAL'"
+            " WHERE p.terminal_id = ANY($1::text[]) AND p.message_type = 'PURCHASE'"
+            " GROUP BY 1, 2, 3, 4", keys.terminals, REVERSAL_ID_SUFFIX)
         limit_rows = dict(await conn.fetch(
             "SELECT split_part(reference, '-', 1), count(*) FROM transfers"
             " WHERE code = 'PURCHASE' AND authorization_id IS NULL AND reference LIKE 'lim%'"
@@ -272,12 +297,20 @@ async def verify(bench: Bench) -> list[str]:
             " AND last_counter > $2", keys.terminals, counter_start(top_index))
         bench.journal_footprint = await journal_footprint(conn)
     print("\n".join(violations) if violations else "ledger balanced")
-    stored: dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        stored[row["tag"]][row["rc"]] += row["n"]
+    stored: dict[str, Counter] = defaultdict(Counter)     # purchases not reversed, by code
+    reversed_rows: Counter = Counter()                       # purchases reversed, by tag
     mismatches, refused, counted = [], [], 0
+    for row in rows:
+        if row["reversed"]:
+            reversed_rows[row["tag"]] += row["n"]
+            if not row["restored"]:
+                mismatches.append(f"{row['tag']}: {row['n']} reversed purchase(s) answered "
+                                  f"{row['rc']} still debiting the wallet")
+        else:
+            stored[row["tag"]][row["rc"]] += row["n"]
     for run in bench.open_loop:
         counted += run["approved"]
+        mismatches += _reversals_problems(run, reversed_rows[run["tag"]])
         answered = _stored(run["rc"])
         if answered != dict(sorted(stored[run["tag"]].items())):
             mismatches.append(f"{run['tag']}: the load generator saw {answered}, "
@@ -303,6 +336,7 @@ async def verify(bench: Bench) -> list[str]:
         for code, what in ((KSN_REFUSED, f"answers {KSN_REFUSED}"), (FORGED, "forged answers")):
             if e2e["rc"].get(code):
                 refused.append(f"{e2e['tag']}: {e2e['rc'][code]} {what}")
+        mismatches += _reversals_problems(e2e, reversed_rows[e2e["tag"]])
         answered = _stored(e2e["rc"])
         if answered != dict(sorted(stored[e2e["tag"]].items())):
             mismatches.append(f"{e2e['tag']}: the load generator saw {answered}, "
@@ -311,7 +345,9 @@ async def verify(bench: Bench) -> list[str]:
     if approved != counted:
         mismatches.append(f"{approved} approvals in the database, the tools counted {counted}")
     print("\n".join(mismatches) if mismatches else
-          f"approvals reconciled: {approved} in the database = {counted} counted by the tools")
+          f"approvals reconciled: {approved} in the database = {counted} counted by the tools; "
+          f"{sum(reversed_rows.values())} purchases without a trustworthy answer reversed, "
+          f"money still owed: 0")
     if checked != len(keys.terminals):
         refused.append(f"only {checked} of {len(keys.terminals)} bench keys had their KSN counter "
                        f"checked from run {top_index} on")

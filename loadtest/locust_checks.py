@@ -37,6 +37,8 @@ def read_journal(directory: Path) -> dict[tuple[str, str], dict]:
             if not line.endswith("}"):
                 continue  # a line cut by a killed process: that answer was never acted on
             entry = json.loads(line)
+            if "request_id" not in entry:
+                continue  # an owed or settled void or refund (approvals_journal.read_owed)
             key = (entry["terminal"], entry["request_id"])
             previous = answers.setdefault(key, entry)
             if previous["rc"] in UNSTORED_CODES:

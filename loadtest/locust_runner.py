@@ -43,6 +43,7 @@ from terminal_protocol.amounts import format_euros
 from loadtest.load_config import TerminalSlot, terminals_variable
 from loadtest.locust_plan import LoadRun, LoadtestOptions
 from loadtest.student_accounts import PORTAL_URL_VARIABLE, STUDENTS_VARIABLE, student_accounts
+from loadtest.approvals_journal import read_owed
 from loadtest.locust_checks import (HOT_CARD, SCENARIO_CHECKS, print_codes, read_journal,
                                         reconcile)
 
@@ -277,8 +278,11 @@ async def _verify(run: LoadRun) -> list[str]:
           f"{format_euros(lowest)} over {wallets} wallets")
     line, mismatches = reconcile(answers, ledger)
     print("\n".join(mismatches[:20]) if mismatches else line)
+    owed = [f"money still owed: {kind} {request_id} of {terminal} never answered"
+            for terminal, request_id, kind in read_owed(run.workdir / JOURNAL_DIR)]
+    print("\n".join(owed[:20]) if owed else "money still owed: 0 (every void and refund answered)")
     print("\n".join(scenario_lines + scenario_problems), flush=True)
-    return (violations + (["a wallet is negative"] if negative else []) + mismatches
+    return (violations + (["a wallet is negative"] if negative else []) + mismatches + owed
             + scenario_problems)
 
 

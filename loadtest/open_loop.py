@@ -15,11 +15,8 @@ import asyncio
 import math
 import time
 
-import aiohttp
-
+from loadtest.reversal_duty import sell
 from terminal_protocol.client import TerminalClient
-from terminal_protocol.codec import ProtocolError
-from terminal_protocol.terminal_keys import ForgedResponse
 
 # The scheduler wakes for each due request; it never sleeps less than this (asyncio timers are
 # about a millisecond coarse: requests due within it leave together, their lateness counted).
@@ -45,33 +42,35 @@ def rates_at(fractions: tuple[float, ...], maximum_tps: float) -> list[float]:
 
 
 async def run_open_loop(clients: list[TerminalClient], next_purchase, rate_per_s: float,
-                        seconds: float, bound_s: float) -> dict:
+                        seconds: float, bound_s: float, owed_grace_s: float = 0.0) -> dict:
     """Send purchases at `rate_per_s` for `seconds` through `clients` (one terminal each).
     `next_purchase(i)` gives request i's (uid, amount, request id). Latencies are from each
-    request's due time; 'queue' is how long it waited for a free terminal."""
+    request's due time; 'queue' is how long it waited for a free terminal. A purchase without a
+    trustworthy answer is reversed until answered (loadtest.reversal_duty), at most
+    `owed_grace_s` past the run's time; what is still unanswered then is counted as owed."""
     due = due_offsets_s(rate_per_s, seconds)
     backlog: asyncio.Queue = asyncio.Queue()
     latencies_ms: list[tuple[str, float]] = []
     queued_ms: list[float] = []
     codes: dict[str, int] = {}
+    reversals: dict[str, int] = {}
+    owed = 0
     overloaded = False
+    give_up_at = time.monotonic() + seconds + owed_grace_s
 
     async def terminal(client: TerminalClient) -> None:
+        nonlocal owed
         while (item := await backlog.get()) is not None:
             i, due_at = item
             queued_ms.append((time.perf_counter() - due_at) * 1000)
             uid, amount, request_id = next_purchase(i)
-            try:
-                response = await client.purchase(uid, amount, request_id=request_id)
-            except TimeoutError:
-                codes["timeout"] = codes.get("timeout", 0) + 1
-                continue
-            except (aiohttp.ClientError, ProtocolError, ForgedResponse) as exc:
-                key = f"error:{type(exc).__name__}"
-                codes[key] = codes.get(key, 0) + 1
-                continue
-            latencies_ms.append((response.rc, (time.perf_counter() - due_at) * 1000))
-            codes[response.rc] = codes.get(response.rc, 0) + 1
+            sale = await sell(client, uid, amount, request_id, give_up_at)
+            codes[sale.outcome] = codes.get(sale.outcome, 0) + 1
+            if sale.answer is not None:
+                latencies_ms.append((sale.answer.rc, (sale.answered_at - due_at) * 1000))
+            if sale.reversal is not None:
+                reversals[sale.reversal.rc] = reversals.get(sale.reversal.rc, 0) + 1
+            owed += sale.owed
 
     workers = [asyncio.create_task(terminal(c)) for c in clients]
     started = time.perf_counter()
@@ -89,4 +88,4 @@ async def run_open_loop(clients: list[TerminalClient], next_purchase, rate_per_s
         await asyncio.gather(*workers)
     return {"latencies": latencies_ms, "queued_ms": queued_ms, "codes": codes,
             "scheduled": len(due), "seconds": round(time.perf_counter() - started, 3),
-            "overloaded": overloaded}
+            "overloaded": overloaded, "reversals": dict(sorted(reversals.items())), "owed": owed}

@@ -58,7 +58,7 @@ class PeakTill(TerminalUser):
         ticket = self.rng.choice(self.tickets)
         amount = min(self.rng.choice(ticket.items_cents), ticket.refundable_cents)
         answer = self.refund(ticket.rrn, amount, ticket.card)
-        if answer is not None and answer.approved:
+        if answer.approved:
             ticket.refundable_cents -= answer.response.approved_cents
         if ticket.refundable_cents <= 0:
             self.tickets.remove(ticket)

@@ -47,8 +47,8 @@ class ReversalStormTill(TerminalUser):
         sale = self.terminal.messages.purchase_request(card, self.rng.randint(*AMOUNT_CENTS))
         void = self.terminal.messages.reversal_request(sale.request_id)
         if self.rng.random() < LATE_ORIGINAL_SHARE:
-            if self.until_answered(void, expected={"25"}) is not None:
-                self.exchange(sale, "purchase", expected={"94"})
+            self.until_answered(void, expected={"25"})
+            self.exchange(sale, "purchase", expected={"94"})
             return
         sale_body = encode_request(sale)
         first = self.exchange(sale, "purchase", expected=PURCHASE_ANSWERS, body=sale_body)
@@ -57,6 +57,5 @@ class ReversalStormTill(TerminalUser):
             return
         self.exchange(sale, "purchase retry", check=same_bytes_as(first), body=sale_body)
         voided = self.until_answered(void, expected={"00"}, check=restores(first))
-        if voided is not None:
-            self.exchange(void, "reversal retry", check=same_bytes_as(voided),
-                          body=encode_request(void))
+        self.exchange(void, "reversal retry", check=same_bytes_as(voided),
+                      body=encode_request(void))

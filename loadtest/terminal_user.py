@@ -32,6 +32,8 @@ from locust.runners import WorkerRunner
 from loadtest.approvals_journal import AnswersJournal
 from loadtest.bench_keys import load_terminal_keys
 from loadtest.load_config import LoadConfig, TerminalSlot, load_config
+from loadtest.reversal_duty import (REVERSAL_BACKOFF_FIRST_MS, REVERSAL_BACKOFF_MAX_MS,
+                                    UNCERTAIN_CODES)
 from terminal_protocol.client import TERMINAL_TIMEOUT_MS, TerminalClient
 from terminal_protocol.codec import ProtocolError, decode_response, encode_request
 from terminal_protocol.messages import Purchase, Refund, Request, Response, Reversal
@@ -44,15 +46,14 @@ log = logging.getLogger("hdfpay.loadtest")
 
 # Never a normal outcome: the system failed the terminal (or the load test is wrong).
 FAILURE_CODES = frozenset({"30", "63", "91", "96"})
-# The purchase may or may not be recorded: the terminal must void it (PROTOCOL.md).
-UNCERTAIN_CODES = frozenset({"91", "96"})
 MESSAGE_TYPES = {Purchase: "purchase", Reversal: "reversal", Refund: "refund"}
 TERMINAL_TIMEOUT_S = TERMINAL_TIMEOUT_MS / 1000
-# A void after a lost answer is resent (same bytes, new KSN) until answered, within bounds that
-# fit in the run's stop timeout: 0.1 + 0.2 + 0.4 + 0.8 s of back-off plus the answers' time.
-VOID_ATTEMPTS = 5
-VOID_BACKOFF_FIRST_S = 0.1
-VOID_BACKOFF_MAX_S = 1.0
+# A void or a refund without an answer is resent (same bytes, new KSN) until it is answered,
+# never given up: money is owed to the student. The back-off doubles from the first to the cap.
+# One still unanswered when locust stops the user stays owed in the journal, and `hdfpay
+# loadtest` reports it (loadtest.approvals_journal.read_owed) instead of dropping it.
+VOID_BACKOFF_FIRST_S = REVERSAL_BACKOFF_FIRST_MS / 1000
+VOID_BACKOFF_MAX_S = REVERSAL_BACKOFF_MAX_MS / 1000
 # Beyond locust's CSV interval, for its writer's last turn at exit.
 CSV_LAST_WRITE_MARGIN_S = 0.2
 # A cashier's pause varies around its mean: uniform in [1 - j, 1 + j] times the mean.
@@ -199,34 +200,36 @@ class TerminalUser(FastHttpUser):
         return request, answer
 
     def void(self, original_request_id: str, *,
-             expected: Collection[str] | None = frozenset({"00"})) -> Answer | None:
+             expected: Collection[str] | None = frozenset({"00"})) -> Answer:
         """A reversal, resent with the same bytes under new KSNs until it gets an answer."""
         request = self.terminal.messages.reversal_request(original_request_id)
         return self.until_answered(request, expected=expected)
 
     def refund(self, original_rrn: str, amount_cents: int, card: bytes, *,
-               expected: Collection[str] | None = frozenset({"00"})) -> Answer | None:
+               expected: Collection[str] | None = frozenset({"00"})) -> Answer:
         """A refund is never started twice for one item: resent with the same bytes instead."""
         request = self.terminal.messages.refund_request(original_rrn, amount_cents, card)
         return self.until_answered(request, expected=expected)
 
     def until_answered(self, request: Request, *, expected: Collection[str] | None = None,
-                       check: Check | None = None) -> Answer | None:
+                       check: Check | None = None) -> Answer:
         """Resend the same bytes under new KSNs while there is no answer, or 91/96 (the ledger
-        may or may not hold the message: only its stored answer tells)."""
+        may or may not hold the message: only its stored answer tells), for as long as it
+        takes: journaled as owed first, settled once answered."""
         body = encode_request(request)
         name = MESSAGE_TYPES[type(request)]
+        _journal().owe(self.terminal.terminal_id, request.request_id, name)
         backoff_s = VOID_BACKOFF_FIRST_S
-        for attempt in range(VOID_ATTEMPTS):
+        attempt = 0
+        while True:
             answer = self.exchange(request, name if attempt == 0 else f"{name} retry",
                                    expected=expected, check=check, body=body)
             if answer is not None and answer.rc not in UNCERTAIN_CODES:
+                _journal().settled(self.terminal.terminal_id, request.request_id)
                 return answer
+            attempt += 1
             time.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, VOID_BACKOFF_MAX_S)
-        log.error("%s %s of terminal %s got no answer after %d attempts", name,
-                  request.request_id, self.terminal.terminal_id, VOID_ATTEMPTS)
-        return None
 
     def exchange(self, request: Request, name: str, *, expected: Collection[str] | None = None,
                  check: Check | None = None, body: bytes | None = None) -> Answer | None:

@@ -1,11 +1,14 @@
 """The bench's own arithmetic (issue 16 §2, §3): the open-loop schedule and its latencies from
-the due time, the approvals-only figures of a hot card, the minimal debit's SQL on a real ledger.
+the due time, the approvals-only figures of a hot card, the minimal debit's SQL on a real ledger;
+and the terminal's rule in the load generators (issue 17 §4): a purchase without a trustworthy
+answer reversed until the reversal is answered, what is still owed at the end reported.
 No speed is asserted here: `hdfpay bench` measures it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -14,11 +17,17 @@ from loadtest.bench_cpu import cpu_budget, postgres_cpu_s, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
 from loadtest.bench_load import answers_summary, card_draw, percentile, pgbench_script, run_tool
 from ledger.journal_footprint import journal_footprint
+from loadtest.bench_report import _reversals_problems
 from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
+from loadtest.reversal_duty import REVERSAL_ID_SUFFIX, sell
+from terminal_protocol.client import TerminalClient
+from terminal_protocol.codec import decode_request
+from terminal_protocol.messages import Response
 
 from conftest import TEST_BENEFICIARIES, TEST_SCHOOL_YEAR
 
 SERVICE_S = 0.05                      # the fake terminal's answer time in the latency test
+GIVE_UP_AFTER_S = 0.3                 # a run's last bound, for a reversal never answered
 
 
 def test_the_cpu_budget_shows_where_each_authorization_spends_its_time():
@@ -130,3 +139,58 @@ async def test_the_journal_footprint_counts_rows_and_bytes_per_message(conn):
     assert after["tables"]["transfers"]["n"] == before["tables"]["transfers"]["n"]
     assert after["bytes"] > before["bytes"] and after["bytes_per_message"] > 0
     assert after["bytes"] == sum(t["bytes"] for t in after["tables"].values())
+
+
+class _UnsureTerminal:
+    """Answers every purchase 91 (or not at all), and its reversal only at the `answer_at`-th
+    try (never with None): the same bytes must come each time."""
+
+    def __init__(self, purchase_answers: bool = True, answer_at: int | None = 3) -> None:
+        self.terminal_id = "BENCH-E2E-0001"
+        self._builder = TerminalClient("http://unused", self.terminal_id)
+        self.purchase_answers, self.answer_at = purchase_answers, answer_at
+        self.reversals: list[bytes] = []
+
+    async def purchase(self, uid, amount, request_id):
+        if not self.purchase_answers:
+            raise TimeoutError
+        return Response(v=1, type="purchase", rc="91", request_id=request_id)
+
+    def reversal_request(self, original, request_id):
+        return self._builder.reversal_request(original, request_id=request_id)
+
+    async def send_raw(self, body: bytes) -> bytes:
+        self.reversals.append(body)
+        if self.answer_at is None or len(self.reversals) < self.answer_at:
+            raise TimeoutError
+        request = decode_request(body)
+        return (b'{"v":1,"type":"reversal","request_id":"%s","stan":%d,"rc":"25"}'
+                % (request.request_id.encode(), request.stan))
+
+
+@pytest.mark.parametrize("purchase_answers", [True, False], ids=["answered 91", "no answer"])
+async def test_a_purchase_without_a_trustworthy_answer_is_reversed_until_answered(purchase_answers):
+    terminal = _UnsureTerminal(purchase_answers)
+    sale = await sell(terminal, b"\x04", 100, "e2e1-0001-0000000001")
+    assert sale.outcome == ("91" if purchase_answers else "timeout")
+    assert sale.reversal.rc == "25" and not sale.owed
+    assert len(terminal.reversals) == 3 and len(set(terminal.reversals)) == 1    # same bytes
+    reversal = decode_request(terminal.reversals[0])
+    assert reversal.original_request_id == "e2e1-0001-0000000001"
+    assert reversal.request_id == "e2e1-0001-0000000001" + REVERSAL_ID_SUFFIX
+
+
+async def test_a_reversal_unanswered_at_the_last_bound_is_reported_owed():
+    terminal = _UnsureTerminal(answer_at=None)
+    sale = await sell(terminal, b"\x04", 100, "e2e1-0001-0000000001",
+                      give_up_at=time.monotonic() + GIVE_UP_AFTER_S)
+    assert sale.owed and sale.reversal is None and len(terminal.reversals) >= 2
+    problems = _reversals_problems({"tag": "e2e1", "owed": 1, "reversals": {}}, 0)
+    assert problems == ["e2e1: money still owed: 1 reversal(s) unanswered at the end of the run"]
+
+
+async def test_the_open_loop_reverses_its_91s_and_counts_them():
+    done = await run_open_loop([_UnsureTerminal(answer_at=1)],
+                               lambda i: (b"\x04", 1, f"ol1-due-{i:010d}"), 100, 0.05, bound_s=10)
+    assert done["codes"] == {"91": 5} and done["reversals"] == {"25": 5} and done["owed"] == 0
+    assert _reversals_problems({"tag": "ol1", **done}, 5) == []

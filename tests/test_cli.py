@@ -25,7 +25,7 @@ from yarl import URL
 COMMAND_TIMEOUT_S = 120
 DEMO_SERVE_TIMEOUT_S = 120      # the scripted session, then the students' space up
 SUBCOMMANDS = ["demo", "serve", "db", "seed", "reload", "check", "bench", "keys", "terminals",
-               "loadtest", "fuzz", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
+               "loadtest", "fuzz", "chaos", "terminal", "operators", "audit", "rights", "programmes", "bulk-reload",
                "expire", "cards", "card-requests", "partners", "settle", "payouts", "payee", "report",
                "rules", "students", "ledger"]
 

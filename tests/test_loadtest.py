@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadtest.approvals_journal import AnswersJournal, read_owed
+from loadtest.locust_checks import read_journal
 from loadtest.bench_keys import BenchKeys
 from hdfpay.config import Settings
 from loadtest.locust_runner import (LOCUSTFILE_DIR, SCENARIOS, LoadRun, LoadtestOptions,
@@ -155,3 +157,17 @@ def test_reconciliation_accepts_only_the_approvals_the_terminals_saw():
     # Money moved that no terminal saw approved, and was not voided.
     _, problems = reconcile(answers, ledger + [row("T2", "e", "PURCHASE", "00", 300)])
     assert problems == ["T2 e: PURCHASE moved 300 cents, no terminal saw it approved"]
+
+
+def test_a_void_left_unanswered_is_reported_owed_not_forgotten(tmp_path):
+    journal = AnswersJournal(tmp_path)
+    journal.owe("T1", "void-1", "reversal")
+    journal.record("T1", "void-1", "reversal", "91", 0)        # retried until answered
+    journal.record("T1", "void-1", "reversal", "00", 500)
+    journal.settled("T1", "void-1")
+    journal.owe("T1", "void-2", "reversal")                    # the user was stopped here
+    journal.close()
+    assert read_owed(tmp_path) == [("T1", "void-2", "reversal")]
+    assert read_journal(tmp_path) == {("T1", "void-1"): {"terminal": "T1", "request_id": "void-1",
+                                                         "type": "reversal", "rc": "00",
+                                                         "approved_cents": 500}}
