@@ -7,27 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import asyncpg
 
 from authorizer.listener import METRICS
-from backoffice.provisioning import new_bdk, provision_unkeyed_terminals
 from hdfpay.server import running_server
-from hsm.software_backend import SoftwareHsm
-from ledger.clock import pin_clock
-from ledger.demo_region import card_uid, seed_demo_region
-from ledger.embedded import EmbeddedPostgres, remove_cluster
+from ledger.demo_region import card_uid
 from ledger.invariants import ledger_violations
-from ledger.migrate import migrate
 from terminal_protocol.client import TerminalClient
 from terminal_protocol.codec import decode_response, encode_request
-from terminal_protocol.ksn_counter import MemoryCounter
-from terminal_protocol.terminal_keys import TerminalKeys
 
-from conftest import ACTIVE_TERMINAL, SCHOOL_DAY, TEST_SCHOOL_YEAR, balance_of
+from conftest import ACTIVE_TERMINAL, balance_of
+from own_cluster import own_cluster_region
 from test_server_voids import HsmThatCannotMacTheFirstAnswer, post_signed, server_voids, until
 
 CARD = card_uid(5)
@@ -38,24 +29,14 @@ def _sample(server, name: str) -> float:
 
 
 async def test_a_void_owed_while_the_database_is_down_lands_when_it_is_back(settings):
-    workdir = Path(tempfile.mkdtemp(prefix="hdfpay-void-restart-"))
-    workdir.chmod(0o755)
-    cluster = EmbeddedPostgres(workdir / "pgdata")
-    # An HSM of its own: provisioning here must not replace the session's transport keys.
-    hsm = SoftwareHsm(workdir / "keys.json", passphrase=os.urandom(16).hex(), create=True)
-    new_bdk(hsm)
-    try:
-        dsn = cluster.start()
+    async with own_cluster_region("hdfpay-void-restart-") as region:
+        cluster, dsn, keys = region.cluster, region.dsn, region.keys
         conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await pin_clock(conn, SCHOOL_DAY)
-        await seed_demo_region(conn, beneficiaries=20, school_year=TEST_SCHOOL_YEAR)
-        delivered, transport_key = (await provision_unkeyed_terminals(conn, hsm))[ACTIVE_TERMINAL]
-        before = await balance_of(conn, CARD)
-        await conn.close()
-        keys = TerminalKeys.from_key_block(delivered.key_block, transport_key, MemoryCounter(),
-                                           delivered.initial_key_id)
-        failing = HsmThatCannotMacTheFirstAnswer(hsm, before_failing=cluster.stop)
+        try:
+            before = await balance_of(conn, CARD)
+        finally:
+            await conn.close()
+        failing = HsmThatCannotMacTheFirstAnswer(region.hsm, before_failing=cluster.stop)
 
         async with running_server(settings, dsn, failing) as server, \
                 TerminalClient(server.url, ACTIVE_TERMINAL, keys) as client:
@@ -83,7 +64,3 @@ async def test_a_void_owed_while_the_database_is_down_lands_when_it_is_back(sett
             assert await ledger_violations(conn) == []
         finally:
             await conn.close()
-    finally:
-        hsm.close()
-        cluster.stop()
-        remove_cluster(workdir)

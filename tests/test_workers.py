@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from loadtest.chaos_setup import free_ports
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
 from terminal_protocol.client import TerminalClient
 
@@ -26,29 +26,6 @@ CONNECTIONS = 24
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 40
 POLL_S = 0.1
-
-
-def _free_ports(count: int, consecutive: bool = False) -> list[int]:
-    """Ports free now (bound then released); `consecutive`: count ports in a row."""
-    for _ in range(100):
-        sockets = []
-        try:
-            first = socket.socket()
-            first.bind(("127.0.0.1", 0))
-            sockets.append(first)
-            ports = [first.getsockname()[1]]
-            for n in range(1, count):
-                extra = socket.socket()
-                sockets.append(extra)
-                extra.bind(("127.0.0.1", ports[0] + n if consecutive else 0))
-                ports.append(extra.getsockname()[1])
-            return ports
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -105,8 +82,8 @@ async def _purchases(url: str, keys_for, terminals: list[str], first_card: int) 
 
 async def test_two_workers_share_the_port_and_a_killed_one_is_replaced(dsn, keystore_env, keys_for,
                                                                        conn, tmp_path):
-    port, ops_port, portal_port = _free_ports(3)
-    metrics_base = _free_ports(WORKERS, consecutive=True)[0]
+    port, ops_port, portal_port = free_ports(3)
+    metrics_base = free_ports(WORKERS, consecutive=True)[0]
     env = {**os.environ, **keystore_env, "DATABASE_URL": dsn, "HDFPAY_PORT": str(port),
            "HDFPAY_OPS_PORT": str(ops_port), "HDFPAY_PORTAL_PORT": str(portal_port),
            "HDFPAY_WORKER_METRICS_PORT": str(metrics_base), "HDFPAY_DRAIN_NOTICE_MS": "0",
