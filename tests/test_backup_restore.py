@@ -9,11 +9,9 @@ target is read from the database's own clock between two batches, and no test re
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import datetime as dt
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +37,7 @@ from terminal_protocol.ksn_counter import MemoryCounter
 from terminal_protocol.terminal_keys import TerminalKeys
 
 from conftest import ACTIVE_TERMINAL, SCHOOL_DAY, TEST_SCHOOL_YEAR
+from systemd_units import calendar_elapses, oneshot_timer_calendar
 
 COMMAND_TIMEOUT_S = 120
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -201,22 +200,8 @@ def test_an_empty_repository_is_a_clear_error():
 
 
 def test_the_timer_backs_up_every_hour():
-    service = configparser.ConfigParser(interpolation=None, strict=False)
-    service.read(DEPLOY / "systemd" / "hdfpay-backup.service")
-    timer = configparser.ConfigParser(interpolation=None, strict=False)
-    timer.read(DEPLOY / "systemd" / "hdfpay-backup.timer")
-    command = service["Service"]["ExecStart"].split()
-    assert Path(command[0]).name == "hdfpay" and command[1:] == ["db", "backup"]
-    assert service["Service"]["Type"] == "oneshot"
-    assert timer["Timer"]["Unit"] == "hdfpay-backup.service" and timer["Timer"]["Persistent"] == "true"
-    if shutil.which("systemd-analyze"):
-        checked = subprocess.run(["systemd-analyze", "calendar", "--iterations=3",
-                                  timer["Timer"]["OnCalendar"]],
-                                 capture_output=True, text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr
-        elapses = [dt.datetime.strptime(match, "%Y-%m-%d %H:%M:%S") for match in re.findall(
-            r"(?:Iter\. #\d+|Next elapse): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)",
-            checked.stdout)]
+    elapses = calendar_elapses(oneshot_timer_calendar("hdfpay-backup", ["db", "backup"]))
+    if elapses is not None:
         assert [b - a for a, b in zip(elapses, elapses[1:])] == [dt.timedelta(hours=1)] * 2
 
 

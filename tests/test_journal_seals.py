@@ -6,14 +6,10 @@ say where. Sealing never locks the transfers and waits for a lower id committed 
 from __future__ import annotations
 
 import asyncio
-import configparser
 import datetime as dt
 import os
-import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -28,11 +24,11 @@ from ledger.invariants import ledger_violations
 from ledger.reload import reload_wallet
 
 from conftest import TEST_SCHOOL_YEAR
+from systemd_units import calendar_elapses, oneshot_timer_calendar
 
 COMMAND_TIMEOUT_S = 120
 SEALER = "test:sealer"
 WAITING_SEAL_OBSERVED_S = 0.3
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 SEAL_PERIOD = dt.timedelta(minutes=5)
 
 
@@ -231,23 +227,9 @@ async def test_the_seal_key_is_made_once_and_audited(conn, tmp_path, kek_file):
 
 
 def test_the_timer_seals_every_five_minutes():
-    service = configparser.ConfigParser(interpolation=None, strict=False)
-    service.read(DEPLOY / "hdfpay-seal.service")
-    timer = configparser.ConfigParser(interpolation=None, strict=False)
-    timer.read(DEPLOY / "hdfpay-seal.timer")
-    command = service["Service"]["ExecStart"].split()
-    assert Path(command[0]).name == "hdfpay" and command[1:] == ["ledger", "seal"]
-    assert service["Service"]["Type"] == "oneshot"
-    assert timer["Timer"]["Unit"] == "hdfpay-seal.service" and timer["Timer"]["Persistent"] == "true"
-    if shutil.which("systemd-analyze"):
-        checked = subprocess.run(["systemd-analyze", "calendar", "--iterations=3",
-                                  timer["Timer"]["OnCalendar"]],
-                                 capture_output=True, text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr
-        elapses = [dt.datetime.strptime(match, "%Y-%m-%d %H:%M:%S") for match in re.findall(
-            r"(?:Iter\. #\d+|Next elapse): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)",
-            checked.stdout)]
-        assert [b - a for a, b in zip(elapses, elapses[1:])] == [SEAL_PERIOD] * 2, checked.stdout
+    elapses = calendar_elapses(oneshot_timer_calendar("hdfpay-seal", ["ledger", "seal"]))
+    if elapses is not None:
+        assert [b - a for a, b in zip(elapses, elapses[1:])] == [SEAL_PERIOD] * 2, elapses
 
 
 async def test_seals_made_and_checked_with_a_pkcs11_token(conn, pkcs11_hsm):
