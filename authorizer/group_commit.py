@@ -34,9 +34,11 @@ GROUP_COMMIT_BATCHES_IN_FLIGHT_MAX = 4
 # How long a batch that could leave waits for more messages. 0: natural batching only.
 GROUP_COMMIT_WAIT_MAX_US = 0
 # A message's budget in the database ends this long before its request's deadline: the budget
-# is counted from when the batch's statement starts there, some milliseconds after it was
-# computed (a first statement on a connection is prepared first). So a message still running
-# when the server answers 91 at the deadline has already been rolled back, not committed.
+# is counted from when the batch's statement starts there; the wait for a pooled connection is
+# taken off it (AuthorizationStore.group), what is left between the connection and the start
+# (a first statement on a connection is prepared first) is this margin's. So a message still
+# running when the server answers 91 at the deadline has already been rolled back, not
+# committed.
 GROUP_COMMIT_DEADLINE_MARGIN_MS = 25
 
 

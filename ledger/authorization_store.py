@@ -163,12 +163,21 @@ class AuthorizationStore:
         stored response, as _call does. `time_left_ms`: each message's budget (what is left before
         its request's deadline); a message still waiting or running past it is rolled back alone
         (authorize_batch.sql); a lock is awaited no longer than HOT_PATH_LOCK_TIMEOUT_MS either."""
-        budgets = time_left_ms or [int(self._statement_timeout_s * 1000)] * len(calls)
+        budgets = list(time_left_ms or [int(self._statement_timeout_s * 1000)] * len(calls))
+        asked = time.monotonic()
+
+        def spend_connection_wait() -> None:
+            # The budgets count from now: time spent waiting for a pooled connection is gone
+            # (the list is the statement's argument, encoded when the statement is sent).
+            waited_ms = int((time.monotonic() - asked) * 1000)
+            budgets[:] = [budget - waited_ms for budget in budgets]
+
         for call in calls:
             call.progress.left = True
         try:
             rows = await self._round_trip(_GROUP, *_group_columns(calls), budgets,
-                                          HOT_PATH_LOCK_TIMEOUT_MS)
+                                          HOT_PATH_LOCK_TIMEOUT_MS,
+                                          on_connected=spend_connection_wait)
         except asyncpg.PostgresError as exc:
             raise _ledger_error(exc) from exc
         results: list[bytes | Exception] = []
@@ -191,10 +200,12 @@ class AuthorizationStore:
                     results.append(LedgerFailure(f"{name}: {message}"))
         return results
 
-    async def _round_trip(self, sql: str, *args, progress: CallProgress | None = None) -> list:
+    async def _round_trip(self, sql: str, *args, progress: CallProgress | None = None,
+                          on_connected: Callable[[], None] | None = None) -> list:
         """One statement's rows on a pooled connection; driver and connection errors become
         LedgerUnavailable / LedgerFailure, PostgreSQL's errors are the caller's. `progress` is
-        told once the connection is had."""
+        told once the connection is had, and `on_connected` is called then, before the
+        statement's arguments are sent."""
         self.waiting_for_connection += 1
         try:
             connection = await self._pool.acquire(timeout=self._acquire_timeout_s)
@@ -206,6 +217,8 @@ class AuthorizationStore:
             self.waiting_for_connection -= 1
         if progress is not None:
             progress.left = True
+        if on_connected is not None:
+            on_connected()
         try:
             try:
                 started = time.perf_counter()

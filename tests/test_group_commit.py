@@ -283,3 +283,30 @@ async def test_a_message_whose_budget_is_spent_fails_alone_and_the_batch_commits
     assert json.loads(results[1])["rc"] == "00"
     assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE card_id ="
                                " (SELECT id FROM cards WHERE uid = $1)", CARDS[0]) == 0
+
+
+async def test_a_budget_spent_waiting_for_a_connection_is_not_given_again(dsn, conn):
+    """Every pooled connection is busy past a message's budget: once the batch gets one, that
+    message is rolled back alone (its request was already answered 91 at its deadline), not
+    committed with a budget counted afresh from when the statement started."""
+    pool = await create_pool(role_dsn(dsn, "hdfpay_terminal"), 1)
+    try:
+        store = AuthorizationStore(pool, pool_acquire_timeout_s=STORE_TIMEOUT_S,
+                                   statement_timeout_s=STORE_TIMEOUT_S)
+        held = await pool.acquire()
+        try:
+            batch = asyncio.ensure_future(store.group(
+                [_purchase(CARDS[0], 1_00), _purchase(CARDS[1], 1_00)],
+                time_left_ms=[100, 10_000]))
+            while not store.waiting_for_connection:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(HELD_PAST_BUDGET_S)     # the pool stays busy this long
+        finally:
+            await pool.release(held)
+        results = await batch
+    finally:
+        await pool.close()
+    assert isinstance(results[0], LedgerUnavailable)
+    assert json.loads(results[1])["rc"] == "00"
+    assert await conn.fetchval("SELECT count(*) FROM authorizations WHERE card_id ="
+                               " (SELECT id FROM cards WHERE uid = $1)", CARDS[0]) == 0
