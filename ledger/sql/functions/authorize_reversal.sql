@@ -34,11 +34,7 @@ BEGIN
     SELECT * INTO o FROM authorizations
      WHERE terminal_id = p_terminal_id AND request_id = p_original_request_id FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO authorizations (terminal_id, request_id, message_type, request_hash,
-                                    response_code, created_at, response)
-        VALUES (p_terminal_id, p_original_request_id, 'PURCHASE', NULL, '25', v_now,
-                terminal_response('purchase', p_original_request_id, NULL, '94', NULL, 0, NULL, NULL, NULL))
-        ON CONFLICT (terminal_id, request_id) DO NOTHING;
+        PERFORM tombstone_purchase(p_terminal_id, p_original_request_id, v_now);
         -- Either our tombstone is in, or the original committed meanwhile: look again.
         SELECT * INTO o FROM authorizations
          WHERE terminal_id = p_terminal_id AND request_id = p_original_request_id FOR UPDATE;
