@@ -98,10 +98,11 @@ def cpu_used(before: dict, after: dict, wall_s: float) -> dict:
         "idle": wall_s * (os.cpu_count() or 1) - used["busy"]}.items()}
 
 
-def cpu_ms_per(result: dict, count_key: str) -> float:
-    """PostgreSQL's CPU milliseconds per transaction of a run (0.0 without a count)."""
+def cpu_ms_per(result: dict, count_key: str, part: str = "postgres") -> float:
+    """CPU milliseconds of one part (PostgreSQL by default; "client", "server") per transaction
+    of a run (0.0 without a count)."""
     count = result.get(count_key) or 0
-    return round(result["cpu_s"]["postgres"] * 1000 / count, 3) if count else 0.0
+    return round(result["cpu_s"][part] * 1000 / count, 3) if count else 0.0
 
 
 def cpu_budget(e2e: dict, pgbench: dict, cores: int | None = None) -> dict:
@@ -111,12 +112,8 @@ def cpu_budget(e2e: dict, pgbench: dict, cores: int | None = None) -> dict:
     are elsewhere (a real shop's terminal signs its own messages): server and PostgreSQL only."""
     cores = cores or os.cpu_count() or 1
 
-    def per(result: dict, part: str, count_key: str) -> float:
-        count = result.get(count_key) or 0
-        return round(result["cpu_s"][part] * 1000 / count, 3) if count else 0.0
-
-    e2e_ms = {part: per(e2e, part, "answered") for part in ("client", "server", "postgres")}
-    pgb_ms = {part: per(pgbench, part, "transactions") for part in ("client", "postgres")}
+    e2e_ms = {part: cpu_ms_per(e2e, "answered", part) for part in ("client", "server", "postgres")}
+    pgb_ms = {part: cpu_ms_per(pgbench, "transactions", part) for part in ("client", "postgres")}
 
     def ceiling(ms: float) -> float:
         return round(cores * 1000 / ms) if ms else 0.0
