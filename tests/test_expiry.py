@@ -258,12 +258,11 @@ async def test_a_reversal_on_the_last_second_still_credits_the_wallet(client, co
 def test_the_timer_runs_hdfpay_expire_daily_paris_time():
     calendar = oneshot_timer_calendar("hdfpay-expiry", ["expire"])
     assert calendar.endswith("Europe/Paris")
-    elapses = calendar_elapses(calendar)
-    if elapses is not None:
-        # Whatever the machine's date: every elapse is 00:05 Paris time, one day after the other.
-        paris = [e.replace(tzinfo=dt.timezone.utc).astimezone(PARIS) for e in elapses]
-        assert all((e.hour, e.minute) == (0, 5) for e in paris), paris
-        assert [(b.date() - a.date()).days for a, b in zip(paris, paris[1:])] == [1, 1]
+    # Whatever the machine's date: every elapse is 00:05 Paris time, one day after the other.
+    paris = [e.replace(tzinfo=dt.timezone.utc).astimezone(PARIS)
+             for e in calendar_elapses(calendar)]
+    assert all((e.hour, e.minute) == (0, 5) for e in paris), paris
+    assert [(b.date() - a.date()).days for a, b in zip(paris, paris[1:])] == [1, 1]
 
 
 def _hdfpay(dsn: str, *args: str):
