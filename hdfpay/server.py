@@ -20,6 +20,7 @@ from portal.app import build_portal_app
 from portal.mail_sender import MailSender, SmtpSettings
 from portal.portal_links import PortalLinks
 from hdfpay.config import LOOPBACK_HOSTS, Settings
+from hdfpay.heap import freeze_startup_heap
 from hsm.interface import Hsm
 from ledger import roles
 from ledger.database import create_ops_pool, create_pool
@@ -147,6 +148,7 @@ async def serve_forever(settings: Settings, dsn: str, hsm: Hsm | None, announce=
     async with running_server(settings, dsn, hsm, smtp=smtp) as server, \
             (worker_metrics_listener(server.app, metrics_port) if metrics_port
              else contextlib.nullcontext()):
+        freeze_startup_heap()     # before the first request: see hdfpay/heap.py
         announce(f"hdfpay authorizer listening on {server.url}{TERMINAL_PATH}")
         announce(f"hdfpay operator API listening on {server.ops_url}/v1/ops/ "
                  f"(OpenAPI: {server.ops_url}{OPENAPI_PATH})")

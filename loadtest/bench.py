@@ -51,6 +51,7 @@ from ledger.database import connection, recreate_database
 from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
 from ledger.embedded import find_server_binaries, throwaway_cluster, throwaway_workdir
+from ledger.housekeeping import housekeeping_between, housekeeping_counts
 from ledger.migrate import migrate
 
 BENCH_DATABASE = "hdfpay_bench"
@@ -296,6 +297,11 @@ def _limit(bench: Bench, index: int, run: Run) -> dict:
                                       bench.seconds + TOOL_GRACE_S)}
 
 
+async def _housekeeping(bench: Bench) -> dict[str, int]:
+    async with connection(bench.dsn) as conn:
+        return await housekeeping_counts(conn)
+
+
 def _open_loop_runs(bench: Bench, url: str, index: int) -> int:
     """Open loop (loadtest.open_loop) at each fraction of the best e2e tps so far, over the
     highest concurrency's terminals, MAC'd; the last run index used."""
@@ -303,11 +309,14 @@ def _open_loop_runs(bench: Bench, url: str, index: int) -> int:
     terminals = max(bench.options.concurrency)
     for fraction, rate in zip(OPEN_LOOP_LOAD_FRACTIONS, rates_at(OPEN_LOOP_LOAD_FRACTIONS, best)):
         index += 1
+        before = uvloop.run(_housekeeping(bench))
         result = _measure(bench, lambda: run_e2e(
             url, f"ol{index}", bench.seconds, terminals, bench.keys.e2e_terminals[:terminals],
             bench.options.cards, None, index, bench.seconds + TOOL_GRACE_S,
             (bench.keys.key_file, counter_start(index)), rate=rate))
+        housekeeping = housekeeping_between(before, uvloop.run(_housekeeping(bench)))
         bench.open_loop.append({"index": index, "fraction": fraction, "max_tps": best,
-                                "terminals": terminals, **result})
+                                "terminals": terminals, "housekeeping": housekeeping,
+                                **result})
         report_open_loop(bench)
     return index

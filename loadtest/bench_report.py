@@ -107,7 +107,7 @@ def report_limit(bench: Bench, limit: dict) -> None:
           f", pgbench {budget['pgbench_ceiling_tps']:.0f}", flush=True)
 
 
-OPEN_LOOP_ROW = "{:>8} {:>6} | {:>9} {:>8} {:>8} {:>9} {:>9} | {:>10} | {}"
+OPEN_LOOP_ROW = "{:>8} {:>6} | {:>9} {:>8} {:>8} {:>9} {:>9} | {:>10} | {:>5} {:>7} | {}"
 
 
 def report_open_loop(bench: Bench) -> None:
@@ -117,15 +117,33 @@ def report_open_loop(bench: Bench) -> None:
         print(f"\nopen loop over {run['terminals']} terminals, MAC'd, metrics on: purchases due "
               f"at a fixed rate, latency from each one's due time (max e2e {run['max_tps']:.0f} "
               f"tps)")
+        print("(busy: the machine's CPU in use, all cores; CPU ms: load generator + server + "
+              "PostgreSQL per purchase)")
         print(OPEN_LOOP_ROW.format("rate/s", "load", "tps", "p50 ms", "p99 ms", "p99.9 ms",
-                                   "max ms", "queued p99", "answers other than 00"))
+                                   "max ms", "queued p99", "busy", "CPU ms",
+                                   "answers other than 00; PostgreSQL's housekeeping"))
+    run.update(open_loop_cpu(run))
     others = {k: v for k, v in run["rc"].items() if k != "00"}
+    notes = ([f"{others}"] if others else []) + run.get("housekeeping", []) + \
+        (["OVERLOADED: stopped scheduling"] if run["overloaded"] else [])
     print(OPEN_LOOP_ROW.format(
         f"{run['rate']:.0f}", f"{run['fraction']:.0%}", f"{run['tps']:.0f}",
         f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}", f"{run['p999_ms']:.2f}",
-        f"{run['max_ms']:.2f}", f"{run['queued_p99_ms']:.2f}",
-        (f"{others} " if others else "") + ("OVERLOADED: stopped scheduling" if run["overloaded"]
-                                            else "")), flush=True)
+        f"{run['max_ms']:.2f}", f"{run['queued_p99_ms']:.2f}", f"{run['busy_pct']:.0f}%",
+        f"{run['cpu_ms_per_purchase']:.2f}", "; ".join(notes)), flush=True)
+
+
+def open_loop_cpu(run: dict) -> dict:
+    """How busy the machine was during an open-loop run (percent of all its cores' time) and
+    the CPU milliseconds each purchase cost the three parties at that rate. Below the maximum,
+    group commit batches fewer messages, so a purchase costs more than at the maximum: the
+    machine is busier at half the maximum rate than half as busy."""
+    cpu = run["cpu_s"]
+    used = cpu["client"] + cpu["server"] + cpu["postgres"]
+    available = used + cpu["rest"] + cpu["idle"]
+    return {"busy_pct": round(100 * (1 - cpu["idle"] / available), 1) if available > 0 else 0.0,
+            "cpu_ms_per_purchase": round(used * 1000 / run["answered"], 3)
+            if run["answered"] else 0.0}
 
 
 def top_run(bench: Bench) -> dict:
@@ -260,6 +278,7 @@ def final_lines(bench: Bench) -> None:
           f"pg_cpu_ms_fn={final['pg_cpu_ms']['pgbench']:.3f} "
           f"pg_cpu_ms_limit={final['pg_cpu_ms']['limit']:.3f} "
           f"p999_half_load_ms={half['p999_ms'] if half else 0.0:.2f} "
+          f"busy_half_load_pct={half['busy_pct'] if half else 0.0:.0f} "
           f"hot_card_busy={hot['card_busy'] if hot else 0} "
           f"seed_s={bench.seed_s:.2f} seed_linearity={bench.seed_small['ratio']:.2f} "
           f"e2e_ceiling_tps={final['cpu_budget']['e2e_ceiling_tps']:.0f} "

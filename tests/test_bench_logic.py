@@ -7,6 +7,7 @@ No speed is asserted here: `hdfpay bench` measures it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from types import SimpleNamespace
@@ -15,9 +16,12 @@ import pytest
 
 from loadtest.bench_cpu import cpu_budget, postgres_cpu_s, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
-from loadtest.bench_load import answers_summary, card_draw, percentile, pgbench_script, run_tool
+from loadtest.bench_load import (answers_summary, card_draw, collector_paused, percentile,
+                                   pgbench_script, run_tool)
+from hdfpay.heap import freeze_startup_heap
+from ledger.housekeeping import housekeeping_between, housekeeping_counts
 from ledger.journal_footprint import journal_footprint
-from loadtest.bench_report import _reversals_problems
+from loadtest.bench_report import _reversals_problems, open_loop_cpu
 from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
 from loadtest.reversal_duty import REVERSAL_ID_SUFFIX, sell
 from terminal_protocol.client import TerminalClient
@@ -139,6 +143,48 @@ async def test_the_journal_footprint_counts_rows_and_bytes_per_message(conn):
     assert after["tables"]["transfers"]["n"] == before["tables"]["transfers"]["n"]
     assert after["bytes"] > before["bytes"] and after["bytes_per_message"] > 0
     assert after["bytes"] == sum(t["bytes"] for t in after["tables"].values())
+
+
+def test_an_open_loop_run_says_how_busy_the_machine_was_and_what_a_purchase_cost():
+    """10 s on 2 cores (20 core-seconds): 15 used by the three parties, 1 by others, 4 idle."""
+    run = {"answered": 8_000,
+           "cpu_s": {"client": 4.0, "server": 5.0, "postgres": 6.0, "rest": 1.0, "idle": 4.0}}
+    assert open_loop_cpu(run) == {"busy_pct": 80.0, "cpu_ms_per_purchase": 1.875}
+    assert open_loop_cpu({**run, "answered": 0})["cpu_ms_per_purchase"] == 0.0
+
+
+def test_housekeeping_between_names_what_ran():
+    before = {"autovacuum transfers": 1, "autoanalyze transfers": 2, "checkpoint": 5}
+    after = {"autovacuum transfers": 2, "autoanalyze transfers": 2, "checkpoint": 5,
+             "autovacuum authorizations": 1}
+    assert housekeeping_between(before, after) == ["autovacuum authorizations",
+                                                   "autovacuum transfers"]
+    assert housekeeping_between(after, after) == []
+
+
+async def test_housekeeping_counts_see_a_checkpoint_and_every_journal_table(conn):
+    before = await housekeeping_counts(conn)
+    assert {"autovacuum authorizations", "autoanalyze transfers"} <= before.keys()
+    await conn.execute("CHECKPOINT")
+    async with asyncio.timeout(10):      # the checkpointer publishes its counters just after
+        while "checkpoint" not in housekeeping_between(before, await housekeeping_counts(conn)):
+            await asyncio.sleep(0.05)
+
+
+def test_the_load_generator_does_not_collect_while_it_measures():
+    """A full collection would stop its event loop mid-run (17-37 ms measured): the pause
+    would be counted as the server's latency."""
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_the_server_freezes_its_startup_heap():
+    try:
+        assert freeze_startup_heap() == gc.get_freeze_count() > 1_000
+    finally:
+        gc.unfreeze()
 
 
 class _UnsureTerminal:
