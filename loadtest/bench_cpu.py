@@ -78,24 +78,26 @@ def cpu_snapshot(server_pid: int, postmaster: int | None = None) -> dict:
     whole machine."""
     tools = resource.getrusage(resource.RUSAGE_CHILDREN)
     server = _stat_fields(server_pid) if server_pid else None
-    user, nice, system, _idle, _iowait, irq, softirq = (
-        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
     tick_s = 1 / os.sysconf("SC_CLK_TCK")
     postgres, children = postgres_cpu_s(postmaster)
     return {"client": tools.ru_utime + tools.ru_stime,
             "server": (int(server[11]) + int(server[12])) * tick_s if server else 0.0,
             "postgres": postgres, "busy": (user + nice + system + irq + softirq) * tick_s,
-            "children": children}
+            "steal": steal * tick_s, "children": children}
 
 
 def cpu_used(before: dict, after: dict, wall_s: float) -> dict:
     """Who used the machine during a run: the tool, the server, PostgreSQL, the rest (other
-    processes), and what was left idle."""
+    processes), and what was left idle; and 'steal', the time this virtual machine's CPUs were
+    ready to run but the host ran another guest (a shared machine's pauses; not in 'idle')."""
     used = {k: after[k] - before[k] for k in before if k != "children"}
     return {k: round(v, 2) for k, v in {
         "client": used["client"], "server": used["server"], "postgres": used["postgres"],
         "rest": used["busy"] - used["client"] - used["server"] - used["postgres"],
-        "idle": wall_s * (os.cpu_count() or 1) - used["busy"]}.items()}
+        "idle": wall_s * (os.cpu_count() or 1) - used["busy"] - used["steal"],
+        "steal": used["steal"]}.items()}
 
 
 def cpu_ms_per(result: dict, count_key: str, part: str = "postgres") -> float:

@@ -107,6 +107,7 @@ def report_limit(bench: Bench, limit: dict) -> None:
           f", pgbench {budget['pgbench_ceiling_tps']:.0f}", flush=True)
 
 
+STEAL_NOTED_S = 0.05        # CPU seconds taken by the host during a run, beyond which it is named
 OPEN_LOOP_ROW = "{:>8} {:>6} | {:>9} {:>8} {:>8} {:>9} {:>9} | {:>10} | {:>5} {:>7} | {}"
 
 
@@ -124,7 +125,9 @@ def report_open_loop(bench: Bench) -> None:
                                    "answers other than 00; PostgreSQL's housekeeping"))
     run.update(open_loop_cpu(run))
     others = {k: v for k, v in run["rc"].items() if k != "00"}
+    steal = run["cpu_s"].get("steal", 0.0)
     notes = ([f"{others}"] if others else []) + run.get("housekeeping", []) + \
+        ([f"host took {steal:.2f} CPU s (steal)"] if steal >= STEAL_NOTED_S else []) + \
         (["OVERLOADED: stopped scheduling"] if run["overloaded"] else [])
     print(OPEN_LOOP_ROW.format(
         f"{run['rate']:.0f}", f"{run['fraction']:.0%}", f"{run['tps']:.0f}",
@@ -134,13 +137,14 @@ def report_open_loop(bench: Bench) -> None:
 
 
 def open_loop_cpu(run: dict) -> dict:
-    """How busy the machine was during an open-loop run (percent of all its cores' time) and
+    """How busy the machine was during an open-loop run (percent of all its cores' time, time
+    stolen by the host counted busy) and
     the CPU milliseconds each purchase cost the three parties at that rate. Below the maximum,
     group commit batches fewer messages, so a purchase costs more than at the maximum: the
     machine is busier at half the maximum rate than half as busy."""
     cpu = run["cpu_s"]
     used = cpu["client"] + cpu["server"] + cpu["postgres"]
-    available = used + cpu["rest"] + cpu["idle"]
+    available = used + cpu["rest"] + cpu["idle"] + cpu.get("steal", 0.0)
     return {"busy_pct": round(100 * (1 - cpu["idle"] / available), 1) if available > 0 else 0.0,
             "cpu_ms_per_purchase": round(used * 1000 / run["answered"], 3)
             if run["answered"] else 0.0}

@@ -12,12 +12,15 @@ import os
 import time
 from types import SimpleNamespace
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from loadtest.bench_cpu import cpu_budget, postgres_cpu_s, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
-from loadtest.bench_load import (answers_summary, card_draw, collector_paused, percentile,
-                                   pgbench_script, run_tool)
+from loadtest.bench_load import (HEALTH_PATH, answers_summary, card_draw, collector_paused,
+                                   open_connections, percentile, pgbench_script, run_tool)
 from hdfpay.heap import freeze_startup_heap
 from ledger.housekeeping import housekeeping_between, housekeeping_counts
 from ledger.journal_footprint import journal_footprint
@@ -150,6 +153,8 @@ def test_an_open_loop_run_says_how_busy_the_machine_was_and_what_a_purchase_cost
     run = {"answered": 8_000,
            "cpu_s": {"client": 4.0, "server": 5.0, "postgres": 6.0, "rest": 1.0, "idle": 4.0}}
     assert open_loop_cpu(run) == {"busy_pct": 80.0, "cpu_ms_per_purchase": 1.875}
+    stolen = {**run, "cpu_s": {**run["cpu_s"], "idle": 3.0, "steal": 1.0}}   # the host's, busy
+    assert open_loop_cpu(stolen)["busy_pct"] == 85.0
     assert open_loop_cpu({**run, "answered": 0})["cpu_ms_per_purchase"] == 0.0
 
 
@@ -240,3 +245,30 @@ async def test_the_open_loop_reverses_its_91s_and_counts_them():
                                lambda i: (b"\x04", 1, f"ol1-due-{i:010d}"), 100, 0.05, bound_s=10)
     assert done["codes"] == {"91": 5} and done["reversals"] == {"25": 5} and done["owed"] == 0
     assert _reversals_problems({"tag": "ol1", **done}, 5) == []
+
+
+async def test_the_load_generator_opens_one_connection_per_terminal_before_it_measures():
+    """The timed window must not pay the terminals' TCP handshakes: after open_connections, as
+    many requests as terminals at once reuse the connections it opened."""
+    peers: set = set()
+    all_in = asyncio.Barrier(8)         # each answer waits for all 8: no connection is freed early
+
+    async def healthz(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))
+        async with asyncio.timeout(10):
+            await all_in.wait()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get(HEALTH_PATH, healthz)
+    async with TestServer(app) as server, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session:
+        url = str(server.make_url("")).rstrip("/")
+        await open_connections(session, url, 8)
+        assert len(peers) == 8
+        opened = set(peers)
+        async def get() -> None:
+            async with session.get(url + HEALTH_PATH) as reply:
+                await reply.read()
+        await asyncio.gather(*(get() for _ in range(8)))
+        assert peers == opened
