@@ -37,6 +37,9 @@ SERVER_SETTINGS = {
     "shared_buffers": "'256MB'",
     "wal_buffers": "'16MB'",
     "max_wal_size": "'2GB'",
+    # Recycled WAL segments kept ready at each checkpoint: a new one stops every commit while it
+    # is written (ledger/wal_reserve.py).
+    "min_wal_size": "'1GB'",
     "checkpoint_timeout": "'15min'",
     "timezone": "'UTC'",
     "log_timezone": "'UTC'",

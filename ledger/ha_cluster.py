@@ -54,7 +54,8 @@ DCS_SETTINGS = {
     "ttl": 10, "loop_wait": 1, "retry_timeout": 4, "primary_start_timeout": 0,
     "synchronous_mode": True, "synchronous_mode_strict": True,
     "postgresql": {"use_pg_rewind": True,
-                   "parameters": {"synchronous_commit": "on", "max_connections": 200}},
+                   "parameters": {"synchronous_commit": "on", "max_connections": 200,
+                                  "min_wal_size": "1GB"}},
 }
 
 

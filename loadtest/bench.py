@@ -52,6 +52,7 @@ from ledger.clock import pin_clock
 from ledger.demo_region import seed_demo_region
 from ledger.embedded import find_server_binaries, throwaway_cluster, throwaway_workdir
 from ledger.housekeeping import housekeeping_between, housekeeping_counts
+from ledger.wal_reserve import reserve_wal, wal_segment_bytes
 from ledger.migrate import migrate
 
 BENCH_DATABASE = "hdfpay_bench"
@@ -62,6 +63,9 @@ SERVER_POLL_INTERVAL_S = 0.05
 HEALTH_PROBE_TIMEOUT_S = 0.5
 SERVER_STOP_TIMEOUT_S = 15.0          # above the server's own shutdown grace
 TOOL_GRACE_S = 30.0                   # beyond a run's duration before its tool is killed
+# WAL segments made ready before the runs, as on a server that has run a while
+# (ledger/wal_reserve.py): a default bench writes about 600 MB of WAL after its seed.
+BENCH_WAL_RESERVE_BYTES = 1 << 30
 HOT_RUN_TPS_CEILING = 100_000         # sizes the hot cards' extra balance: they never run dry
 # The server's environment that would contradict the bench's own keystore.
 SERVER_ENV_DROPPED = ("HDFPAY_KEYSTORE_KEK_FILE",)
@@ -142,7 +146,8 @@ def _bench(bench: Bench) -> int:
 
 async def _prepare(bench: Bench) -> None:
     """Schema, region, the bench's terminals and their keys, hot cards funded so they never run
-    dry; then a vacuumed, analysed, checkpointed start, so that no run pays for the bulk load."""
+    dry; then a vacuumed, analysed, checkpointed start with WAL segments ready, so that no run
+    pays for the bulk load or for a new cluster's first gigabyte of WAL."""
     small = max(1, bench.options.cards // SEED_LINEARITY_SCALE)
     small_s = await _seed_elsewhere(bench, small)
     async with connection(bench.dsn) as conn:
@@ -172,7 +177,10 @@ async def _prepare(bench: Bench) -> None:
             "                 FROM unnest($1::bigint[]) AS n)", bench.hot_cards, bench.school_year, reload_cents)
         await conn.execute("VACUUM ANALYZE")
         if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
-            await conn.execute("CHECKPOINT")
+            ready = await reserve_wal(conn, BENCH_WAL_RESERVE_BYTES)   # checkpoints, too
+            bench.wal_ready_bytes = ready * await wal_segment_bytes(conn)
+            print(f"WAL: {ready} segments ready ({bench.wal_ready_bytes // 2**20} MB): no run "
+                  f"waits for a new one unless it says so")
         bench.postgres_version = await conn.fetchval("SHOW server_version")
     print(f"hot cards {bench.hot_cards} "
           f"(+{reload_cents // 100} € each), PostgreSQL {bench.postgres_version}, "

@@ -77,6 +77,7 @@ class Bench:
     postmaster: int | None = None               # PostgreSQL's, when local: its CPU is measured
     merchant_account_id: int = 0                # the minimal debit's journal rows credit it
     postgres_version: str = ""
+    wal_ready_bytes: int = 0                    # WAL segments ready before the runs
     runs: list[dict] = dataclasses.field(default_factory=list)
     mac_cost: dict = dataclasses.field(default_factory=dict)
     metrics_cost: dict = dataclasses.field(default_factory=dict)

@@ -138,10 +138,11 @@ def report_open_loop(bench: Bench) -> None:
 
 def open_loop_cpu(run: dict) -> dict:
     """How busy the machine was during an open-loop run (percent of all its cores' time, time
-    stolen by the host counted busy) and
-    the CPU milliseconds each purchase cost the three parties at that rate. Below the maximum,
-    group commit batches fewer messages, so a purchase costs more than at the maximum: the
-    machine is busier at half the maximum rate than half as busy."""
+    stolen by the host counted busy) and the CPU milliseconds each purchase cost the three
+    parties at that rate. Below the maximum a purchase costs each of them more than at it (the
+    load generator too, whose work per purchase is the same): wake-ups, system calls and
+    commits are shared among fewer purchases, and group commit's batches are smaller. So the
+    machine is more than half as busy at half the maximum rate."""
     cpu = run["cpu_s"]
     used = cpu["client"] + cpu["server"] + cpu["postgres"]
     available = used + cpu["rest"] + cpu["idle"] + cpu.get("steal", 0.0)
@@ -391,7 +392,7 @@ def results(bench: Bench, problems: list[str]) -> dict:
     keys = bench.keys
     return {"machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "postgres": bench.postgres_version,
-                        "pgbench": pgbench_version},
+                        "pgbench": pgbench_version, "wal_ready_bytes": bench.wal_ready_bytes},
             "options": {**dataclasses.asdict(bench.options), "seconds_run": bench.seconds,
                         "embedded_cluster": bench.own_cluster,
                         "server_pool_size": bench.settings.db_pool_size,

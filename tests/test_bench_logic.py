@@ -22,7 +22,8 @@ from loadtest.bench_limit import minimal_debit_script
 from loadtest.bench_load import (HEALTH_PATH, answers_summary, card_draw, collector_paused,
                                    open_connections, percentile, pgbench_script, run_tool)
 from hdfpay.heap import freeze_startup_heap
-from ledger.housekeeping import housekeeping_between, housekeeping_counts
+from ledger.housekeeping import NEW_WAL_SEGMENT, housekeeping_between, housekeeping_counts
+from ledger.wal_reserve import ready_wal_segments, reserve_wal, wal_segment_bytes
 from ledger.journal_footprint import journal_footprint
 from loadtest.bench_report import _reversals_problems, open_loop_cpu
 from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
@@ -272,3 +273,21 @@ async def test_the_load_generator_opens_one_connection_per_terminal_before_it_me
                 await reply.read()
         await asyncio.gather(*(get() for _ in range(8)))
         assert peers == opened
+
+
+async def test_wal_segments_are_made_ready_before_they_are_needed(conn):
+    """After reserve_wal, writing that much WAL creates no segment (each new one would stop
+    every commit for 105-169 ms): the files in pg_wal do not grow, the ready ones are used."""
+    segment = await wal_segment_bytes(conn)
+    ready = await reserve_wal(conn, 8 * segment)
+    assert ready >= 8
+    before = await housekeeping_counts(conn)
+    for _ in range(ready - 1):
+        await conn.execute("SELECT pg_logical_emit_message(false, 't', ''), pg_switch_wal()")
+    assert await ready_wal_segments(conn) <= 1
+    assert NEW_WAL_SEGMENT not in " ".join(housekeeping_between(before,
+                                                              await housekeeping_counts(conn)))
+    for _ in range(3):                  # past the ready ones: new segments, and they are named
+        await conn.execute("SELECT pg_logical_emit_message(false, 't', ''), pg_switch_wal()")
+    assert NEW_WAL_SEGMENT in " ".join(housekeeping_between(before,
+                                                          await housekeeping_counts(conn)))
