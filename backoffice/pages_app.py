@@ -31,9 +31,6 @@ def build_pages_app(pool: asyncpg.Pool, *, secure_cookies: bool,
     app[POOL], app[SECURE_COOKIES], app[PHOTO_DIR] = pool, secure_cookies, photo_dir
     app[HSM] = hsm
     setup_templates(app, HERE / "templates")
-    for module in PAGE_GROUPS:       # a group's own state on the app (e.g. files awaiting apply)
-        if hasattr(module, "setup"):
-            module.setup(app)
     pages = web.RouteTableDef()
     for module in PAGE_GROUPS:       # routes written with their full path, mounted under BASE
         for route in module.routes:

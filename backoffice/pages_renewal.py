@@ -9,16 +9,12 @@ Who, as in the API: region operators (the whole region) and establishment staff 
 students: another establishment's dossier reads as an unknown one, as the API says it);
 auditors read the counts; partners have no business here.
 
-Between the dry run and "Appliquer" the uploaded bytes wait in the server's memory (at most
-PENDING_FILES_MAX files, PENDING_FILE_TTL_S each), named by a random token tied to the operator
-who sent them; the apply checks the whole file again, so a student renewed meanwhile or a
-renewal closed meanwhile is seen then."""
+Between the dry run and "Appliquer" the uploaded bytes wait in the database
+(ledger/renewal_drafts.py: any server process may take the apply), named by a random token tied
+to the operator who sent them; the apply checks the whole file again, so a student renewed
+meanwhile or a renewal closed meanwhile is seen then."""
 
 from __future__ import annotations
-
-import secrets
-import time
-from dataclasses import dataclass
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -27,6 +23,7 @@ from backoffice.api_school_year import renewal_report
 from backoffice.operator_auth import POOL, Operator, Role
 from backoffice.page_session import BASE, operator_page, scope
 from ledger import rights_renewal
+from ledger.renewal_drafts import RenewalDraft, keep_draft, take_draft
 from ledger.programmes import PROGRAMME_PATTERN
 
 routes = web.RouteTableDef()
@@ -35,11 +32,8 @@ REGION, STAFF, AUDITOR = Role.REGION_OPERATOR, Role.ESTABLISHMENT_STAFF, Role.AU
 # The largest CSV file a page takes: the ledger's own limit (4 MB); the listener refuses a body
 # above OPS_MAX_BODY_BYTES (8 MiB) before it is read whole.
 RENEWAL_UPLOAD_MAX_BYTES = rights_renewal.MAX_RENEWAL_FILE_BYTES
-PENDING_FILES_MAX = 32
-PENDING_FILE_TTL_S = 30 * 60
 DRY_RUN_OK_LINES_SHOWN = 500            # every error line is shown; correct ones up to this
 FIELD_MAX_CHARS = 40
-PENDING = web.AppKey("pending_renewal_files", dict)
 ERRORS_FR = {
     "empty_line": "ligne vide",
     "too_many_fields": "plus de 3 colonnes (dossier ; année scolaire ; programme)",
@@ -50,31 +44,6 @@ ERRORS_FR = {
     "unknown_dossier": "aucun élève avec ce numéro de dossier",
     "other_establishment": "élève d'un autre établissement",
 }
-
-
-@dataclass(frozen=True)
-class PendingFile:
-    operator_id: int
-    school_year: int
-    data: bytes
-    name: str
-    kept_at_s: float
-
-
-def setup(app: web.Application) -> None:
-    app[PENDING] = {}
-
-
-def _keep(request: web.Request, pending: PendingFile) -> str:
-    files: dict = request.app[PENDING]
-    now = time.monotonic()
-    for token in [t for t, f in files.items() if now - f.kept_at_s > PENDING_FILE_TTL_S]:
-        del files[token]
-    while len(files) >= PENDING_FILES_MAX:          # the oldest goes first
-        del files[next(iter(files))]
-    token = secrets.token_urlsafe(16)
-    files[token] = pending
-    return token
 
 
 def _text(form, name: str) -> str:
@@ -176,8 +145,10 @@ async def dry_run(request: web.Request, operator: Operator):
     shown = renewal_report(report, operator)
     table, hidden = _lines_table(data, year, shown["errors"])
     name = (upload.filename or "fichier.csv")[:100]
-    token = _keep(request, PendingFile(operator.id, year, data, name, time.monotonic())) \
-        if report.ok else None
+    token = None
+    if report.ok:
+        async with request.app[POOL].acquire() as conn:
+            token = await keep_draft(conn, RenewalDraft(operator.id, year, name, data))
     return await _render(request, operator, dry_run={
         "report": shown, "table": table, "hidden": hidden, "token": token, "name": name})
 
@@ -186,10 +157,10 @@ async def dry_run(request: web.Request, operator: Operator):
 @operator_page(REGION, STAFF)
 async def apply_file(request: web.Request, operator: Operator):
     token = _text(await request.post(), "fichier")
-    pending = request.app[PENDING].get(token)
-    if pending is None or pending.operator_id != operator.id:
-        raise web.HTTPSeeOther(f"{RENEWAL_PATH}?refus=expire")
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        pending = await take_draft(conn, token, operator.id) if token else None
+        if pending is None:
+            raise web.HTTPSeeOther(f"{RENEWAL_PATH}?refus=expire")
         try:
             report = await rights_renewal.renew_file(
                 conn, pending.data, school_year=pending.school_year, actor=operator.actor,
@@ -198,7 +169,6 @@ async def apply_file(request: web.Request, operator: Operator):
             raise web.HTTPSeeOther(f"{RENEWAL_PATH}?refus=illisible") from None
         except rights_renewal.RenewalRefused:
             raise web.HTTPSeeOther(f"{RENEWAL_PATH}?refus=ferme") from None
-    request.app[PENDING].pop(token, None)
     if not report.applied:               # the file changed meaning since its dry run
         raise web.HTTPSeeOther(f"{RENEWAL_PATH}?refus=change")
     raise web.HTTPSeeOther(f"{RENEWAL_PATH}?fait=fichier&renouveles={report.renewed}"

@@ -6,11 +6,14 @@ every role and anonymously; a multipart form with a forged CSRF field changes no
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 from playwright.async_api import expect
 from yarl import URL
 
 from backoffice.operator_auth import Role
+from hdfpay.server import running_server
 
 from browser_fixtures import PHONE, screenshot
 from bureau_pages import CSRF, assert_roles_refused_pages, log_in, role_tokens, visit
@@ -159,3 +162,36 @@ async def test_the_renewal_pages_as_every_role_and_anonymously(server, dsn, conn
     assert status == 303 and text.startswith("/bureau/droits?refus=taille")   # over the limit
     assert await conn.fetchval("SELECT count(*) FROM rights") == rights
     assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE actor <> 'test:ops_client'") == 0
+
+
+async def test_a_file_checked_by_one_server_process_is_applied_by_another(
+        server, settings, dsn, hsm, conn):
+    """With `serve --workers N` the dry run and "Appliquer" may reach two processes: the file
+    waits in the database (ledger/renewal_drafts.py), not in one process's memory. It is applied
+    once, by its own operator only, and nothing of it is left afterwards."""
+    tokens = await role_tokens(dsn)
+    staff = tokens[Role.ESTABLISHMENT_STAFF]
+    apply_path = "/bureau/droits/fichier/appliquer"
+    async with running_server(settings, dsn, hsm) as other_process:
+        status, text = await _multipart(server, staff, CSRF, OWN_UNRENEWED[1] + "\n")
+        assert status == 200
+        draft = re.search(r'name="fichier" value="([^"]+)"', text).group(1)
+        assert await conn.fetchval("SELECT count(*) FROM renewal_drafts") == 1
+
+        other_staff = (await role_tokens(dsn))[Role.ESTABLISHMENT_STAFF]   # same school
+        _, location, _, _ = await visit(other_process, other_staff, "POST",
+                                        other_process.ops_url + apply_path, {"fichier": draft})
+        assert location == "/bureau/droits?refus=expire"      # not theirs: as if unknown
+        assert not await _renewed(conn, OWN_UNRENEWED[1])
+
+        status, location, _, _ = await visit(other_process, staff, "POST",
+                                             other_process.ops_url + apply_path,
+                                             {"fichier": draft})
+        assert (status, location) == (303, "/bureau/droits?fait=fichier&renouveles=1&deja=0")
+        assert await _renewed(conn, OWN_UNRENEWED[1])
+        _, location, _, _ = await visit(server, staff, "POST", server.ops_url + apply_path,
+                                        {"fichier": draft})
+        assert location == "/bureau/droits?refus=expire"      # applied once
+    assert await conn.fetchval("SELECT count(*) FROM renewal_drafts") == 0
+    assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'rights.renew_file'"
+                               ) == 1

@@ -50,7 +50,8 @@ BEGIN
              JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v')
                AND c.relname NOT IN ('operators', 'student_accounts', 'student_sessions',
-                                     'student_password_resets', 'operator_sessions')
+                                     'student_password_resets', 'operator_sessions',
+                                     'renewal_drafts')
     LOOP
         EXECUTE format('GRANT SELECT ON %s TO hdfpay_ops, hdfpay_auditor', t.name);
     END LOOP;
@@ -92,6 +93,8 @@ GRANT INSERT, UPDATE (status) ON terminals TO hdfpay_ops;
 GRANT INSERT ON terminal_keys TO hdfpay_ops;
 GRANT USAGE ON SEQUENCE terminal_key_derivation_id TO hdfpay_ops;
 GRANT UPDATE ON card_applications TO hdfpay_ops;
+-- A renewal file between its dry run and "Appliquer": the operator's own, nobody else's to read.
+GRANT SELECT, INSERT, DELETE ON renewal_drafts TO hdfpay_ops;
 GRANT INSERT, UPDATE ON mail_outbox TO hdfpay_ops;
 
 -- The students' space: its accounts, sessions and password resets, the applications it
