@@ -4,8 +4,8 @@ so that the two requests may reach different server processes (`serve --workers 
 The page gives the operator a random token; the table keeps its SHA-256, the operator who sent
 the file, the school year, the name and the bytes. A draft is the operator's alone, lives
 RENEWAL_DRAFT_TTL_S, and at most RENEWAL_DRAFTS_MAX wait at once (the oldest go first); expired
-ones are deleted whenever a draft is kept or taken. Times are the database's wall clock
-(clock_timestamp): a draft's life is real time, not the business clock.
+ones are deleted whenever a draft is kept or taken. Times are the business clock
+(business_now(): the database's clock unless tests or the demo pinned it), as for sessions.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ RENEWAL_DRAFTS_MAX = 32
 TOKEN_BYTES = 16
 
 _EXPIRED_SQL = ("DELETE FROM renewal_drafts"
-                " WHERE kept_at < clock_timestamp() - make_interval(secs => $1)")
+                " WHERE kept_at < business_now() - make_interval(secs => $1)")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,6 @@ CREATE TABLE renewal_drafts (
     school_year   integer     NOT NULL,
     file_name     text        NOT NULL CHECK (length(file_name) BETWEEN 1 AND 100),
     data          bytea       NOT NULL CHECK (octet_length(data) <= 4000000),
-    kept_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+    kept_at       timestamptz NOT NULL     -- DEFAULT business_now() (sql/functions/business_now.sql)
 );
 CREATE INDEX renewal_drafts_kept_at ON renewal_drafts (kept_at);

@@ -11,3 +11,4 @@ ALTER TABLE pending_fees ALTER COLUMN created_at SET DEFAULT business_now();
 ALTER TABLE transfers ALTER COLUMN created_at SET DEFAULT business_now();
 ALTER TABLE operators ALTER COLUMN created_at SET DEFAULT business_now();
 ALTER TABLE mail_outbox ALTER COLUMN created_at SET DEFAULT business_now();
+ALTER TABLE renewal_drafts ALTER COLUMN kept_at SET DEFAULT business_now();
