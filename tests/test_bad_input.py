@@ -19,6 +19,7 @@ from terminal_protocol.codec import MAX_REQUEST_BODY_BYTES
 from terminal_protocol.terminal_keys import ForgedResponse
 from terminal_protocol.transport import KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH
 
+from concurrency_helpers import lock_wallet
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS
 
 GOOD = {"v": 1, "type": "purchase", "request_id": "bad-input-0001", "stan": 1,
@@ -150,16 +151,6 @@ async def _wait_until(predicate, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def _lock_wallet(conn, uid: bytes):
-    """Hold the card's wallet row locked in an open transaction: purchases on it wait."""
-    transaction = conn.transaction()
-    await transaction.start()
-    await conn.execute("SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
-                       " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
-                       " FOR UPDATE OF a", uid)
-    return transaction
-
-
 async def _waiting_on_a_lock(conn) -> bool:
     return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                " AND datname = current_database()") > 0
@@ -173,7 +164,7 @@ async def test_beyond_the_in_flight_limit_the_server_answers_91_at_once(settings
         async with running_server(limited, dsn, hsm) as server, \
                    TerminalClient(server.url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client, \
                    TerminalClient(server.url, CROWD_TERMINALS[0], keys_for(CROWD_TERMINALS[0])) as other:
-            lock = await _lock_wallet(conn, card_uid(5))
+            lock = await lock_wallet(conn, card_uid(5))
             blocked = asyncio.ensure_future(client.purchase(card_uid(5), 1_00))
             await _wait_until(lambda: _waiting_on_a_lock(watcher))
             body = _with(card_uid=card_uid(6).hex().upper(), request_id="shed-0000001")
@@ -195,7 +186,7 @@ async def test_a_request_over_its_time_limit_answers_91_and_debits_nothing(setti
     try:
         async with running_server(hurried, dsn, hsm) as server, \
                    TerminalClient(server.url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
-            lock = await _lock_wallet(conn, card_uid(5))
+            lock = await lock_wallet(conn, card_uid(5))
             request = client.purchase_request(card_uid(5), 1_00)
             answer = await client.send(request)
             assert answer.rc == "91"

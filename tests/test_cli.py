@@ -19,6 +19,7 @@ from hdfpay.cli import build_parser
 from ledger.demo_region import card_uid
 from terminal_protocol.client import TerminalClient
 
+from concurrency_helpers import lock_wallet
 from conftest import ACTIVE_TERMINAL
 from yarl import URL
 
@@ -177,11 +178,7 @@ async def test_serve_drains_on_sigterm_and_finishes_what_is_in_flight(dsn, conn,
         url = banner.split("listening on ")[1].split("/v1/")[0]
         async with TerminalClient(url, ACTIVE_TERMINAL, keys_for(ACTIVE_TERMINAL)) as client:
             assert (await client.purchase(card_uid(5), 1_00)).rc == "00"
-            lock = conn.transaction()
-            await lock.start()
-            await conn.execute("SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
-                               " JOIN cards c ON c.beneficiary_id = w.beneficiary_id"
-                               " WHERE c.uid = $1 FOR UPDATE OF a", card_uid(5))
+            lock = await lock_wallet(conn, card_uid(5))
             in_flight = asyncio.ensure_future(client.purchase(card_uid(5), 2_00))
             await _until(lambda: _lock_waiters(dsn))
             process.send_signal(signal.SIGTERM)

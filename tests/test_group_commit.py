@@ -24,6 +24,7 @@ from ledger.demo_region import card_uid
 from ledger.roles import role_dsn
 from terminal_protocol.client import TerminalClient
 
+from concurrency_helpers import lock_wallet
 from conftest import ACTIVE_TERMINAL, balance_of, set_balance
 
 ORIGIN = MessageOrigin(ACTIVE_TERMINAL)          # no KSN: authentication is the server's, above
@@ -80,12 +81,9 @@ async def test_a_locked_wallet_fails_only_its_own_message(store, conn, dsn):
         await set_balance(conn, card, 10_00)
     holder = await asyncpg.connect(dsn)
     try:
-        async with holder.transaction():
-            await holder.execute(
-                "SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
-                " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
-                " FOR UPDATE OF a", CARDS[0])
-            results = await store.group([_purchase(CARDS[0], 1_00), _purchase(CARDS[1], 1_00)])
+        held = await lock_wallet(holder, CARDS[0])
+        results = await store.group([_purchase(CARDS[0], 1_00), _purchase(CARDS[1], 1_00)])
+        await held.rollback()
     finally:
         await holder.close()
     assert isinstance(results[0], LedgerUnavailable)        # 55P03 after lock_timeout: 91
@@ -145,12 +143,7 @@ async def test_no_message_is_answered_before_its_batch_commits(store, conn, dsn)
     first, second = _purchase(free, 1_00), _purchase(held, 1_00)
     holder = await asyncpg.connect(dsn)
     try:
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute(
-            "SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
-            " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
-            " FOR UPDATE OF a", held)
+        transaction = await lock_wallet(holder, held)
         decisions = [asyncio.ensure_future(committer.decide(c, deadline))
                      for c in (first, second)]
         while not await conn.fetchval(
@@ -182,12 +175,7 @@ async def test_a_card_in_a_batch_at_the_database_waits_for_the_next_batch(dsn, c
                                    statement_timeout_s=STORE_TIMEOUT_S)
         committer = GroupCommitter(store, batches_in_flight_max=2)
         deadline = asyncio.get_running_loop().time() + STORE_TIMEOUT_S
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute(
-            "SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
-            " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
-            " FOR UPDATE OF a", held)
+        transaction = await lock_wallet(holder, held)
         first = asyncio.ensure_future(committer.decide(_purchase(held, 1_00), deadline))
         while not await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import pytest
-
 from authorizer.metrics import Metrics
 from authorizer.server_voids import ServerVoids
 from ledger.authorization_store import LedgerFailure, LedgerUnavailable
 
-CONDITION_TIMEOUT_S = 10.0
+from concurrency_helpers import until
+
 QUICK_RETRY_MS = 1
 SHORT_DRAIN_MS = 50
 
@@ -41,15 +40,6 @@ class Store:
 
 def sample(metrics: Metrics, name: str, **labels) -> float:
     return metrics.registry.get_sample_value(name, labels)
-
-
-async def until(predicate, what: str) -> None:
-    try:
-        async with asyncio.timeout(CONDITION_TIMEOUT_S):
-            while not predicate():
-                await asyncio.sleep(0.001)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
 
 
 def voids(store: Store, **limits) -> tuple[ServerVoids, Metrics]:

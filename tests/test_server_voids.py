@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import json
 
 import aiohttp
@@ -25,27 +24,14 @@ from terminal_protocol.codec import decode_response, encode_request
 from terminal_protocol.messages import BatchTotals
 from terminal_protocol.transport import KSN_HEADER, MAC_HEADER, TERMINAL_ID_HEADER, TERMINAL_PATH
 
+from concurrency_helpers import lock_wallet, until
 from conftest import ACTIVE_TERMINAL, CROWD_TERMINALS, balance_of, set_balance
 
 CARD = card_uid(5)
-CONDITION_TIMEOUT_S = 30.0
 # The advisory lock a test trigger waits on at commit: the purchase commits when the test says.
 COMMIT_GATE_LOCK = 170_004
 HURRIED_REQUEST_TIMEOUT_MS = 400
 PATIENT_STATEMENT_TIMEOUT_MS = 30_000
-
-
-async def until(predicate, what: str, timeout_s: float = CONDITION_TIMEOUT_S) -> None:
-    """Poll a condition the test does not control the timing of, bounded in time."""
-    async def holds() -> bool:
-        value = predicate()
-        return await value if inspect.isawaitable(value) else value
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not await holds():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
 
 
 def server_voids(server, effect: str) -> float:
@@ -188,12 +174,7 @@ async def card_held_by_a_purchase(conn, dsn, server, keys_for):
     try:
         async with TerminalClient(server.url, CROWD_TERMINALS[0],
                                   keys_for(CROWD_TERMINALS[0])) as other:
-            held = holder.transaction()
-            await held.start()
-            await holder.execute(
-                "SELECT 1 FROM accounts a JOIN wallets w ON w.account_id = a.id"
-                " JOIN cards c ON c.beneficiary_id = w.beneficiary_id WHERE c.uid = $1"
-                " FOR UPDATE OF a", CARD)
+            held = await lock_wallet(holder, CARD)
             sale = asyncio.ensure_future(other.purchase(CARD, 1_00, partial_ok=False))
             try:
                 await until(lambda: conn.fetchval(
