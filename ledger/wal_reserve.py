@@ -26,9 +26,7 @@ SELECT count(*) FROM pg_ls_waldir()
 
 
 async def wal_segment_bytes(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval(
-        "SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024"
-        " WHEN 'MB' THEN 1048576 END FROM pg_settings WHERE name = 'wal_segment_size'"))
+    return await conn.fetchval("SELECT pg_size_bytes(current_setting('wal_segment_size'))")
 
 
 async def ready_wal_segments(conn: asyncpg.Connection) -> int:

@@ -43,8 +43,9 @@ from loadtest.bench_plan import (HOT_CARD_COUNT, OPEN_LOOP_LOAD_FRACTIONS, SEED_
                                    Bench, BenchOptions, Run, bench_plan)
 from loadtest.bench_report import (TABLE_ROW, final_lines, report_group_commit_gain,
                                      report_limit, report_mac_cost, report_metrics_cost,
-                                     report_open_loop, report_run, results, verify)
+                                     report_run, results, verify)
 from loadtest.open_loop import rates_at
+from loadtest.open_loop_report import open_loop_cpu, report_open_loop
 from hdfpay.demo import demo_business_time
 from hdfpay.config import Settings
 from ledger.database import connection, recreate_database
@@ -325,6 +326,6 @@ def _open_loop_runs(bench: Bench, url: str, index: int) -> int:
         housekeeping = housekeeping_between(before, uvloop.run(_housekeeping(bench)))
         bench.open_loop.append({"index": index, "fraction": fraction, "max_tps": best,
                                 "terminals": terminals, "housekeeping": housekeeping,
-                                **result})
+                                **result, **open_loop_cpu(result)})
         report_open_loop(bench)
     return index

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
 import math
 import random
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -40,6 +37,7 @@ import aiohttp
 import uvloop
 
 from loadtest.bench_keys import load_terminal_keys
+from loadtest.load_process import client_memory, collector_paused, open_connections
 from loadtest.open_loop import run_open_loop
 from loadtest.reversal_duty import Sale, sell
 from ledger.demo_region import NO_RIGHTS_EVERY, OPPOSITION_EVERY, card_uid
@@ -59,7 +57,6 @@ OWED_GRACE_S = 15.0
 # The server's answer when a card has MAX_IN_FLIGHT_PER_CARD purchases in flight already.
 CARD_BUSY = "91"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-HEALTH_PATH = "/healthz"          # the terminal listener's liveness probe: no database, no MAC
 # pgbench has no loop: a declined card number is re-drawn this many times, then replaced by the
 # first approvable card (a 0.05^7 chance, so the draw stays uniform for all practical purposes).
 PGBENCH_REDRAWS = 6
@@ -188,7 +185,7 @@ async def run_load(args: argparse.Namespace) -> dict:
         if args.rate:
             with collector_paused():
                 return {**await _open_loop(args, clients, CardPicker(args.cards, hot, rngs[0]),
-                                           rngs[0]), **_client_memory()}
+                                           rngs[0]), **client_memory()}
         cpu_started = time.process_time()
         started = time.perf_counter()
         deadline = started + args.seconds
@@ -204,40 +201,7 @@ async def run_load(args: argparse.Namespace) -> dict:
                                          if not code[:1].isdigit())
     return {"requests": requests, **answers_summary(tally.answered, tally.codes, elapsed),
             "reversals": dict(sorted(tally.reversals.items())), "owed": tally.owed,
-            "client_cpu_s": round(cpu_s, 2), **_client_memory()}
-
-
-async def open_connections(session: aiohttp.ClientSession, url: str, count: int) -> None:
-    """Open the terminals' keep-alive connections before the timed window: a shop's terminal
-    keeps its connection, and a run whose first half second pays 64 TCP handshakes measured
-    that (up to 50 ms at the start of an open-loop run), not the authorizations. All `count`
-    requests are in flight at once, so each takes a connection of its own."""
-    async def probe() -> None:
-        async with session.get(url + HEALTH_PATH) as reply:
-            await reply.read()
-    await asyncio.gather(*(probe() for _ in range(count)))
-
-
-@contextlib.contextmanager
-def collector_paused():
-    """No cyclic garbage collection in the load generator while it measures: a full collection
-    stops its event loop for 17-37 ms (measured in the open loop), and every purchase due or in
-    flight meanwhile would count the instrument's pause as the server's latency. Real terminals
-    do not share one Python process. What the run leaves behind is collected after it; the
-    process's peak memory is reported (client_max_rss_mb) to show what the pause cost."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-def _client_memory() -> dict:
-    return {"client_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                       1)}
+            "client_cpu_s": round(cpu_s, 2), **client_memory()}
 
 
 def _bound_s(args: argparse.Namespace) -> float:

@@ -19,13 +19,14 @@ from aiohttp.test_utils import TestServer
 
 from loadtest.bench_cpu import cpu_budget, postgres_cpu_s, postmaster_of
 from loadtest.bench_limit import minimal_debit_script
-from loadtest.bench_load import (HEALTH_PATH, answers_summary, card_draw, collector_paused,
-                                   open_connections, percentile, pgbench_script, run_tool)
+from loadtest.bench_load import answers_summary, card_draw, percentile, pgbench_script, run_tool
+from loadtest.load_process import HEALTH_PATH, collector_paused, open_connections
 from hdfpay.heap import freeze_startup_heap
 from ledger.housekeeping import NEW_WAL_SEGMENT, housekeeping_between, housekeeping_counts
 from ledger.wal_reserve import ready_wal_segments, reserve_wal, wal_segment_bytes
 from ledger.journal_footprint import journal_footprint
-from loadtest.bench_report import _reversals_problems, open_loop_cpu
+from loadtest.bench_report import _reversals_problems
+from loadtest.open_loop_report import open_loop_cpu
 from loadtest.open_loop import due_offsets_s, rates_at, run_open_loop
 from loadtest.reversal_duty import REVERSAL_ID_SUFFIX, sell
 from terminal_protocol.client import TerminalClient
