@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.embedded import (DATABASE_USER, SERVICE_USER_WHEN_ROOT, EmbeddedDatabaseError,
-                             EmbeddedPostgres)
+from ledger.embedded import (DATABASE_USER, EmbeddedDatabaseError,
+                             EmbeddedPostgres, service_user)
 
 STANZA = "hdfpay"
 CONFIG_DIR_SUFFIX = ".pgbackrest"   # beside the embedded cluster's data directory
@@ -77,14 +77,11 @@ def external_config_from_env() -> Path | None:
 
 
 def pgbackrest_user() -> pwd.struct_passwd | None:
-    """The OS user pgBackRest runs as: the one the cluster runs as when we are root, else us."""
-    if os.geteuid() != 0:
-        return None
+    """The OS user pgBackRest runs as: the one the cluster runs as (ledger.embedded)."""
     try:
-        return pwd.getpwnam(SERVICE_USER_WHEN_ROOT)
-    except KeyError:
-        raise BackupError(f"there is no '{SERVICE_USER_WHEN_ROOT}' user to run pgBackRest as: "
-                          "install Debian's postgresql package") from None
+        return service_user()
+    except EmbeddedDatabaseError as exc:
+        raise BackupError(str(exc)) from None
 
 
 @dataclass(frozen=True)

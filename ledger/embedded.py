@@ -53,6 +53,22 @@ class EmbeddedDatabaseError(RuntimeError):
     """The private cluster cannot be created, started or stopped; the message says why."""
 
 
+def service_user() -> pwd.struct_passwd | None:
+    """The OS user PostgreSQL and its tools (initdb, pg_ctl, Patroni, pgBackRest) run as: the
+    ``postgres`` user of Debian's package when we are root (PostgreSQL refuses root), else None,
+    meaning this process's own user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVICE_USER_WHEN_ROOT)
+    except KeyError:
+        raise EmbeddedDatabaseError(
+            "PostgreSQL refuses to run as root and there is no 'postgres' system user to run "
+            "it as. Install Debian's 'postgresql' package (it creates that user), run hdfpay "
+            "as a normal user, or point DATABASE_URL at an existing server."
+        ) from None
+
+
 def default_data_dir() -> Path:
     """Where the private cluster lives unless HDFPAY_DATA_DIR says otherwise."""
     if explicit := os.environ.get("HDFPAY_DATA_DIR"):
@@ -92,7 +108,7 @@ class EmbeddedPostgres:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
         self.bin_dir = find_server_binaries()
-        self._run_as = self._service_user()
+        self._run_as = service_user()
 
     @property
     def dsn(self) -> str:
@@ -146,18 +162,6 @@ class EmbeddedPostgres:
     def tool(self, name: str) -> Path:
         """Path of a PostgreSQL client tool of the same version (psql, pgbench)."""
         return self.bin_dir / name
-
-    def _service_user(self) -> pwd.struct_passwd | None:
-        if os.geteuid() != 0:
-            return None
-        try:
-            return pwd.getpwnam(SERVICE_USER_WHEN_ROOT)
-        except KeyError:
-            raise EmbeddedDatabaseError(
-                "PostgreSQL refuses to run as root and there is no 'postgres' system user to run "
-                "it as. Install Debian's 'postgresql' package (it creates that user), run hdfpay "
-                "as a normal user, or point DATABASE_URL at an existing server."
-            ) from None
 
     @property
     def run_as(self) -> pwd.struct_passwd | None:

@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ledger.embedded import (DATABASE_NAME, PATRONI_STOP_TIMEOUT_S, POLL_INTERVAL_S,
-                             HA_STATE_FILE, SERVICE_USER_WHEN_ROOT,
+                             HA_STATE_FILE,
                              EmbeddedDatabaseError, _process_identity, child_processes,
+                             service_user,
                              default_data_dir,
                              find_server_binaries, process_alive as _alive,
                              signal_process as _signal, stop_ha_processes,
@@ -343,13 +344,10 @@ class HaCluster:
         return result
 
 def _service_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
     try:
-        return pwd.getpwnam(SERVICE_USER_WHEN_ROOT)
-    except KeyError:
-        raise HaClusterError("PostgreSQL refuses root and there is no 'postgres' user: install "
-                             "Debian's postgresql package") from None
+        return service_user()
+    except EmbeddedDatabaseError as exc:
+        raise HaClusterError(str(exc)) from None
 
 
 def _clean_env() -> dict[str, str]:
